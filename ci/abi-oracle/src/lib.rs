@@ -1,0 +1,1 @@
+//! ABI oracle (filled next).

@@ -1,0 +1,1 @@
+//! Shared rings (filled next).
