@@ -2,8 +2,55 @@
 //!
 //! Layout: `DEFINE_RING_TYPES(name, req, rsp)` produces a shared ring of a 64-byte header
 //! ([`SringHeader`]) followed by `nr_ents` entries, each a `union { req; rsp; }`.
+//!
+//! [`FrontRing`] is the requesting end (`name##_front_ring`: private `req_prod_pvt`, `rsp_cons`),
+//! [`BackRing`] the answering end (`name##_back_ring`: private `rsp_prod_pvt`, `req_cons`). Each
+//! macro of ring.h has a method with the same arithmetic (wrapping `u32`):
+//!
+//! | ring.h                                   | here                                              |
+//! |------------------------------------------|---------------------------------------------------|
+//! | `SHARED_RING_INIT` + `FRONT_RING_INIT`   | [`FrontRing::new`] (`XEN_FRONT_RING_INIT`)        |
+//! | `FRONT_RING_ATTACH`                      | [`FrontRing::attach`]                             |
+//! | `BACK_RING_INIT` / `BACK_RING_ATTACH`    | [`BackRing::new`] / [`BackRing::attach`]          |
+//! | `RING_SIZE`                              | [`FrontRing::size`], [`BackRing::size`]           |
+//! | `RING_FREE_REQUESTS` / `RING_FULL`       | [`FrontRing::free_requests`] / [`FrontRing::is_full`] |
+//! | `RING_GET_REQUEST` + fill                | [`FrontRing::push_request`]                       |
+//! | `RING_PUSH_REQUESTS[_AND_CHECK_NOTIFY]`  | [`FrontRing::push_requests`], [`FrontRing::push_requests_and_check_notify`] |
+//! | `RING_COPY_RESPONSE`                     | [`FrontRing::take_response`]                      |
+//! | `RING_HAS_UNCONSUMED_RESPONSES`          | [`FrontRing::unconsumed_responses`]               |
+//! | `RING_FINAL_CHECK_FOR_RESPONSES`         | [`FrontRing::final_check_for_responses`]          |
+//! | `RING_RESPONSE_PROD_OVERFLOW`            | checked by [`FrontRing::take_response`]           |
+//! | `RING_COPY_REQUEST`                      | [`BackRing::take_request`]                        |
+//! | `RING_HAS_UNCONSUMED_REQUESTS`           | [`BackRing::unconsumed_requests`]                 |
+//! | `RING_REQUEST_PROD_OVERFLOW` / `_CONS_OVERFLOW` | checked by [`BackRing::take_request`]      |
+//! | `RING_GET_RESPONSE` + fill               | [`BackRing::push_response`]                       |
+//! | `RING_PUSH_RESPONSES[_AND_CHECK_NOTIFY]` | [`BackRing::push_responses`], [`BackRing::push_responses_and_check_notify`] |
+//! | `RING_FINAL_CHECK_FOR_REQUESTS`          | [`BackRing::final_check_for_requests`]            |
+//!
+//! # Memory ordering
+//! The four shared indexes are only accessed as [`AtomicU32`]s. `xen_wmb(); prod = pvt;` is a
+//! `Release` store of the producer index (every entry written before it is visible to a peer
+//! that sees the new index); `prod = sring->prod; xen_rmb();` is an `Acquire` load of the peer's
+//! producer index before its entries are read; `xen_mb()` in the check-notify and final-check
+//! macros is a `SeqCst` fence (the store-then-load of the event protocol needs a full barrier on
+//! both sides, or a wakeup can be lost).
+//!
+//! # A peer is not trusted
+//! Entries are `Pod`, so any bytes a peer writes are a valid value. Each entry is copied out of
+//! shared memory exactly once, as a whole, with a volatile read (`RING_COPY_REQUEST`/
+//! `RING_COPY_RESPONSE`) and the copy is what the caller gets: the peer cannot change it
+//! afterwards. Slot numbers are always `idx & (nr_ents - 1)`, so no index a peer writes can point
+//! outside the ring. A producer index that claims more entries than the ring can hold is reported
+//! as [`Error::RingOverflow`] instead of being consumed.
 
-use core::mem::{align_of, size_of};
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::{align_of, offset_of, size_of};
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+use crate::abi::{Pod, PAGE_SIZE};
+use crate::error::{Error, Result};
 
 /// `RING_IDX`.
 pub type RingIdx = u32;
@@ -33,8 +80,16 @@ const _: () = assert!(size_of::<SringHeader>() == SRING_HEADER_SIZE);
 /// Size of one ring entry, `sizeof(union { Req req; Rsp rsp; })`: the larger of the two,
 /// rounded up to the stricter alignment.
 pub const fn entry_size<Req, Rsp>() -> usize {
-    let size = if size_of::<Req>() > size_of::<Rsp>() { size_of::<Req>() } else { size_of::<Rsp>() };
-    let align = if align_of::<Req>() > align_of::<Rsp>() { align_of::<Req>() } else { align_of::<Rsp>() };
+    let size = if size_of::<Req>() > size_of::<Rsp>() {
+        size_of::<Req>()
+    } else {
+        size_of::<Rsp>()
+    };
+    let align = if align_of::<Req>() > align_of::<Rsp>() {
+        align_of::<Req>()
+    } else {
+        align_of::<Rsp>()
+    };
     size.div_ceil(align) * align
 }
 
@@ -48,6 +103,1177 @@ pub const fn ring_size(bytes: usize, entry_size: usize) -> u32 {
     if n == 0 {
         return 0;
     }
-    let n = if n > u32::MAX as usize { u32::MAX } else { n as u32 };
+    let n = if n > u32::MAX as usize {
+        u32::MAX
+    } else {
+        n as u32
+    };
     1 << (31 - n.leading_zeros())
+}
+
+/// Most pages a shared ring may span: 16, blkif's largest `max-ring-page-order` (4), which is
+/// also Linux's `XENBUS_MAX_RING_GRANT_ORDER` and [`MAX_MULTI_MAP`](crate::MAX_MULTI_MAP).
+pub const MAX_RING_PAGES: usize = 16;
+/// Most bytes a shared ring may span ([`MAX_RING_PAGES`] pages).
+pub const MAX_RING_BYTES: usize = MAX_RING_PAGES * PAGE_SIZE;
+
+const REQ_PROD: usize = offset_of!(SringHeader, req_prod);
+const REQ_EVENT: usize = offset_of!(SringHeader, req_event);
+const RSP_PROD: usize = offset_of!(SringHeader, rsp_prod);
+const RSP_EVENT: usize = offset_of!(SringHeader, rsp_event);
+const PVT: usize = offset_of!(SringHeader, pvt);
+
+/// `RING_PUSH_*_AND_CHECK_NOTIFY`'s decision: does moving the producer from `old` to `new`
+/// pass the peer's event index `event`?
+#[inline(always)]
+const fn crosses_event(old: RingIdx, new: RingIdx, event: RingIdx) -> bool {
+    new.wrapping_sub(event) < new.wrapping_sub(old)
+}
+
+/// The shared part both ends see: where the `sring` is and its geometry.
+struct Sring {
+    /// Start of the `sring` (the header), page aligned.
+    base: NonNull<u8>,
+    /// `RING_SIZE`: a power of two, at least 1.
+    nr_ents: u32,
+    /// `nr_ents - 1`: slot of an index.
+    mask: u32,
+    /// `sizeof(ring[0])`.
+    entry_size: usize,
+}
+
+impl Sring {
+    /// Check the arguments every constructor gets and compute the geometry.
+    fn new<Req, Rsp>(mem: NonNull<u8>, bytes: usize) -> Result<Self> {
+        const {
+            assert!(
+                align_of::<Req>() <= SRING_HEADER_SIZE && align_of::<Rsp>() <= SRING_HEADER_SIZE,
+                "ring entries must not need more than 64-byte alignment"
+            )
+        };
+        if mem.as_ptr().addr() & (PAGE_SIZE - 1) != 0 || bytes > MAX_RING_BYTES {
+            return Err(Error::Invalid);
+        }
+        let entry_size = entry_size::<Req, Rsp>();
+        let nr_ents = ring_size(bytes, entry_size);
+        if nr_ents == 0 {
+            return Err(Error::Invalid);
+        }
+        Ok(Sring {
+            base: mem,
+            nr_ents,
+            mask: nr_ents - 1,
+            entry_size,
+        })
+    }
+
+    /// One of the four shared indexes (`offset` is a field offset of [`SringHeader`]).
+    #[inline(always)]
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset <= RSP_EVENT && offset & 3 == 0);
+        // SAFETY: by the constructors' contract `base` is page aligned and the first `bytes`
+        // (> SRING_HEADER_SIZE) bytes are valid for reads and writes for the ring's lifetime,
+        // which outlives `&self`; `offset` is 0, 4, 8 or 12, so the pointer is 4-byte aligned and
+        // in bounds. Every access to the indexes in this module is atomic; the peer's plain
+        // 32-bit accesses (another domain) are single aligned instructions.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast::<u32>()) }
+    }
+
+    /// The entry for ring index `idx` (`&ring[idx & (RING_SIZE - 1)]`), never out of bounds.
+    #[inline(always)]
+    fn slot(&self, idx: RingIdx) -> *mut u8 {
+        let i = (idx & self.mask) as usize;
+        // SAFETY: i < nr_ents and SRING_HEADER_SIZE + nr_ents * entry_size <= bytes
+        // (ring_size), so the offset stays inside the memory the constructor was given.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(SRING_HEADER_SIZE + i * self.entry_size)
+        }
+    }
+
+    /// `SHARED_RING_INIT`.
+    fn init(&self) {
+        self.index(REQ_PROD).store(0, Ordering::Relaxed);
+        self.index(RSP_PROD).store(0, Ordering::Relaxed);
+        self.index(REQ_EVENT).store(1, Ordering::Relaxed);
+        self.index(RSP_EVENT).store(1, Ordering::Relaxed);
+        // SAFETY: bytes PVT..SRING_HEADER_SIZE (pvt and __pad) are inside the header, which the
+        // constructor's contract makes valid for writes.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(PVT)
+                .write_bytes(0, SRING_HEADER_SIZE - PVT)
+        };
+    }
+}
+
+impl fmt::Debug for Sring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sring")
+            .field("base", &self.base)
+            .field("nr_ents", &self.nr_ents)
+            .field("req_prod", &self.index(REQ_PROD).load(Ordering::Relaxed))
+            .field("req_event", &self.index(REQ_EVENT).load(Ordering::Relaxed))
+            .field("rsp_prod", &self.index(RSP_PROD).load(Ordering::Relaxed))
+            .field("rsp_event", &self.index(RSP_EVENT).load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// The front (requesting) end of a shared ring: `name##_front_ring`.
+///
+/// Pushes requests of type `Req` and takes responses of type `Rsp`. Requests written with
+/// [`push_request`](Self::push_request) become visible to the back end at the next
+/// [`push_requests`](Self::push_requests) or
+/// [`push_requests_and_check_notify`](Self::push_requests_and_check_notify).
+pub struct FrontRing<Req: Pod, Rsp: Pod> {
+    /// `req_prod_pvt`: requests written, published or not.
+    req_prod_pvt: RingIdx,
+    /// `rsp_cons`: responses consumed.
+    rsp_cons: RingIdx,
+    /// The last `rsp_prod` read (and checked); responses up to it may be read without
+    /// another load of the shared index.
+    rsp_prod_seen: RingIdx,
+    sring: Sring,
+    _entries: PhantomData<(Req, Rsp)>,
+}
+
+// SAFETY: the ring is the only user of its private indexes; the shared memory is accessed only
+// through atomics and volatile copies of `Send` values, from whichever thread owns the ring.
+unsafe impl<Req: Pod + Send, Rsp: Pod + Send> Send for FrontRing<Req, Rsp> {}
+
+impl<Req: Pod, Rsp: Pod> FrontRing<Req, Rsp> {
+    /// `XEN_FRONT_RING_INIT`: initialise the shared ring (`SHARED_RING_INIT`: producers 0,
+    /// event indexes 1, padding zeroed) and attach the front end at index 0.
+    ///
+    /// Fails with [`Error::Invalid`] if `mem` is not page aligned, `bytes` exceeds
+    /// [`MAX_RING_BYTES`], or not one entry fits.
+    ///
+    /// # Safety
+    /// `mem` must point to `bytes` bytes of memory that are valid for reads and writes, shared
+    /// with the back end only (no other Rust reference to them exists), and stay valid for as
+    /// long as the returned ring (or anything using it) lives. `mem` is normally one or more
+    /// consecutive pages granted to the back end.
+    pub unsafe fn new(mem: NonNull<u8>, bytes: usize) -> Result<Self> {
+        let sring = Sring::new::<Req, Rsp>(mem, bytes)?;
+        sring.init();
+        Ok(Self::with(sring, 0))
+    }
+
+    /// `FRONT_RING_ATTACH`: attach to a shared ring that is already initialised, with
+    /// `req_prod_pvt = rsp_cons = start` (e.g. on reconnect, where `start` is the shared
+    /// `rsp_prod` after every outstanding response was consumed). The shared ring is not touched.
+    ///
+    /// Fails as [`new`](Self::new) does.
+    ///
+    /// # Safety
+    /// As for [`new`](Self::new).
+    pub unsafe fn attach(mem: NonNull<u8>, bytes: usize, start: RingIdx) -> Result<Self> {
+        Ok(Self::with(Sring::new::<Req, Rsp>(mem, bytes)?, start))
+    }
+
+    fn with(sring: Sring, start: RingIdx) -> Self {
+        FrontRing {
+            req_prod_pvt: start,
+            rsp_cons: start,
+            rsp_prod_seen: start,
+            sring,
+            _entries: PhantomData,
+        }
+    }
+
+    /// `RING_SIZE`: number of entries (a power of two).
+    #[inline]
+    pub fn size(&self) -> u32 {
+        self.sring.nr_ents
+    }
+
+    /// `req_prod_pvt`: index of the next request to be written.
+    #[inline]
+    pub fn req_prod_pvt(&self) -> RingIdx {
+        self.req_prod_pvt
+    }
+
+    /// `rsp_cons`: index of the next response to be consumed.
+    #[inline]
+    pub fn rsp_cons(&self) -> RingIdx {
+        self.rsp_cons
+    }
+
+    /// The start of the shared ring this end was attached to.
+    pub fn shared(&self) -> NonNull<u8> {
+        self.sring.base
+    }
+
+    /// `RING_FREE_REQUESTS`: `RING_SIZE - (req_prod_pvt - rsp_cons)`.
+    #[inline]
+    pub fn free_requests(&self) -> u32 {
+        self.sring
+            .nr_ents
+            .wrapping_sub(self.req_prod_pvt.wrapping_sub(self.rsp_cons))
+    }
+
+    /// `RING_FULL`: no request can be written until a response is consumed.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.free_requests() == 0
+    }
+
+    /// `RING_GET_REQUEST(r, r->req_prod_pvt++)` filled with `req` (one volatile copy of the whole
+    /// entry). Not visible to the back end until [`push_requests`](Self::push_requests) or
+    /// [`push_requests_and_check_notify`](Self::push_requests_and_check_notify).
+    ///
+    /// Returns `Err(req)` if the ring is full ([`is_full`](Self::is_full)).
+    #[inline]
+    pub fn push_request(&mut self, req: Req) -> core::result::Result<(), Req> {
+        if self.is_full() {
+            return Err(req);
+        }
+        let slot = self.sring.slot(self.req_prod_pvt).cast::<Req>();
+        // SAFETY: `slot` is an in-bounds entry (Sring::slot), aligned for Req (page-aligned
+        // base, 64-byte header, entry_size a multiple of Req's alignment <= 64). The back end
+        // reads it only after the Release store of req_prod that publishes it.
+        unsafe { slot.write_volatile(req) };
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// `RING_PUSH_REQUESTS`: publish every request written so far (`xen_wmb();
+    /// req_prod = req_prod_pvt`).
+    #[inline]
+    pub fn push_requests(&mut self) {
+        self.sring
+            .index(REQ_PROD)
+            .store(self.req_prod_pvt, Ordering::Release);
+    }
+
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publish every request written so far and return
+    /// whether the back end must be notified (the new `req_prod` passed its `req_event`).
+    #[inline]
+    pub fn push_requests_and_check_notify(&mut self) -> bool {
+        let req_prod = self.sring.index(REQ_PROD);
+        let old = req_prod.load(Ordering::Relaxed);
+        let new = self.req_prod_pvt;
+        req_prod.store(new, Ordering::Release); // xen_wmb(); req_prod = new
+        fence(Ordering::SeqCst); // xen_mb()
+        let event = self.sring.index(REQ_EVENT).load(Ordering::Relaxed);
+        crosses_event(old, new, event)
+    }
+
+    /// `RING_HAS_UNCONSUMED_RESPONSES` (`XEN_RING_NR_UNCONSUMED_RESPONSES`):
+    /// `rsp_prod - rsp_cons`, as the back end claims it (not checked for overflow).
+    #[inline]
+    pub fn unconsumed_responses(&self) -> u32 {
+        self.sring
+            .index(RSP_PROD)
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.rsp_cons)
+    }
+
+    /// Whether [`unconsumed_responses`](Self::unconsumed_responses) is not zero.
+    #[inline]
+    pub fn has_unconsumed_responses(&self) -> bool {
+        self.unconsumed_responses() != 0
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`: if no response is waiting, set `rsp_event = rsp_cons + 1`
+    /// (ask for a notification on the next response), then check again. `true` means there
+    /// is work: do not go to sleep.
+    #[inline]
+    pub fn final_check_for_responses(&mut self) -> bool {
+        if self.has_unconsumed_responses() {
+            return true;
+        }
+        self.sring
+            .index(RSP_EVENT)
+            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst); // xen_mb()
+        self.has_unconsumed_responses()
+    }
+
+    /// `RING_COPY_RESPONSE(r, r->rsp_cons++, &rsp)`: take the next response, if the back end
+    /// has published one.
+    ///
+    /// Fails with [`Error::RingOverflow`] if the back end claims more responses than there are
+    /// requests outstanding — which includes `RING_RESPONSE_PROD_OVERFLOW` (`rsp_prod - rsp_cons
+    /// > RING_SIZE`) and a `rsp_prod` that went backwards. Nothing is consumed then.
+    #[inline]
+    pub fn take_response(&mut self) -> Result<Option<Rsp>> {
+        let cons = self.rsp_cons;
+        if cons == self.rsp_prod_seen {
+            let prod = self.sring.index(RSP_PROD).load(Ordering::Acquire); // xen_rmb()
+            let claimed = prod.wrapping_sub(cons);
+            if claimed > self.sring.nr_ents // RING_RESPONSE_PROD_OVERFLOW
+                || claimed > self.req_prod_pvt.wrapping_sub(cons)
+            {
+                return Err(Error::RingOverflow);
+            }
+            if claimed == 0 {
+                return Ok(None);
+            }
+            self.rsp_prod_seen = prod;
+        }
+        let slot = self.sring.slot(cons).cast::<Rsp>();
+        // SAFETY: in-bounds, aligned entry (see push_request); the back end published it with a
+        // Release store of rsp_prod that the Acquire load above (now or earlier) observed. Rsp
+        // is Pod, so whatever bytes are there form a valid value; it is copied out once.
+        let rsp = unsafe { slot.read_volatile() };
+        self.rsp_cons = cons.wrapping_add(1);
+        Ok(Some(rsp))
+    }
+}
+
+impl<Req: Pod, Rsp: Pod> fmt::Debug for FrontRing<Req, Rsp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrontRing")
+            .field("req_prod_pvt", &self.req_prod_pvt)
+            .field("rsp_cons", &self.rsp_cons)
+            .field("sring", &self.sring)
+            .finish()
+    }
+}
+
+/// The back (answering) end of a shared ring: `name##_back_ring`.
+///
+/// Takes requests of type `Req` and pushes responses of type `Rsp`.
+pub struct BackRing<Req: Pod, Rsp: Pod> {
+    /// `rsp_prod_pvt`: responses written, published or not.
+    rsp_prod_pvt: RingIdx,
+    /// `req_cons`: requests consumed.
+    req_cons: RingIdx,
+    /// The last `req_prod` read (and checked); requests up to it may be read without another
+    /// load of the shared index.
+    req_prod_seen: RingIdx,
+    sring: Sring,
+    _entries: PhantomData<(Req, Rsp)>,
+}
+
+// SAFETY: as for FrontRing.
+unsafe impl<Req: Pod + Send, Rsp: Pod + Send> Send for BackRing<Req, Rsp> {}
+
+impl<Req: Pod, Rsp: Pod> BackRing<Req, Rsp> {
+    /// `BACK_RING_INIT`: attach the back end at index 0 to a ring the front end initialised.
+    /// The shared ring is not touched.
+    ///
+    /// Fails with [`Error::Invalid`] if `mem` is not page aligned, `bytes` exceeds
+    /// [`MAX_RING_BYTES`], or not one entry fits.
+    ///
+    /// # Safety
+    /// `mem` must point to `bytes` bytes of memory that are valid for reads and writes, shared
+    /// with the front end only (no other Rust reference to them exists), and stay valid for as
+    /// long as the returned ring (or anything using it) lives. `mem` is normally the front end's
+    /// granted pages, mapped consecutively.
+    pub unsafe fn new(mem: NonNull<u8>, bytes: usize) -> Result<Self> {
+        // SAFETY: the caller upholds the same contract.
+        unsafe { Self::attach(mem, bytes, 0) }
+    }
+
+    /// `BACK_RING_ATTACH`: attach with `rsp_prod_pvt = req_cons = start` (e.g. on reconnect).
+    /// The shared ring is not touched.
+    ///
+    /// Fails as [`new`](Self::new) does.
+    ///
+    /// # Safety
+    /// As for [`new`](Self::new).
+    pub unsafe fn attach(mem: NonNull<u8>, bytes: usize, start: RingIdx) -> Result<Self> {
+        let sring = Sring::new::<Req, Rsp>(mem, bytes)?;
+        Ok(BackRing {
+            rsp_prod_pvt: start,
+            req_cons: start,
+            req_prod_seen: start,
+            sring,
+            _entries: PhantomData,
+        })
+    }
+
+    /// `RING_SIZE`: number of entries (a power of two).
+    #[inline]
+    pub fn size(&self) -> u32 {
+        self.sring.nr_ents
+    }
+
+    /// `req_cons`: index of the next request to be consumed.
+    #[inline]
+    pub fn req_cons(&self) -> RingIdx {
+        self.req_cons
+    }
+
+    /// `rsp_prod_pvt`: index of the next response to be written.
+    #[inline]
+    pub fn rsp_prod_pvt(&self) -> RingIdx {
+        self.rsp_prod_pvt
+    }
+
+    /// The start of the shared ring this end was attached to.
+    pub fn shared(&self) -> NonNull<u8> {
+        self.sring.base
+    }
+
+    /// Requests consumed but not yet answered (`req_cons - rsp_prod_pvt`).
+    #[inline]
+    pub fn requests_in_progress(&self) -> u32 {
+        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+    }
+
+    /// `RING_HAS_UNCONSUMED_REQUESTS` (`XEN_RING_NR_UNCONSUMED_REQUESTS`):
+    /// `min(req_prod - req_cons, RING_SIZE - (req_cons - rsp_prod_pvt))`.
+    #[inline]
+    pub fn unconsumed_requests(&self) -> u32 {
+        let req = self
+            .sring
+            .index(REQ_PROD)
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.req_cons);
+        let rsp = self.sring.nr_ents.wrapping_sub(self.requests_in_progress());
+        req.min(rsp)
+    }
+
+    /// Whether [`unconsumed_requests`](Self::unconsumed_requests) is not zero.
+    #[inline]
+    pub fn has_unconsumed_requests(&self) -> bool {
+        self.unconsumed_requests() != 0
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS`: if no request is waiting, set `req_event = req_cons + 1`
+    /// (ask for a notification on the next request), then check again. `true` means there is
+    /// work: do not go to sleep.
+    #[inline]
+    pub fn final_check_for_requests(&mut self) -> bool {
+        if self.has_unconsumed_requests() {
+            return true;
+        }
+        self.sring
+            .index(REQ_EVENT)
+            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst); // xen_mb()
+        self.has_unconsumed_requests()
+    }
+
+    /// `RING_COPY_REQUEST(r, r->req_cons++, &req)`: take the next request, if the front end has
+    /// published one and the ring has room for its response.
+    ///
+    /// Returns `Ok(None)` when there is no request, and also when `RING_REQUEST_CONS_OVERFLOW`
+    /// holds (`RING_SIZE` requests are consumed but unanswered: push responses first).
+    ///
+    /// Fails with [`Error::RingOverflow`] when the front end claims more requests than the ring
+    /// can hold: `RING_REQUEST_PROD_OVERFLOW` (`req_prod - rsp_prod_pvt > RING_SIZE`), or
+    /// `req_prod - req_cons > RING_SIZE` (a `req_prod` that went backwards). Nothing is
+    /// consumed then.
+    #[inline]
+    pub fn take_request(&mut self) -> Result<Option<Req>> {
+        let cons = self.req_cons;
+        if cons == self.req_prod_seen {
+            let prod = self.sring.index(REQ_PROD).load(Ordering::Acquire); // xen_rmb()
+            let n = self.sring.nr_ents;
+            if prod.wrapping_sub(self.rsp_prod_pvt) > n // RING_REQUEST_PROD_OVERFLOW
+                || prod.wrapping_sub(cons) > n
+            {
+                return Err(Error::RingOverflow);
+            }
+            if prod == cons {
+                return Ok(None);
+            }
+            self.req_prod_seen = prod;
+        }
+        if cons.wrapping_sub(self.rsp_prod_pvt) >= self.sring.nr_ents {
+            // RING_REQUEST_CONS_OVERFLOW. Unreachable while the checks above hold (they bound
+            // req_prod_seen to rsp_prod_pvt + RING_SIZE); kept as ring.h users keep it.
+            return Ok(None);
+        }
+        let slot = self.sring.slot(cons).cast::<Req>();
+        // SAFETY: in-bounds entry, aligned for Req (page-aligned base, 64-byte header,
+        // entry_size a multiple of Req's alignment <= 64); the front end published it with a
+        // Release store of req_prod that the Acquire load above (now or earlier) observed. Req is
+        // Pod, so any bytes are a valid value; it is copied out once and never read again.
+        let req = unsafe { slot.read_volatile() };
+        self.req_cons = cons.wrapping_add(1);
+        Ok(Some(req))
+    }
+
+    /// `RING_GET_RESPONSE(r, r->rsp_prod_pvt++)` filled with `rsp` (one volatile copy of the
+    /// whole entry). Not visible to the front end until [`push_responses`](Self::push_responses)
+    /// or [`push_responses_and_check_notify`](Self::push_responses_and_check_notify).
+    ///
+    /// Returns `Err(rsp)` if every consumed request has been answered already
+    /// (`rsp_prod_pvt == req_cons`): in the one-response-per-request protocols ring.h serves,
+    /// that slot may still hold a request the back end has not consumed.
+    #[inline]
+    pub fn push_response(&mut self, rsp: Rsp) -> core::result::Result<(), Rsp> {
+        if self.rsp_prod_pvt == self.req_cons {
+            return Err(rsp);
+        }
+        let slot = self.sring.slot(self.rsp_prod_pvt).cast::<Rsp>();
+        // SAFETY: in-bounds entry, aligned for Rsp (see take_request); its request was already
+        // copied out, and the front end reads it only after the Release store of rsp_prod.
+        unsafe { slot.write_volatile(rsp) };
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// `RING_PUSH_RESPONSES`: publish every response written so far (`xen_wmb();
+    /// rsp_prod = rsp_prod_pvt`).
+    #[inline]
+    pub fn push_responses(&mut self) {
+        self.sring
+            .index(RSP_PROD)
+            .store(self.rsp_prod_pvt, Ordering::Release);
+    }
+
+    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`: publish every response written so far and return
+    /// whether the front end must be notified (the new `rsp_prod` passed its `rsp_event`).
+    #[inline]
+    pub fn push_responses_and_check_notify(&mut self) -> bool {
+        let rsp_prod = self.sring.index(RSP_PROD);
+        let old = rsp_prod.load(Ordering::Relaxed);
+        let new = self.rsp_prod_pvt;
+        rsp_prod.store(new, Ordering::Release); // xen_wmb(); rsp_prod = new
+        fence(Ordering::SeqCst); // xen_mb()
+        let event = self.sring.index(RSP_EVENT).load(Ordering::Relaxed);
+        crosses_event(old, new, event)
+    }
+}
+
+impl<Req: Pod, Rsp: Pod> fmt::Debug for BackRing<Req, Rsp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackRing")
+            .field("rsp_prod_pvt", &self.rsp_prod_pvt)
+            .field("req_cons", &self.req_cons)
+            .field("sring", &self.sring)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::alloc::{alloc, dealloc, Layout};
+    use std::vec::Vec;
+
+    /// Page-aligned memory standing in for granted pages, filled with `0xAA`.
+    struct Shm {
+        ptr: NonNull<u8>,
+        layout: Layout,
+    }
+
+    impl Shm {
+        fn new(bytes: usize) -> Self {
+            let layout = Layout::from_size_align(bytes.max(PAGE_SIZE), PAGE_SIZE).unwrap();
+            // SAFETY: the layout has a non-zero size.
+            let ptr = NonNull::new(unsafe { alloc(layout) }).expect("out of memory");
+            // SAFETY: freshly allocated, layout.size() bytes.
+            unsafe { ptr.as_ptr().write_bytes(0xAA, layout.size()) };
+            Shm { ptr, layout }
+        }
+        fn pages(n: usize) -> Self {
+            Self::new(n * PAGE_SIZE)
+        }
+        fn idx(&self, offset: usize) -> &AtomicU32 {
+            // SAFETY: offset is a header field offset inside the allocation, 4-aligned.
+            unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+        }
+        fn get(&self, offset: usize) -> u32 {
+            self.idx(offset).load(Ordering::SeqCst)
+        }
+        fn set(&self, offset: usize, v: u32) {
+            self.idx(offset).store(v, Ordering::SeqCst)
+        }
+        /// `SHARED_RING_INIT` as if the ring had been in use up to index `start`.
+        fn init_at(&self, start: RingIdx) {
+            self.set(REQ_PROD, start);
+            self.set(RSP_PROD, start);
+            self.set(REQ_EVENT, start.wrapping_add(1));
+            self.set(RSP_EVENT, start.wrapping_add(1));
+        }
+        fn byte(&self, offset: usize) -> u8 {
+            // SAFETY: tests only pass offsets inside the allocation.
+            unsafe { self.ptr.as_ptr().add(offset).read_volatile() }
+        }
+        fn write_entry<T>(&self, slot: usize, v: T) {
+            let size = entry_size::<T, T>();
+            // SAFETY: tests pass slots inside the ring; entries are aligned.
+            unsafe {
+                self.ptr
+                    .as_ptr()
+                    .add(SRING_HEADER_SIZE + slot * size)
+                    .cast::<T>()
+                    .write_volatile(v)
+            }
+        }
+    }
+
+    impl Drop for Shm {
+        fn drop(&mut self) {
+            // SAFETY: allocated in Shm::new with this layout.
+            unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        }
+    }
+
+    /// blkif-shaped entries: a 112-byte request and a 16-byte response.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct BlkReq {
+        op: u8,
+        nr_segments: u8,
+        handle: u16,
+        pad: u32,
+        id: u64,
+        sector: u64,
+        seg: [u64; 11],
+    }
+    // SAFETY: repr(C) integers, no implicit padding.
+    unsafe impl Pod for BlkReq {}
+    const _: () = assert!(size_of::<BlkReq>() == 112);
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct BlkRsp {
+        id: u64,
+        op: u8,
+        pad0: u8,
+        status: i16,
+        pad1: u32,
+    }
+    // SAFETY: repr(C) integers, no implicit padding.
+    unsafe impl Pod for BlkRsp {}
+    const _: () = assert!(size_of::<BlkRsp>() == 16);
+
+    fn req(id: u64) -> BlkReq {
+        BlkReq {
+            op: 1,
+            nr_segments: 11,
+            handle: 7,
+            pad: 0,
+            id,
+            sector: id * 8,
+            seg: [id ^ 0x5555_5555_5555_5555; 11],
+        }
+    }
+    fn rsp(id: u64) -> BlkRsp {
+        BlkRsp {
+            id,
+            op: 1,
+            pad0: 0,
+            status: -(id as i16 & 3),
+            pad1: 0,
+        }
+    }
+
+    type Front = FrontRing<BlkReq, BlkRsp>;
+    type Back = BackRing<BlkReq, BlkRsp>;
+
+    fn pair(shm: &Shm, bytes: usize) -> (Front, Back) {
+        // SAFETY: shm outlives the rings in every test (declared first, dropped last).
+        unsafe {
+            (
+                Front::new(shm.ptr, bytes).unwrap(),
+                Back::new(shm.ptr, bytes).unwrap(),
+            )
+        }
+    }
+
+    fn pair_at(shm: &Shm, bytes: usize, start: RingIdx) -> (Front, Back) {
+        shm.init_at(start);
+        // SAFETY: as in `pair`.
+        unsafe {
+            (
+                Front::attach(shm.ptr, bytes, start).unwrap(),
+                Back::attach(shm.ptr, bytes, start).unwrap(),
+            )
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(entry_size::<BlkReq, BlkRsp>(), 112);
+        assert_eq!(ring_size(PAGE_SIZE, 112), 32);
+        assert_eq!(ring_size(4 * PAGE_SIZE, 112), 128);
+        assert_eq!(ring_size(16 * PAGE_SIZE, 112), 512);
+        assert_eq!(ring_size(PAGE_SIZE, 8), 256);
+        assert_eq!(ring_size(PAGE_SIZE, 16), 128);
+        let shm = Shm::pages(4);
+        let (f, b) = pair(&shm, 4 * PAGE_SIZE);
+        assert_eq!((f.size(), b.size()), (128, 128));
+        // SAFETY: shm outlives the ring.
+        let small = unsafe { FrontRing::<u64, u32>::new(shm.ptr, PAGE_SIZE).unwrap() };
+        assert_eq!(small.size(), 256);
+    }
+
+    #[test]
+    fn shared_ring_init() {
+        let shm = Shm::pages(1);
+        let (f, b) = pair(&shm, PAGE_SIZE);
+        assert_eq!(
+            [
+                shm.get(REQ_PROD),
+                shm.get(REQ_EVENT),
+                shm.get(RSP_PROD),
+                shm.get(RSP_EVENT)
+            ],
+            [0, 1, 0, 1]
+        );
+        assert!(
+            (PVT..SRING_HEADER_SIZE).all(|i| shm.byte(i) == 0),
+            "pvt and __pad zeroed"
+        );
+        assert_eq!(shm.byte(SRING_HEADER_SIZE), 0xAA, "entries untouched");
+        assert_eq!(
+            (
+                f.req_prod_pvt(),
+                f.rsp_cons(),
+                b.req_cons(),
+                b.rsp_prod_pvt()
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(f.free_requests(), 32);
+        assert_eq!(b.unconsumed_requests(), 0);
+        assert_eq!(f.unconsumed_responses(), 0);
+    }
+
+    #[test]
+    fn attach_leaves_shared_ring_alone() {
+        let shm = Shm::pages(1);
+        shm.init_at(1000);
+        shm.set(REQ_PROD, 1003);
+        // SAFETY: shm outlives the rings.
+        let (f, mut b) = unsafe {
+            (
+                Front::attach(shm.ptr, PAGE_SIZE, 1000).unwrap(),
+                Back::attach(shm.ptr, PAGE_SIZE, 1000).unwrap(),
+            )
+        };
+        assert_eq!((f.req_prod_pvt(), f.rsp_cons()), (1000, 1000));
+        assert_eq!((b.req_cons(), b.rsp_prod_pvt()), (1000, 1000));
+        assert_eq!(
+            [
+                shm.get(REQ_PROD),
+                shm.get(REQ_EVENT),
+                shm.get(RSP_PROD),
+                shm.get(RSP_EVENT)
+            ],
+            [1003, 1001, 1000, 1001]
+        );
+        assert_eq!(shm.byte(PVT), 0xAA);
+        assert_eq!(b.unconsumed_requests(), 3);
+        assert!(b.take_request().unwrap().is_some());
+    }
+
+    #[test]
+    fn constructors_reject_bad_memory() {
+        let shm = Shm::pages(MAX_RING_PAGES + 1);
+        let p = shm.ptr;
+        // SAFETY (all below): the memory is valid; rejected constructors never touch it.
+        unsafe {
+            let misaligned = p.add(64);
+            assert_eq!(
+                Front::new(misaligned, PAGE_SIZE).unwrap_err(),
+                Error::Invalid
+            );
+            assert_eq!(
+                Back::new(misaligned, PAGE_SIZE).unwrap_err(),
+                Error::Invalid
+            );
+            assert_eq!(
+                Front::attach(p.add(8), PAGE_SIZE, 0).unwrap_err(),
+                Error::Invalid
+            );
+            for bytes in [0, 1, SRING_HEADER_SIZE, SRING_HEADER_SIZE + 111] {
+                assert_eq!(Front::new(p, bytes).unwrap_err(), Error::Invalid, "{bytes}");
+                assert_eq!(
+                    Back::attach(p, bytes, 5).unwrap_err(),
+                    Error::Invalid,
+                    "{bytes}"
+                );
+            }
+            for bytes in [
+                MAX_RING_BYTES + 1,
+                (MAX_RING_PAGES + 1) * PAGE_SIZE,
+                usize::MAX,
+            ] {
+                assert_eq!(Front::new(p, bytes).unwrap_err(), Error::Invalid, "{bytes}");
+                assert_eq!(Back::new(p, bytes).unwrap_err(), Error::Invalid, "{bytes}");
+            }
+            // Exactly one entry, and exactly the maximum, are fine.
+            assert_eq!(Front::new(p, SRING_HEADER_SIZE + 112).unwrap().size(), 1);
+            assert_eq!(Back::new(p, MAX_RING_BYTES).unwrap().size(), 512);
+        }
+    }
+
+    #[test]
+    fn free_and_full() {
+        let shm = Shm::pages(1);
+        let (mut f, mut b) = pair(&shm, PAGE_SIZE);
+        for i in 0..32u64 {
+            assert_eq!(f.free_requests(), 32 - i as u32);
+            assert!(!f.is_full());
+            f.push_request(req(i)).unwrap();
+        }
+        assert!(f.is_full());
+        assert_eq!(f.free_requests(), 0);
+        assert_eq!(f.push_request(req(99)), Err(req(99)));
+        assert_eq!(f.req_prod_pvt(), 32);
+        // Unpublished requests are invisible to the back end.
+        assert_eq!(b.take_request(), Ok(None));
+        f.push_requests();
+        assert_eq!(b.unconsumed_requests(), 32);
+        for i in 0..32 {
+            assert_eq!(b.take_request(), Ok(Some(req(i))));
+        }
+        assert_eq!(b.take_request(), Ok(None));
+        // Consuming requests does not free slots; only consumed responses do.
+        assert!(f.is_full());
+        b.push_response(rsp(0)).unwrap();
+        b.push_responses();
+        assert!(f.is_full());
+        assert_eq!(f.unconsumed_responses(), 1);
+        assert_eq!(f.take_response(), Ok(Some(rsp(0))));
+        assert_eq!(f.free_requests(), 1);
+        assert_eq!(f.take_response(), Ok(None));
+    }
+
+    #[test]
+    fn push_response_needs_a_consumed_request() {
+        let shm = Shm::pages(1);
+        let (mut f, mut b) = pair(&shm, PAGE_SIZE);
+        assert_eq!(b.push_response(rsp(1)), Err(rsp(1)));
+        f.push_request(req(1)).unwrap();
+        f.push_requests();
+        assert_eq!(
+            b.push_response(rsp(1)),
+            Err(rsp(1)),
+            "published but not consumed"
+        );
+        b.take_request().unwrap().unwrap();
+        assert_eq!(b.requests_in_progress(), 1);
+        assert_eq!(b.push_response(rsp(1)), Ok(()));
+        assert_eq!(b.push_response(rsp(2)), Err(rsp(2)));
+        assert_eq!(b.requests_in_progress(), 0);
+    }
+
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY` with `req_event` at various places relative to
+    /// the old and new producer.
+    #[test]
+    fn request_notify_decisions() {
+        // (event - old, pushed, notify)
+        let cases = [
+            (1, 1, true), // back asked for the next request
+            (1, 3, true),
+            (0, 1, false), // event already passed: back is awake
+            (0, 5, false),
+            (2, 1, false), // back wants a notification later
+            (2, 2, true),
+            (3, 2, false),
+            (5, 5, true),
+            (5, 4, false),
+            (1, 0, false),                    // nothing new
+            (0u32.wrapping_sub(7), 3, false), // event far behind
+        ];
+        for start in [0, 1000, u32::MAX - 1, u32::MAX] {
+            for (ev, k, want) in cases {
+                let shm = Shm::pages(1);
+                let (mut f, _b) = pair_at(&shm, PAGE_SIZE, start);
+                shm.set(REQ_EVENT, start.wrapping_add(ev));
+                for i in 0..k {
+                    f.push_request(req(i as u64)).unwrap();
+                }
+                assert_eq!(
+                    f.push_requests_and_check_notify(),
+                    want,
+                    "start {start} event +{ev} pushed {k}"
+                );
+                assert_eq!(shm.get(REQ_PROD), start.wrapping_add(k));
+                assert_eq!(
+                    shm.get(REQ_EVENT),
+                    start.wrapping_add(ev),
+                    "front never writes req_event"
+                );
+            }
+        }
+    }
+
+    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`, likewise.
+    #[test]
+    fn response_notify_decisions() {
+        let cases = [
+            (1, 1, true),
+            (1, 4, true),
+            (0, 2, false),
+            (2, 1, false),
+            (2, 2, true),
+            (4, 3, false),
+            (1, 0, false),
+        ];
+        for start in [0, 77, u32::MAX - 2, u32::MAX] {
+            for (ev, k, want) in cases {
+                let shm = Shm::pages(1);
+                let (mut f, mut b) = pair_at(&shm, PAGE_SIZE, start);
+                for i in 0..k {
+                    f.push_request(req(i as u64)).unwrap();
+                }
+                f.push_requests();
+                for i in 0..k {
+                    assert_eq!(b.take_request(), Ok(Some(req(i as u64))));
+                }
+                shm.set(RSP_EVENT, start.wrapping_add(ev));
+                for i in 0..k {
+                    b.push_response(rsp(i as u64)).unwrap();
+                }
+                assert_eq!(
+                    b.push_responses_and_check_notify(),
+                    want,
+                    "start {start} event +{ev} pushed {k}"
+                );
+                assert_eq!(shm.get(RSP_PROD), start.wrapping_add(k));
+            }
+        }
+    }
+
+    #[test]
+    fn final_check_for_requests_sets_event() {
+        for start in [0, 500, u32::MAX - 1, u32::MAX] {
+            let shm = Shm::pages(1);
+            let (mut f, mut b) = pair_at(&shm, PAGE_SIZE, start);
+            shm.set(REQ_EVENT, 12345);
+            assert!(!b.final_check_for_requests());
+            assert_eq!(
+                shm.get(REQ_EVENT),
+                start.wrapping_add(1),
+                "req_event = req_cons + 1"
+            );
+            // The next request must be notified, the one after it not.
+            f.push_request(req(1)).unwrap();
+            assert!(f.push_requests_and_check_notify());
+            f.push_request(req(2)).unwrap();
+            assert!(!f.push_requests_and_check_notify());
+            // Work pending: final check returns true and leaves req_event alone.
+            shm.set(REQ_EVENT, 12345);
+            assert!(b.final_check_for_requests());
+            assert_eq!(shm.get(REQ_EVENT), 12345);
+            assert_eq!(b.take_request(), Ok(Some(req(1))));
+            assert!(b.final_check_for_requests());
+            assert_eq!(b.take_request(), Ok(Some(req(2))));
+            assert!(!b.final_check_for_requests());
+            assert_eq!(shm.get(REQ_EVENT), start.wrapping_add(3));
+        }
+    }
+
+    #[test]
+    fn final_check_for_responses_sets_event() {
+        for start in [0, 9, u32::MAX - 1, u32::MAX] {
+            let shm = Shm::pages(1);
+            let (mut f, mut b) = pair_at(&shm, PAGE_SIZE, start);
+            shm.set(RSP_EVENT, 4242);
+            assert!(!f.final_check_for_responses());
+            assert_eq!(
+                shm.get(RSP_EVENT),
+                start.wrapping_add(1),
+                "rsp_event = rsp_cons + 1"
+            );
+            for i in 0..3 {
+                f.push_request(req(i)).unwrap();
+            }
+            f.push_requests();
+            for i in 0..3 {
+                assert_eq!(b.take_request(), Ok(Some(req(i))));
+            }
+            b.push_response(rsp(0)).unwrap();
+            assert!(b.push_responses_and_check_notify());
+            b.push_response(rsp(1)).unwrap();
+            assert!(!b.push_responses_and_check_notify());
+            shm.set(RSP_EVENT, 4242);
+            assert!(f.final_check_for_responses());
+            assert_eq!(shm.get(RSP_EVENT), 4242);
+            assert_eq!(f.take_response(), Ok(Some(rsp(0))));
+            assert_eq!(f.take_response(), Ok(Some(rsp(1))));
+            assert!(!f.final_check_for_responses());
+            assert_eq!(shm.get(RSP_EVENT), start.wrapping_add(3));
+            b.push_response(rsp(2)).unwrap();
+            assert!(b.push_responses_and_check_notify());
+        }
+    }
+
+    /// Many round trips across the `u32` wrap, in batches of varying size.
+    #[test]
+    fn wraparound() {
+        for pages in [1, 4] {
+            let bytes = pages * PAGE_SIZE;
+            let start = u32::MAX - 40;
+            let shm = Shm::pages(pages);
+            let (mut f, mut b) = pair_at(&shm, bytes, start);
+            let (mut sent, mut served, mut done) = (0u64, 0u64, 0u64);
+            for round in 0..200u64 {
+                let batch = 1 + (round * 7 % f.size() as u64);
+                for _ in 0..batch {
+                    if f.push_request(req(sent)).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                f.push_requests_and_check_notify();
+                while let Some(r) = b.take_request().unwrap() {
+                    assert_eq!(r, req(served));
+                    b.push_response(rsp(served)).unwrap();
+                    served += 1;
+                }
+                b.push_responses_and_check_notify();
+                while let Some(r) = f.take_response().unwrap() {
+                    assert_eq!(r, rsp(done));
+                    done += 1;
+                }
+                assert_eq!(done, sent);
+                assert_eq!(f.free_requests(), f.size());
+            }
+            assert!(sent > u64::from(u32::MAX - start) + 100);
+            assert_eq!(f.req_prod_pvt(), start.wrapping_add(sent as u32));
+            assert_eq!(b.req_cons(), f.req_prod_pvt());
+        }
+    }
+
+    #[test]
+    fn hostile_req_prod_is_an_overflow() {
+        for start in [0, 12, u32::MAX - 3] {
+            let shm = Shm::pages(1);
+            let (_f, mut b) = pair_at(&shm, PAGE_SIZE, start);
+            let n = b.size();
+            for bad in [n + 1, n + 1000, 0x8000_0000, u32::MAX] {
+                shm.set(REQ_PROD, start.wrapping_add(bad));
+                assert_eq!(
+                    b.take_request(),
+                    Err(Error::RingOverflow),
+                    "req_prod = req_cons + {bad}"
+                );
+                assert_eq!(b.req_cons(), start, "nothing consumed");
+                // RING_HAS_UNCONSUMED_REQUESTS is bounded by the ring size.
+                assert_eq!(b.unconsumed_requests(), n);
+            }
+            // Exactly a full ring is legal.
+            shm.set(REQ_PROD, start.wrapping_add(n));
+            for _ in 0..n {
+                assert!(b.take_request().unwrap().is_some());
+            }
+            assert_eq!(b.take_request(), Ok(None));
+            // RING_REQUEST_CONS_OVERFLOW: n requests consumed, none answered.
+            assert_eq!(b.unconsumed_requests(), 0);
+            // One more claimed request overflows relative to rsp_prod_pvt.
+            shm.set(REQ_PROD, start.wrapping_add(n + 1));
+            assert_eq!(b.take_request(), Err(Error::RingOverflow));
+        }
+    }
+
+    /// RING_REQUEST_PROD_OVERFLOW is relative to rsp_prod_pvt, not req_cons.
+    #[test]
+    fn request_prod_overflow_counts_unanswered_requests() {
+        let shm = Shm::pages(1);
+        let (mut f, mut b) = pair_at(&shm, PAGE_SIZE, u32::MAX - 5);
+        let n = b.size();
+        for i in 0..10 {
+            f.push_request(req(i)).unwrap();
+        }
+        f.push_requests();
+        for _ in 0..10 {
+            b.take_request().unwrap().unwrap();
+        }
+        // 10 in progress: req_prod may be at most rsp_prod_pvt + n = req_cons + n - 10.
+        let cons = b.req_cons();
+        shm.set(REQ_PROD, cons.wrapping_add(n - 9));
+        assert_eq!(b.take_request(), Err(Error::RingOverflow));
+        shm.set(REQ_PROD, cons.wrapping_add(n - 10));
+        assert!(b.take_request().unwrap().is_some());
+        // req_prod going backwards.
+        shm.set(REQ_PROD, cons);
+        let mut got = 0;
+        loop {
+            match b.take_request() {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("should overflow"),
+                Err(e) => {
+                    assert_eq!(e, Error::RingOverflow);
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, n - 11, "cached, checked requests are still served");
+    }
+
+    #[test]
+    fn hostile_rsp_prod_is_an_overflow() {
+        for start in [0, u32::MAX - 1] {
+            let shm = Shm::pages(1);
+            let (mut f, mut b) = pair_at(&shm, PAGE_SIZE, start);
+            let n = f.size();
+            for bad in [n + 1, 0x8000_0000, u32::MAX] {
+                shm.set(RSP_PROD, start.wrapping_add(bad));
+                assert_eq!(
+                    f.take_response(),
+                    Err(Error::RingOverflow),
+                    "RING_RESPONSE_PROD_OVERFLOW +{bad}"
+                );
+                assert_eq!(f.rsp_cons(), start);
+            }
+            // More responses than requests outstanding.
+            shm.set(RSP_PROD, start.wrapping_add(1));
+            assert_eq!(f.take_response(), Err(Error::RingOverflow));
+            for i in 0..3 {
+                f.push_request(req(i)).unwrap();
+            }
+            f.push_requests();
+            shm.set(RSP_PROD, start.wrapping_add(4));
+            assert_eq!(f.take_response(), Err(Error::RingOverflow));
+            shm.set(RSP_PROD, start);
+            for i in 0..3 {
+                b.take_request().unwrap().unwrap();
+                b.push_response(rsp(i)).unwrap();
+            }
+            b.push_responses();
+            for i in 0..3 {
+                assert_eq!(f.take_response(), Ok(Some(rsp(i))));
+            }
+            assert_eq!(f.take_response(), Ok(None));
+        }
+    }
+
+    /// Requests are copied out once: later writes by the peer do not change what was taken.
+    #[test]
+    fn requests_are_copied_out() {
+        let shm = Shm::pages(1);
+        let (mut f, mut b) = pair(&shm, PAGE_SIZE);
+        f.push_request(req(5)).unwrap();
+        f.push_requests();
+        let got = b.take_request().unwrap().unwrap();
+        shm.write_entry(0, req(6));
+        assert_eq!(got, req(5));
+        b.push_response(rsp(5)).unwrap();
+        b.push_responses();
+        let r = f.take_response().unwrap().unwrap();
+        shm.write_entry(0, rsp(9));
+        assert_eq!(r, rsp(5));
+    }
+
+    /// Slots are `idx & (size - 1)`: entry `i` of the shared ring holds index `start + k`.
+    #[test]
+    fn slot_mapping() {
+        let shm = Shm::pages(1);
+        let start = u32::MAX - 1;
+        let (mut f, _b) = pair_at(&shm, PAGE_SIZE, start);
+        let mut seen = Vec::new();
+        for i in 0..4u64 {
+            f.push_request(req(i)).unwrap();
+            let slot = (start.wrapping_add(i as u32) & 31) as usize;
+            // SAFETY: slot < 32, inside the one-page ring.
+            let id = unsafe {
+                shm.ptr
+                    .as_ptr()
+                    .add(SRING_HEADER_SIZE + slot * 112 + 8)
+                    .cast::<u64>()
+                    .read_volatile()
+            };
+            seen.push((slot, id));
+        }
+        assert_eq!(seen, [(30, 0), (31, 1), (0, 2), (1, 3)]);
+        assert!(std::format!("{f:?}").contains("req_prod_pvt"));
+    }
 }
