@@ -3,6 +3,19 @@
 //! Every type, field offset and constant here is compared with the installed C headers by
 //! `ci/abi-oracle` (CI installs `libxen-dev`). Hand-written rather than taken from `xen-sys`:
 //! see the workspace Cargo.toml for why.
+//!
+//! Submodules follow the headers: [`xen`] (xen.h, arch-x86), [`grant_table`], [`event_channel`],
+//! [`sched`], [`hvm`] (PVH start info, hvm_op.h, params.h), [`xs`] (io/xs_wire.h) and
+//! [`console`] (io/console.h). Implicit C padding is spelled out as `_padN` fields so that the
+//! `Pod` types have no padding bytes.
+
+pub mod console;
+pub mod event_channel;
+pub mod grant_table;
+pub mod hvm;
+pub mod sched;
+pub mod xen;
+pub mod xs;
 
 /// `domid_t` (xen.h).
 pub type DomId = u16;
