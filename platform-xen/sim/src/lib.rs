@@ -55,8 +55,10 @@
 //!   `bind_interdomain` needs a port that is unbound and reserved for the caller (reserved for
 //!   another domain: `PermissionDenied`; already bound: `Invalid`). As on Xen, the new local
 //!   port starts **pending** (Xen sets it so that events sent before the bind are not lost).
-//!   `notify` on a port never bound is `Invalid`; on a port whose peer closed or died,
-//!   `PeerGone`. Masked ports collect pending bits without waking; unmasking a pending port
+//!   `notify` on a port allocated but not yet bound is dropped silently and succeeds, as
+//!   Xen's `evtchn_send` does for `ECS_UNBOUND`; on a port whose peer closed or died it is
+//!   `PeerGone` (a deliberate deviation: Xen drops that send too, the simulator reports it so
+//!   tests see the fault). Masked ports collect pending bits without waking; unmasking a pending port
 //!   wakes. `wait` returns the first pending unmasked port, `PeerGone` when every port's peer
 //!   is gone, `Timeout` after the timeout, and `NoSuchDomain` if the caller is destroyed.
 //! * **Destroy** ([`Hypervisor::destroy_domain`]) closes the domain's ports (peers are woken

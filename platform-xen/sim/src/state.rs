@@ -453,10 +453,14 @@ impl State {
                 }
                 Ok(())
             }
+            // Deviation from Xen, on purpose: Xen silently drops a send on a port whose peer
+            // closed (it is ECS_UNBOUND again); the simulator reports it so tests see the fault.
             PortState::Unbound {
                 peer_gone: true, ..
             } => Err(Error::PeerGone),
-            PortState::Unbound { .. } => Err(Error::Invalid),
+            // Xen's evtchn_send: `case ECS_UNBOUND: /* silently drop the notification */`.
+            // A front end may notify before the back end has bound its port.
+            PortState::Unbound { .. } => Ok(()),
             PortState::Free => Err(Error::NotFound),
         }
     }
