@@ -119,7 +119,7 @@ fn back_end(dom: Domain, offers: mpsc::Receiver<Offer>) -> Result<BackStats, Err
         dom.clear(port);
         stats.wakeups += 1;
     }
-    drop(ring);
+    // `ring` is not used past this point: the pages can go.
     dom.unmap_multi(map)?;
     dom.close(port)?;
     println!(
@@ -241,7 +241,7 @@ fn run() -> Result<bool, Error> {
         stats.notifies_sent,
         stats.wakeups
     );
-    drop(ring);
+    // `ring` is not used past this point: the grants can end.
     for r in &refs {
         front.end(*r)?;
     }
