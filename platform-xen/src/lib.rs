@@ -12,6 +12,7 @@ pub mod abi;
 pub mod error;
 pub mod ring;
 pub mod traits;
+pub mod xs_ring;
 
 pub use abi::{DomId, EvtchnPort, GrantRef, XenPfn, PAGE_SIZE};
 pub use error::{Error, Result};

@@ -19,12 +19,14 @@ extern crate alloc;
 pub use xen_platform as platform;
 pub use xen_platform::{DomId, EvtchnPort};
 
+pub mod client;
 pub mod error;
 pub mod framer;
 pub mod msg;
 mod num;
 pub mod path;
 pub mod perms;
+pub mod server;
 pub mod wire;
 
 pub use error::{CodecError, XsError};

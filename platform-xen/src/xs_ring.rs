@@ -1,0 +1,1 @@
+//! The xenstore shared ring page as a byte stream (being written).

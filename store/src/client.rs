@@ -1,0 +1,1 @@
+//! XenStore client (being written).
