@@ -20,7 +20,7 @@
 //! | `RING_HAS_UNCONSUMED_RESPONSES`          | [`FrontRing::unconsumed_responses`]               |
 //! | `RING_FINAL_CHECK_FOR_RESPONSES`         | [`FrontRing::final_check_for_responses`]          |
 //! | `RING_RESPONSE_PROD_OVERFLOW`            | checked by [`FrontRing::take_response`]           |
-//! | `RING_COPY_REQUEST`                      | [`BackRing::take_request`]                        |
+//! | `RING_COPY_REQUEST`                      | [`BackRing::take_request`], [`BackRing::take_request_with`] |
 //! | `RING_HAS_UNCONSUMED_REQUESTS`           | [`BackRing::unconsumed_requests`]                 |
 //! | `RING_REQUEST_PROD_OVERFLOW` / `_CONS_OVERFLOW` | checked by [`BackRing::take_request`]      |
 //! | `RING_GET_RESPONSE` + fill               | [`BackRing::push_response`]                       |
@@ -33,19 +33,22 @@
 //! that sees the new index); `prod = sring->prod; xen_rmb();` is an `Acquire` load of the peer's
 //! producer index before its entries are read; `xen_mb()` in the check-notify and final-check
 //! macros is a `SeqCst` fence (the store-then-load of the event protocol needs a full barrier on
-//! both sides, or a wakeup can be lost).
+//! both sides, or a wakeup can be lost). On x86_64 these compile to what Linux's barriers do:
+//! plain moves for the index accesses and a `lock or` for the fence.
 //!
 //! # A peer is not trusted
 //! Entries are `Pod`, so any bytes a peer writes are a valid value. Each entry is copied out of
-//! shared memory exactly once, as a whole, with a volatile read (`RING_COPY_REQUEST`/
-//! `RING_COPY_RESPONSE`) and the copy is what the caller gets: the peer cannot change it
-//! afterwards. Slot numbers are always `idx & (nr_ents - 1)`, so no index a peer writes can point
-//! outside the ring. A producer index that claims more entries than the ring can hold is reported
-//! as [`Error::RingOverflow`] instead of being consumed.
+//! shared memory exactly once, as a whole, with volatile loads of aligned words
+//! (`RING_COPY_REQUEST`/`RING_COPY_RESPONSE`), and the copy is what the caller gets: the peer
+//! cannot change it afterwards, and the compiler cannot re-read shared memory for it. Entries we
+//! produce are written with one plain `ptr::write` each into a slot that is ours until the
+//! `Release` store that publishes it. Slot numbers are always `idx & (nr_ents - 1)`, so no index
+//! a peer writes can point outside the ring. A producer index that claims more entries than the
+//! ring can hold is reported as [`Error::RingOverflow`] instead of being consumed.
 
 use core::fmt;
 use core::marker::PhantomData;
-use core::mem::{align_of, offset_of, size_of};
+use core::mem::{align_of, offset_of, size_of, MaybeUninit};
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
@@ -128,6 +131,95 @@ const PVT: usize = offset_of!(SringHeader, pvt);
 #[inline(always)]
 const fn crosses_event(old: RingIdx, new: RingIdx, event: RingIdx) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
+}
+
+/// The alignment every entry slot has: the ring starts page aligned and entries start after the
+/// 64-byte header, so slot `i` (at `64 + i * entry_size`) is aligned to the largest power of two
+/// dividing `entry_size`, capped at 64.
+const fn slot_align(entry_size: usize) -> usize {
+    if entry_size == 0 {
+        return 1;
+    }
+    let a = 1usize << entry_size.trailing_zeros();
+    if a > SRING_HEADER_SIZE {
+        SRING_HEADER_SIZE
+    } else {
+        a
+    }
+}
+
+/// `RING_COPY_REQUEST`/`RING_COPY_RESPONSE`: copy a `T` out of shared memory with volatile loads
+/// of the widest words `align` allows, so every byte is read exactly once and the copy is a
+/// local value the peer cannot change (the compiler may not re-read shared memory for it).
+///
+/// # Safety
+/// `src` must be valid for reading `size_of::<T>()` bytes and aligned to `align`, a power of two
+/// not smaller than `align_of::<T>()`.
+#[inline(always)]
+unsafe fn copy_out<T: Pod>(src: *const u8, align: usize) -> T {
+    let mut out = MaybeUninit::<T>::uninit();
+    // SAFETY: the caller's contract.
+    unsafe { copy_out_into(src, align, &mut out) };
+    // SAFETY: all bytes were written, and T is Pod: every bit pattern is a valid T.
+    unsafe { out.assume_init() }
+}
+
+/// [`copy_out`] into `out`, which it fully initialises.
+///
+/// # Safety
+/// As for [`copy_out`].
+#[inline(always)]
+unsafe fn copy_out_into<T: Pod>(src: *const u8, align: usize, out: &mut MaybeUninit<T>) {
+    let dst = out.as_mut_ptr().cast::<u8>();
+    let size = size_of::<T>();
+    let mut off = 0;
+    // x86_64 always has SSE2: one 16-byte load per 16 aligned bytes.
+    #[cfg(target_arch = "x86_64")]
+    if align >= 16 {
+        use core::arch::x86_64::__m128i;
+        while off + 16 <= size {
+            // SAFETY: as below, with width 16.
+            unsafe {
+                let w = src.add(off).cast::<__m128i>().read_volatile();
+                dst.add(off).cast::<__m128i>().write_unaligned(w);
+            }
+            off += 16;
+        }
+    }
+    // SAFETY (every block below): `off + width <= size`, so both `src + off` and `dst + off` are
+    // in bounds; `off` is a multiple of `width` while `width <= align`, so `src + off` is aligned
+    // for the volatile load; the stores into `out` are unaligned writes.
+    if align >= 8 {
+        while off + 8 <= size {
+            unsafe {
+                let w = src.add(off).cast::<u64>().read_volatile();
+                dst.add(off).cast::<u64>().write_unaligned(w);
+            }
+            off += 8;
+        }
+    }
+    if align >= 4 {
+        while off + 4 <= size {
+            unsafe {
+                let w = src.add(off).cast::<u32>().read_volatile();
+                dst.add(off).cast::<u32>().write_unaligned(w);
+            }
+            off += 4;
+        }
+    }
+    if align >= 2 {
+        while off + 2 <= size {
+            unsafe {
+                let w = src.add(off).cast::<u16>().read_volatile();
+                dst.add(off).cast::<u16>().write_unaligned(w);
+            }
+            off += 2;
+        }
+    }
+    while off < size {
+        unsafe { dst.add(off).write(src.add(off).read_volatile()) };
+        off += 1;
+    }
 }
 
 /// The shared part both ends see: where the `sring` is and its geometry.
@@ -333,9 +425,10 @@ impl<Req: Pod, Rsp: Pod> FrontRing<Req, Rsp> {
         }
         let slot = self.sring.slot(self.req_prod_pvt).cast::<Req>();
         // SAFETY: `slot` is an in-bounds entry (Sring::slot), aligned for Req (page-aligned
-        // base, 64-byte header, entry_size a multiple of Req's alignment <= 64). The back end
-        // reads it only after the Release store of req_prod that publishes it.
-        unsafe { slot.write_volatile(req) };
+        // base, 64-byte header, entry_size a multiple of Req's alignment <= 64). The slot is
+        // ours until the Release store of req_prod publishes it, which orders this write before
+        // it; a plain write lets the compiler fill the entry as C fills RING_GET_REQUEST's.
+        unsafe { slot.write(req) };
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -415,11 +508,11 @@ impl<Req: Pod, Rsp: Pod> FrontRing<Req, Rsp> {
             }
             self.rsp_prod_seen = prod;
         }
-        let slot = self.sring.slot(cons).cast::<Rsp>();
-        // SAFETY: in-bounds, aligned entry (see push_request); the back end published it with a
-        // Release store of rsp_prod that the Acquire load above (now or earlier) observed. Rsp
-        // is Pod, so whatever bytes are there form a valid value; it is copied out once.
-        let rsp = unsafe { slot.read_volatile() };
+        let slot = self.sring.slot(cons);
+        // SAFETY: in-bounds entry of entry_size >= size_of::<Rsp>() bytes, aligned to
+        // slot_align (>= Rsp's alignment); the back end published it with a Release store of
+        // rsp_prod that the Acquire load above (now or earlier) observed. Copied out once.
+        let rsp = unsafe { copy_out::<Rsp>(slot, slot_align(entry_size::<Req, Rsp>())) };
         self.rsp_cons = cons.wrapping_add(1);
         Ok(Some(rsp))
     }
@@ -563,6 +656,34 @@ impl<Req: Pod, Rsp: Pod> BackRing<Req, Rsp> {
     /// consumed then.
     #[inline]
     pub fn take_request(&mut self) -> Result<Option<Req>> {
+        Ok(self.next_request()?.map(|slot| {
+            // SAFETY: `next_request` returns a published, in-bounds slot of entry_size >=
+            // size_of::<Req>() bytes, aligned to slot_align (>= Req's alignment). Req is Pod,
+            // so any bytes are a valid value; it is copied out once and never read again.
+            unsafe { copy_out::<Req>(slot, slot_align(entry_size::<Req, Rsp>())) }
+        }))
+    }
+
+    /// [`take_request`](Self::take_request), handing `f` a reference to the local copy instead
+    /// of moving it out: the same single volatile copy, into a buffer on this stack frame, which
+    /// `f` reads (or passes on) in place. For large entries that `f` hands to other code, this
+    /// saves the compiler a move of the whole request.
+    #[inline]
+    pub fn take_request_with<R>(&mut self, f: impl FnOnce(&Req) -> R) -> Result<Option<R>> {
+        let Some(slot) = self.next_request()? else {
+            return Ok(None);
+        };
+        let mut copy = MaybeUninit::<Req>::uninit();
+        // SAFETY: as in take_request.
+        unsafe { copy_out_into::<Req>(slot, slot_align(entry_size::<Req, Rsp>()), &mut copy) };
+        // SAFETY: copy_out_into initialised every byte, and Req is Pod.
+        Ok(Some(f(unsafe { copy.assume_init_ref() })))
+    }
+
+    /// The checks of [`take_request`](Self::take_request): the slot of the next request to copy
+    /// out (and `req_cons` advanced past it), `None`, or the overflow error.
+    #[inline(always)]
+    fn next_request(&mut self) -> Result<Option<*const u8>> {
         let cons = self.req_cons;
         if cons == self.req_prod_seen {
             let prod = self.sring.index(REQ_PROD).load(Ordering::Acquire); // xen_rmb()
@@ -572,24 +693,20 @@ impl<Req: Pod, Rsp: Pod> BackRing<Req, Rsp> {
             {
                 return Err(Error::RingOverflow);
             }
-            if prod == cons {
+            if prod == cons || cons.wrapping_sub(self.rsp_prod_pvt) >= n {
+                // Nothing new, or RING_REQUEST_CONS_OVERFLOW. The latter cannot hold once the
+                // checks above passed (req_cons <= req_prod_seen <= rsp_prod_pvt + RING_SIZE,
+                // and rsp_prod_pvt only grows), so every request handed out below also
+                // satisfies it; it is tested here, once per load of req_prod, as a backstop.
                 return Ok(None);
             }
             self.req_prod_seen = prod;
         }
-        if cons.wrapping_sub(self.rsp_prod_pvt) >= self.sring.nr_ents {
-            // RING_REQUEST_CONS_OVERFLOW. Unreachable while the checks above hold (they bound
-            // req_prod_seen to rsp_prod_pvt + RING_SIZE); kept as ring.h users keep it.
-            return Ok(None);
-        }
-        let slot = self.sring.slot(cons).cast::<Req>();
-        // SAFETY: in-bounds entry, aligned for Req (page-aligned base, 64-byte header,
-        // entry_size a multiple of Req's alignment <= 64); the front end published it with a
-        // Release store of req_prod that the Acquire load above (now or earlier) observed. Req is
-        // Pod, so any bytes are a valid value; it is copied out once and never read again.
-        let req = unsafe { slot.read_volatile() };
+        // Published: the Acquire load above (now or earlier) observed the front end's Release
+        // store of a req_prod past `cons`. The slot stays the front end's to reuse only after
+        // our response for it, so advancing req_cons before the copy is safe.
         self.req_cons = cons.wrapping_add(1);
-        Ok(Some(req))
+        Ok(Some(self.sring.slot(cons).cast_const()))
     }
 
     /// `RING_GET_RESPONSE(r, r->rsp_prod_pvt++)` filled with `rsp` (one volatile copy of the
@@ -605,9 +722,10 @@ impl<Req: Pod, Rsp: Pod> BackRing<Req, Rsp> {
             return Err(rsp);
         }
         let slot = self.sring.slot(self.rsp_prod_pvt).cast::<Rsp>();
-        // SAFETY: in-bounds entry, aligned for Rsp (see take_request); its request was already
-        // copied out, and the front end reads it only after the Release store of rsp_prod.
-        unsafe { slot.write_volatile(rsp) };
+        // SAFETY: in-bounds entry, aligned for Rsp (see FrontRing::push_request); its request
+        // was already copied out, and the front end reads it only after the Release store of
+        // rsp_prod, which orders this write before it.
+        unsafe { slot.write(rsp) };
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -1234,6 +1352,32 @@ mod tests {
             }
             assert_eq!(f.take_response(), Ok(None));
         }
+    }
+
+    #[test]
+    fn take_request_with_visits_the_copy() {
+        let shm = Shm::pages(1);
+        let (mut f, mut b) = pair_at(&shm, PAGE_SIZE, u32::MAX);
+        assert_eq!(b.take_request_with(|r| r.id), Ok(None));
+        for i in 0..3 {
+            f.push_request(req(i)).unwrap();
+        }
+        f.push_requests();
+        assert_eq!(b.take_request_with(|r| *r), Ok(Some(req(0))));
+        assert_eq!(b.take_request(), Ok(Some(req(1))));
+        let seen = b
+            .take_request_with(|r| {
+                // The closure sees the local copy, not the slot.
+                shm.write_entry(1, req(77));
+                r.id
+            })
+            .unwrap();
+        assert_eq!(seen, Some(2));
+        assert_eq!(b.take_request_with(|r| r.id), Ok(None));
+        assert_eq!(b.req_cons(), 2);
+        shm.set(REQ_PROD, b.req_cons().wrapping_add(b.size() + 1));
+        assert_eq!(b.take_request_with(|r| r.id), Err(Error::RingOverflow));
+        assert_eq!(b.req_cons(), 2);
     }
 
     /// Requests are copied out once: later writes by the peer do not change what was taken.

@@ -160,12 +160,14 @@ impl<P: Proto> Harness<P> {
     }
 
     fn back_take(&mut self, k: usize) {
-        for _ in 0..k {
-            match self
-                .back
-                .take_request()
-                .expect("sane front end: no overflow")
-            {
+        for i in 0..k {
+            // Alternate between the two ways of taking a request.
+            let taken = if i % 2 == 0 {
+                self.back.take_request()
+            } else {
+                self.back.take_request_with(|r| *r)
+            };
+            match taken.expect("sane front end: no overflow") {
                 Some(r) => {
                     let seq = P::req_seq(&r).unwrap_or_else(|| panic!("corrupt request {r:?}"));
                     assert_eq!(seq, self.m.taken, "request lost, duplicated or reordered");
