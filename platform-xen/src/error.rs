@@ -39,16 +39,16 @@ impl Error {
     /// The negative Xen errno a hypercall would return for this condition.
     pub const fn xen_errno(self) -> i32 {
         match self {
-            Error::Invalid => -22,          // EINVAL
-            Error::PermissionDenied => -1,  // EPERM
-            Error::NotFound => -2,          // ENOENT
-            Error::NoSuchDomain => -3,      // ESRCH
-            Error::Busy => -16,             // EBUSY
-            Error::NoSpace => -28,          // ENOSPC
-            Error::Timeout => -110,         // ETIMEDOUT
-            Error::PeerGone => -104,        // ECONNRESET
-            Error::RingOverflow => -71,     // EPROTO
-            Error::Unsupported => -38,      // ENOSYS
+            Error::Invalid => -22,         // EINVAL
+            Error::PermissionDenied => -1, // EPERM
+            Error::NotFound => -2,         // ENOENT
+            Error::NoSuchDomain => -3,     // ESRCH
+            Error::Busy => -16,            // EBUSY
+            Error::NoSpace => -28,         // ENOSPC
+            Error::Timeout => -110,        // ETIMEDOUT
+            Error::PeerGone => -104,       // ECONNRESET
+            Error::RingOverflow => -71,    // EPROTO
+            Error::Unsupported => -38,     // ENOSYS
         }
     }
 
@@ -92,7 +92,9 @@ impl fmt::Display for Error {
             Error::NoSpace => "out of space",
             Error::Timeout => "timed out",
             Error::PeerGone => "peer gone",
-            Error::RingOverflow => "shared ring overflow (peer claims more entries than the ring holds)",
+            Error::RingOverflow => {
+                "shared ring overflow (peer claims more entries than the ring holds)"
+            }
             Error::Unsupported => "unsupported",
         };
         f.write_str(s)

@@ -48,8 +48,11 @@ pub trait Grants {
     /// End many grants under one lock (`gnttab_end_foreign_access_references`). Every ref that
     /// can be ended is; for each that cannot, `failed(ref, error)` is called and the ref stays
     /// granted. Returns the number that failed.
-    fn end_batch(&self, refs: &[GrantRef], failed: &mut dyn FnMut(GrantRef, crate::Error))
-        -> usize {
+    fn end_batch(
+        &self,
+        refs: &[GrantRef],
+        failed: &mut dyn FnMut(GrantRef, crate::Error),
+    ) -> usize {
         let mut n = 0;
         for &r in refs {
             if let Err(e) = self.end(r) {
