@@ -10,6 +10,11 @@
 //! * [`path`]: path validation and relative-path resolution (xenstored's rules).
 //! * [`perms`]: permission strings and lists.
 //! * [`error`]: the `xsd_errors[]` table ([`XsError`]) and the codec's [`CodecError`].
+//!
+//! On top of the codec, [`client`]: the XenStore [`Client`](client::Client) (requests, watch
+//! events per token, transactions with retry, typed helpers) over a
+//! [`Transport`](transport::Transport) — the guest's ring page
+//! ([`RingTransport`](transport::RingTransport)) or a Unix socket (std, in a host crate).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,6 +32,7 @@ mod num;
 pub mod path;
 pub mod perms;
 pub mod server;
+pub mod transport;
 pub mod wire;
 
 pub use error::{CodecError, XsError};

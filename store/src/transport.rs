@@ -1,0 +1,334 @@
+//! Byte-stream transports for the XenStore [`Client`](crate::client::Client).
+//!
+//! XenStore messages travel over a reliable byte stream in both directions: a Unix socket to
+//! xenstored (how dom0 tools connect; std, in a host crate) or a guest's shared ring page
+//! ([`RingTransport`], no_std). The client frames messages itself, so a transport only moves
+//! bytes, and never waits without a limit.
+//!
+//! # The contract
+//! * [`send`](Transport::send) delivers *all* the bytes or fails. It may wait for room, at
+//!   most `timeout`. On failure an unknown prefix may have been sent: the stream is then out of
+//!   sync and the client treats the connection as dead.
+//! * [`recv`](Transport::recv) returns `Ok(n)` with `n > 0` bytes as soon as any are
+//!   available, waiting at most `timeout` for the first; `Ok(0)` means nothing arrived in
+//!   time. `timeout == Duration::ZERO` is a non-blocking poll. A dead peer is an error
+//!   ([`XsClientError::PeerGone`], [`XsClientError::Closed`]), never `Ok(0)`.
+//! * [`now`](Transport::now) is a monotonic clock; the client computes its deadlines with it
+//!   (so that a server flooding watch events cannot keep a request waiting forever).
+//!
+//! A Unix socket transport is about 30 lines of std code:
+//!
+//! ```
+//! # use std::io::{ErrorKind, Read, Write};
+//! # use std::time::Duration;
+//! # use xen_store::client::XsClientError;
+//! # use xen_store::transport::Transport;
+//! struct Unix { s: std::os::unix::net::UnixStream, t0: std::time::Instant }
+//!
+//! impl Transport for Unix {
+//!     fn now(&self) -> Duration { self.t0.elapsed() }
+//!     fn send(&mut self, b: &[u8], t: Duration) -> Result<(), XsClientError> {
+//!         self.s.set_nonblocking(false).map_err(io)?;
+//!         self.s.set_write_timeout(Some(t.max(Duration::from_millis(1)))).map_err(io)?;
+//!         self.s.write_all(b).map_err(io)
+//!     }
+//!     fn recv(&mut self, b: &mut [u8], t: Duration) -> Result<usize, XsClientError> {
+//!         if t.is_zero() { self.s.set_nonblocking(true) } else {
+//!             self.s.set_nonblocking(false).and_then(|()| self.s.set_read_timeout(Some(t)))
+//!         }.map_err(io)?;
+//!         match self.s.read(b) {
+//!             Ok(0) => Err(XsClientError::Closed),
+//!             Ok(n) => Ok(n),
+//!             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut
+//!                 | ErrorKind::Interrupted) => Ok(0),
+//!             Err(e) => Err(io(e)),
+//!         }
+//!     }
+//! }
+//!
+//! fn io(e: std::io::Error) -> XsClientError {
+//!     match e.kind() {
+//!         ErrorKind::WouldBlock | ErrorKind::TimedOut => XsClientError::Timeout,
+//!         ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => XsClientError::Closed,
+//!         _ => XsClientError::Io(e.raw_os_error().unwrap_or(-1)),
+//!     }
+//! }
+//! ```
+//! (`store/tests/client.rs` has it, tested against a server thread.)
+
+use alloc::boxed::Box;
+use core::time::Duration;
+
+use crate::client::XsClientError;
+use crate::platform::abi::xs::{
+    XENSTORE_CONNECTED, XENSTORE_SERVER_FEATURE_ERROR, XENSTORE_SERVER_FEATURE_RECONNECTION,
+};
+use crate::platform::xs_ring::XsGuestRing;
+use crate::platform::{Clock, Error as PlatformError, Events};
+use crate::EvtchnPort;
+
+/// A reliable byte stream to a XenStore server. See the [module docs](self) for the contract.
+pub trait Transport {
+    /// Monotonic time since an arbitrary fixed point.
+    fn now(&self) -> Duration;
+
+    /// Send all of `bytes`, waiting at most `timeout` for room.
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError>;
+
+    /// Receive at least one byte into `buf`, waiting at most `timeout`; `Ok(0)`: none came.
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError>;
+
+    /// The event-channel port an event loop should wait on before polling this transport
+    /// again ([`Client::poll_watch_events`](crate::client::Client::poll_watch_events)), if it
+    /// has one.
+    fn event_port(&self) -> Option<EvtchnPort> {
+        None
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn now(&self) -> Duration {
+        (**self).now()
+    }
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+        (**self).send(bytes, timeout)
+    }
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+        (**self).recv(buf, timeout)
+    }
+    fn event_port(&self) -> Option<EvtchnPort> {
+        (**self).event_port()
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn now(&self) -> Duration {
+        (**self).now()
+    }
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+        (**self).send(bytes, timeout)
+    }
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+        (**self).recv(buf, timeout)
+    }
+    fn event_port(&self) -> Option<EvtchnPort> {
+        (**self).event_port()
+    }
+}
+
+/// The guest side of the xenstore ring page (`xenstore_domain_interface`) and its event
+/// channel, as a [`Transport`].
+///
+/// * `send` writes as much as fits into the 1024-byte request ring, notifies, and waits on the
+///   port for room for the rest; `recv` reads what the response ring holds, or waits on the
+///   port. Every wait is bounded by the timeout given; each reader clears the port's pending
+///   bit *before* looking at the ring again, as `SCHEDOP_poll` users must, so no wakeup is lost.
+///   The daemon is notified after every index update (xenstore-ring.txt).
+/// * A dead peer ([`Events::wait`] or [`Events::notify`] failing with `PeerGone`) is an error at
+///   once; corrupt indexes are [`XsClientError::RingCorrupt`].
+/// * `server_features` is honoured: with `XENSTORE_SERVER_FEATURE_ERROR`, a non-zero `error`
+///   field is [`XsClientError::ServerError`]; with `XENSTORE_SERVER_FEATURE_RECONNECTION`, a
+///   `connection` field reading `XENSTORE_RECONNECT` means a reset is in progress: the
+///   transport ignores every other field, waits (bounded) for `XENSTORE_CONNECTED`, and reports
+///   [`XsClientError::ConnectionReset`]. [`reconnect`](Self::reconnect) starts such a reset.
+///   Without the features those fields are not looked at.
+///
+/// The platform `P` provides the event channel and the clock (in images one object provides
+/// both; in tests a `xen_sim::Domain`).
+pub struct RingTransport<'a, P: Events + Clock + ?Sized> {
+    ring: XsGuestRing,
+    platform: &'a P,
+    port: EvtchnPort,
+}
+
+impl<P: Events + Clock + ?Sized> core::fmt::Debug for RingTransport<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RingTransport")
+            .field("ring", &self.ring)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
+    /// A transport over `ring`, notifying and waiting on the local `port` (the guest's end of
+    /// the xenstore event channel: `HVM_PARAM_STORE_EVTCHN` / `start_info.store_evtchn`).
+    ///
+    /// The ring is used as found; call [`connect`](Self::connect) to wait out a reset someone
+    /// else started (e.g. the toolstack of a dom0less guest) before the first request.
+    pub fn new(ring: XsGuestRing, platform: &'a P, port: EvtchnPort) -> Self {
+        RingTransport {
+            ring,
+            platform,
+            port,
+        }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &XsGuestRing {
+        &self.ring
+    }
+
+    /// The local event-channel port.
+    pub fn port(&self) -> EvtchnPort {
+        self.port
+    }
+
+    /// Give the ring back.
+    pub fn into_ring(self) -> XsGuestRing {
+        self.ring
+    }
+
+    /// Make sure the ring is usable: if the daemon advertises reconnection and a reset is in
+    /// progress, wait (at most `timeout`) until it completes; fail if the daemon reports an
+    /// error.
+    pub fn connect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+        let deadline = self.deadline(timeout);
+        match self.check(deadline) {
+            Err(XsClientError::ConnectionReset) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Ask the daemon to reset the ring (xenstore-ring.txt, "The ring reconnection feature"):
+    /// set `connection = XENSTORE_RECONNECT`, notify, and wait (at most `timeout`) until the
+    /// daemon sets it back to `XENSTORE_CONNECTED`. Afterwards both queues are empty and the
+    /// connection has no watches or transactions; call
+    /// [`Client::reset`](crate::client::Client::reset) to match.
+    ///
+    /// [`XsClientError::Unsupported`] if the daemon does not advertise
+    /// `XENSTORE_SERVER_FEATURE_RECONNECTION`.
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+        if self.ring.server_features() & XENSTORE_SERVER_FEATURE_RECONNECTION == 0 {
+            return Err(XsClientError::Unsupported);
+        }
+        let deadline = self.deadline(timeout);
+        self.ring.request_reconnect();
+        self.notify()?;
+        self.wait_connected(deadline)?;
+        self.check_error()
+    }
+
+    fn deadline(&self, timeout: Duration) -> Duration {
+        self.platform.now().saturating_add(timeout)
+    }
+
+    fn notify(&self) -> Result<(), XsClientError> {
+        self.platform.notify(self.port).map_err(XsClientError::from)
+    }
+
+    /// Wait for an event until `deadline`: `Ok(true)` woken, `Ok(false)` deadline passed.
+    fn wait(&self, deadline: Duration) -> Result<bool, XsClientError> {
+        let remaining = deadline.saturating_sub(self.platform.now());
+        if remaining.is_zero() {
+            return Ok(false);
+        }
+        match self.platform.wait(&[self.port], Some(remaining)) {
+            Ok(_) => Ok(true),
+            Err(PlatformError::Timeout) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check_error(&self) -> Result<(), XsClientError> {
+        if self.ring.server_features() & XENSTORE_SERVER_FEATURE_ERROR != 0 {
+            let e = self.ring.error();
+            if e != 0 {
+                return Err(XsClientError::ServerError(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Error field, then connection state. A reset in progress is waited out and reported
+    /// as `ConnectionReset`.
+    fn check(&mut self, deadline: Duration) -> Result<(), XsClientError> {
+        self.check_error()?;
+        if self.ring.server_features() & XENSTORE_SERVER_FEATURE_RECONNECTION != 0
+            && self.ring.connection() != XENSTORE_CONNECTED
+        {
+            self.wait_connected(deadline)?;
+            self.check_error()?;
+            return Err(XsClientError::ConnectionReset);
+        }
+        Ok(())
+    }
+
+    /// Wait until `connection == XENSTORE_CONNECTED`, ignoring every other field.
+    fn wait_connected(&mut self, deadline: Duration) -> Result<(), XsClientError> {
+        loop {
+            if self.ring.connection() == XENSTORE_CONNECTED {
+                return Ok(());
+            }
+            self.platform.clear(self.port);
+            if self.ring.connection() == XENSTORE_CONNECTED {
+                return Ok(());
+            }
+            if !self.wait(deadline)? {
+                return Err(XsClientError::Timeout);
+            }
+        }
+    }
+}
+
+impl<P: Events + Clock + ?Sized> Transport for RingTransport<'_, P> {
+    fn now(&self) -> Duration {
+        self.platform.now()
+    }
+
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+        let deadline = self.deadline(timeout);
+        let mut rest = bytes;
+        loop {
+            self.check(deadline)?;
+            let n = self.ring.write(rest)?;
+            if n > 0 {
+                rest = rest.get(n..).unwrap_or(&[]);
+                self.notify()?;
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            // Full: clear, look again, then sleep until the daemon consumed something.
+            self.platform.clear(self.port);
+            if self.ring.req_space()? > 0 {
+                continue;
+            }
+            if !self.wait(deadline)? {
+                return Err(XsClientError::Timeout);
+            }
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let deadline = self.deadline(timeout);
+        let mut cleared = false;
+        loop {
+            self.check(deadline)?;
+            let n = self.ring.read(buf)?;
+            if n > 0 {
+                self.notify()?;
+                return Ok(n);
+            }
+            if !cleared {
+                // Clear the pending bit, then look at the ring once more before sleeping:
+                // bytes published between the read above and the clear are seen now, and any
+                // published later set the bit again.
+                self.platform.clear(self.port);
+                cleared = true;
+                continue;
+            }
+            if !self.wait(deadline)? {
+                return Ok(0);
+            }
+            cleared = false;
+        }
+    }
+
+    fn event_port(&self) -> Option<EvtchnPort> {
+        Some(self.port)
+    }
+}
