@@ -324,6 +324,62 @@ impl Store {
         self.doms.introduced(domid)
     }
 
+    /// Verify the store's invariants (for tests and fuzzing): `/` exists; every other node's
+    /// parent exists and lists it exactly once; every listed child exists and has a valid
+    /// name; each known domain's node count equals the nodes it (effectively) owns; no
+    /// queue exceeds its bound. Returns the first violation found.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        if !self.tree.contains_key("/") {
+            return Err("no root node".into());
+        }
+        let mut owned: BTreeMap<DomId, usize> = BTreeMap::new();
+        for (p, n) in &self.tree {
+            if n.perms.is_empty() {
+                return Err(format!("{p}: no permissions"));
+            }
+            for (i, c) in n.children.iter().enumerate() {
+                if !path::is_valid_leaf(c.as_bytes()) {
+                    return Err(format!("{p}: bad child name {c:?}"));
+                }
+                if n.children.iter().skip(i + 1).any(|d| d == c) {
+                    return Err(format!("{p}: child {c} listed twice"));
+                }
+                let cp = super::node::child_path(p, c);
+                if !self.tree.contains_key(&cp) {
+                    return Err(format!("{p}: lists missing child {c}"));
+                }
+            }
+            if p != "/" {
+                let name = super::node::basename(p);
+                match self.tree.get(parent(p)) {
+                    None => return Err(format!("{p}: parent missing")),
+                    Some(pn) if !pn.children.iter().any(|c| c == name) => {
+                        return Err(format!("{p}: not listed by its parent"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let mut a = n.clone();
+            self.doms.adjust(&mut a);
+            *owned.entry(a.owner()).or_default() += 1;
+        }
+        for (d, dom) in &self.doms.map {
+            let have = owned.get(d).copied().unwrap_or(0);
+            if dom.nbentry != have {
+                return Err(format!(
+                    "domain {d}: counted {} nodes, owns {have}",
+                    dom.nbentry
+                ));
+            }
+        }
+        for (id, c) in &self.conns {
+            if c.outbox.len() > self.q.outbox.saturating_mul(2) {
+                return Err(format!("connection {id:?}: {} queued", c.outbox.len()));
+            }
+        }
+        Ok(())
+    }
+
     // -----------------------------------------------------------------------------------------
     // The toolstack's entry points (what `xc_domain_getinfo()` and VIRQ_DOM_EXC tell xenstored).
 
