@@ -205,3 +205,25 @@ fn reconnecting_a_domain_after_disconnect() {
         Response::GetDomainPath(p("/local/domain/7"))
     );
 }
+
+#[test]
+fn a_node_written_before_a_domain_exists_is_not_its_own() {
+    // Found by the `server` fuzz target: domain 2 owns a node, is destroyed without ever
+    // being introduced (so nothing is removed), and a new domain 2 is created at once.
+    let mut t = T::new();
+    let d0 = t.xs.connect(0);
+    t.xs.create_domain(2);
+    t.write(d0, "/given", "v");
+    assert_eq!(t.set_perms(d0, "/given", &["n2"]), ok(SetPerms));
+    assert_eq!(t.xs.nodes_owned(2), 1);
+    t.xs.destroy_domain(2);
+    t.xs.create_domain(2);
+    assert_eq!(t.xs.nodes_owned(2), 0);
+    assert_eq!(
+        t.get_perms(d0, "/given"),
+        Response::GetPerms(perms(&["n0"]))
+    );
+    t.xs.check_consistency().unwrap();
+    let d2 = t.xs.connect(2);
+    assert_eq!(t.read(d2, "/given"), err(Eacces));
+}

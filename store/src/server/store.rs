@@ -389,11 +389,15 @@ impl Store {
         if domid == 0 {
             return;
         }
-        let gen = self.gen;
-        self.doms
-            .map
-            .entry(domid)
-            .or_insert_with(|| Domain::new(gen));
+        if self.doms.map.contains_key(&domid) {
+            return;
+        }
+        // A fresh generation, so that no node written before (naming an earlier holder of
+        // the domid) can pass for one written for this domain. xenstored takes the current
+        // count without incrementing; a node written just before would then count as the new
+        // domain's (the fuzz target found the resulting quota miscount).
+        self.gen = self.gen.saturating_add(1);
+        self.doms.map.insert(domid, Domain::new(self.gen));
     }
 
     /// Introduce a domain (what `XS_INTRODUCE` does, creating the domain first if needed):
