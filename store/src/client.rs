@@ -234,6 +234,13 @@ impl<T: Transport> Client<T> {
     /// transport has without waiting, at most [`DRAIN_BUDGET`] bytes: a server that streams
     /// without pause cannot keep it reading forever.
     fn pump(&mut self, deadline: Duration) -> Result<Option<Message>> {
+        self.pump_until(deadline, false)
+    }
+
+    /// [`pump`](Self::pump); with `stop_on_event`, it also returns (`None`, before the
+    /// deadline) as soon as a watch event has been queued, keeping any bytes not yet framed
+    /// for the next call.
+    fn pump_until(&mut self, deadline: Duration, stop_on_event: bool) -> Result<Option<Message>> {
         let mut budget = DRAIN_BUDGET;
         loop {
             while self.rx_pos < self.rx_len {
@@ -246,6 +253,9 @@ impl<T: Transport> Client<T> {
                 if let Some(m) = msg {
                     if m.header.ty == MsgType::WatchEvent.as_u32() {
                         self.queue_event(&m);
+                        if stop_on_event {
+                            return Ok(None);
+                        }
                     } else {
                         return Ok(Some(m));
                     }
@@ -514,7 +524,9 @@ impl<T: Transport> Client<T> {
         self.alive()?;
         let deadline = self.transport.now().saturating_add(timeout);
         loop {
-            let got = self.pump(deadline)?;
+            // Returns at the first queued event (ours or another token's), a stray reply, or
+            // the deadline: an event that arrives early is delivered at once.
+            let got = self.pump_until(deadline, true)?;
             if let Some(ev) = self.watches.pop(token) {
                 // A reply pumped together with the event is still judged.
                 if let Some(m) = got {
@@ -524,7 +536,8 @@ impl<T: Transport> Client<T> {
             }
             match got {
                 Some(m) => self.stray_reply(&m)?,
-                None => return Ok(None),
+                None if self.transport.now() >= deadline => return Ok(None),
+                None => {} // another token's event: keep waiting for ours
             }
         }
     }

@@ -1188,3 +1188,33 @@ fn unix_socket_silent_server_times_out() {
     );
     assert_eq!(c.poll_watch_events(), Ok(0));
 }
+
+#[test]
+fn next_watch_event_returns_as_soon_as_the_event_arrives() {
+    let mut lb = Loopback::new(agreeable).chunked(7);
+    let mut c = Client::new(&mut lb);
+    c.watch("a", "t1").unwrap();
+    c.watch("b", "t2").unwrap();
+    // Not yet read from the transport: next_watch_event must frame it and return at once,
+    // not sit out its timeout first (the fake clock would show the wait).
+    c.transport_mut().push_event("b/x", "t2");
+    let t0 = c.transport().now;
+    let ev = c.next_watch_event(Some("t2"), Duration::from_secs(30));
+    assert_eq!(ev.unwrap().unwrap().path, p("b/x"));
+    assert_eq!(
+        c.transport().now,
+        t0,
+        "waited although the event had arrived"
+    );
+    // Another token's event first, then ours: both framed, ours returned, no waiting.
+    c.transport_mut().push_event("a/1", "t1");
+    c.transport_mut().push_event("b/2", "t2");
+    let ev = c.next_watch_event(Some("t2"), Duration::from_secs(30));
+    assert_eq!(ev.unwrap().unwrap().path, p("b/2"));
+    assert_eq!(
+        c.transport().now,
+        t0,
+        "waited although the event had arrived"
+    );
+    assert_eq!(c.take_watch_event(Some("t1")).unwrap().path, p("a/1"));
+}
