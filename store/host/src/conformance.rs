@@ -226,7 +226,7 @@ fn sync(c: &mut PeerClient) {
 
 #[track_caller]
 fn next_event(c: &mut PeerClient, token: Option<&str>, what: &str) -> WatchEvent {
-    match crate::wait_watch_event(c, token, EVENT_TIMEOUT) {
+    match c.next_watch_event(token, EVENT_TIMEOUT) {
         Ok(Some(ev)) => ev,
         Ok(None) => panic!("{what}: no watch event (token {token:?}) within {EVENT_TIMEOUT:?}"),
         Err(e) => panic!("{what}: waiting for a watch event: {e:?}"),

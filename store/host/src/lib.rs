@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Events};
-use xen_store::client::{Client, WatchEvent, XsClientError};
+use xen_store::client::XsClientError;
 use xen_store::transport::{RingTransport, Transport};
 use xen_store::EvtchnPort;
 
@@ -35,34 +35,6 @@ pub fn default_socket_path() -> PathBuf {
     match std::env::var_os("XENSTORED_PATH") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from("/run/xenstored/socket"),
-    }
-}
-
-/// The next watch event for `token` (or any token), waiting at most `timeout`; `Ok(None)` if
-/// none came.
-///
-/// Use this instead of [`Client::next_watch_event`] with a long timeout: that call (as of
-/// this writing) keeps reading until its timeout expires even once an event has arrived —
-/// its stream pump stops only at a reply — so every event costs the whole timeout. Here it
-/// is called in slices of at most 5 ms, and an event is returned as soon as its slice ends.
-pub fn wait_watch_event<T: Transport>(
-    c: &mut Client<T>,
-    token: Option<&str>,
-    timeout: Duration,
-) -> Result<Option<WatchEvent>, XsClientError> {
-    const SLICE: Duration = Duration::from_millis(5);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(ev) = c.take_watch_event(token) {
-            return Ok(Some(ev));
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        if let Some(ev) = c.next_watch_event(token, (deadline - now).min(SLICE))? {
-            return Ok(Some(ev));
-        }
     }
 }
 

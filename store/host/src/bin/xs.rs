@@ -32,7 +32,7 @@ use std::time::Duration;
 use xen_store::client::{Client, Store, XsClientError};
 use xen_store::perms::{Access, Perm, Perms};
 use xen_store::XsError;
-use xen_store_host::{default_socket_path, wait_watch_event, UnixTransport};
+use xen_store_host::{default_socket_path, UnixTransport};
 
 const PROG: &str = "xs";
 
@@ -584,7 +584,7 @@ fn watch(xs: &mut Xs, paths: &[String], max_events: i64) -> Result<u8, Fail> {
     let mut count = 0i64;
     let mut so = std::io::stdout();
     while max_events == -1 || count < max_events {
-        match wait_watch_event(xs, None, Duration::from_secs(3600)) {
+        match xs.next_watch_event(None, Duration::from_secs(3600)) {
             Ok(Some(ev)) => {
                 let _ = writeln!(so, "{}", ev.path);
                 let _ = so.flush();
