@@ -206,6 +206,7 @@ impl Hypervisor {
                 domains: BTreeMap::new(),
                 mem,
                 next_domid: 0,
+                chosen: std::collections::BTreeSet::new(),
                 graveyard: Vec::new(),
                 config,
             }),
@@ -233,7 +234,8 @@ impl Hypervisor {
     }
 
     /// Create a domain. Domids are handed out from 0 upward and never reused: the first
-    /// domain created is dom0 (privileged).
+    /// domain created is dom0 (privileged). See [`Hypervisor::create_domain_with_id`] to
+    /// choose one.
     ///
     /// # Panics
     /// When all 32752 domids have been used; see [`Hypervisor::try_create_domain`].
@@ -245,13 +247,43 @@ impl Hypervisor {
     }
 
     /// Create a domain; `NoSpace` once every domid below `DOMID_FIRST_RESERVED` was used.
+    /// Domids chosen with [`Hypervisor::create_domain_with_id`] are skipped.
     pub fn try_create_domain(&self, name: &str) -> Result<Domain> {
         let mut st = self.lock();
-        let id = DomId::try_from(st.next_domid).map_err(|_| Error::NoSpace)?;
+        let id = loop {
+            let id = DomId::try_from(st.next_domid).map_err(|_| Error::NoSpace)?;
+            if id >= DOMID_FIRST_RESERVED {
+                return Err(Error::NoSpace);
+            }
+            st.next_domid += 1;
+            if !st.chosen.contains(&id) {
+                break id;
+            }
+        };
+        Ok(self.insert_domain(&mut st, id, name))
+    }
+
+    /// Create a domain with a domid the toolstack chose (as `xl create` with a `domid=`
+    /// setting, or a test that needs `/local/domain/5`). `Busy` if a live domain has it,
+    /// `Invalid` for a reserved domid (`DOMID_FIRST_RESERVED` and up). A domid may be chosen
+    /// again once its domain was destroyed (Xen re-uses domids too); the sequential
+    /// allocation of [`Hypervisor::create_domain`] never hands out a chosen one.
+    pub fn create_domain_with_id(&self, id: DomId, name: &str) -> Result<Domain> {
         if id >= DOMID_FIRST_RESERVED {
-            return Err(Error::NoSpace);
+            return Err(Error::Invalid);
         }
-        st.next_domid += 1;
+        let mut st = self.lock();
+        if st.domains.contains_key(&id) {
+            return Err(Error::Busy);
+        }
+        // A domid the sequential allocator already handed out (and that died) is fine too.
+        if u32::from(id) >= st.next_domid {
+            st.chosen.insert(id);
+        }
+        Ok(self.insert_domain(&mut st, id, name))
+    }
+
+    fn insert_domain(&self, st: &mut State, id: DomId, name: &str) -> Domain {
         let shared = Arc::new(DomShared {
             id,
             name: name.to_owned(),
@@ -266,10 +298,10 @@ impl Hypervisor {
             params: Mutex::new(BTreeMap::new()),
         });
         st.domains.insert(id, DomState::new(shared.clone()));
-        Ok(Domain {
+        Domain {
             hv: self.arc(),
             shared,
-        })
+        }
     }
 
     /// A handle to a live domain.

@@ -377,6 +377,9 @@ pub(crate) struct State {
     pub(crate) domains: BTreeMap<DomId, DomState>,
     pub(crate) mem: Machine,
     pub(crate) next_domid: u32,
+    /// Domids at or above `next_domid` chosen with `create_domain_with_id`: the sequential
+    /// allocator skips them.
+    pub(crate) chosen: std::collections::BTreeSet<DomId>,
     /// Address ranges of destroyed domains (their pages and mappings, replaced by anonymous
     /// memory so that stray accesses stay valid); unmapped when the hypervisor is dropped.
     pub(crate) graveyard: Vec<(usize, usize)>,

@@ -37,6 +37,37 @@ fn domids_count_up_from_dom0_and_are_not_reused() {
 }
 
 #[test]
+fn a_toolstack_may_choose_the_domid() {
+    let hv = Hypervisor::new();
+    let d0 = hv.create_domain("Domain-0");
+    let d5 = hv.create_domain_with_id(5, "five").unwrap();
+    assert_eq!((d0.id(), d5.id()), (0, 5));
+    assert_eq!(hv.domain(5).unwrap(), d5);
+    assert_eq!(
+        hv.create_domain_with_id(5, "again").err(),
+        Some(Error::Busy),
+        "a live domid"
+    );
+    assert_eq!(
+        hv.create_domain_with_id(0x7ff0, "reserved").err(),
+        Some(Error::Invalid),
+        "DOMID_FIRST_RESERVED"
+    );
+    // The sequential allocator skips the chosen domid, even after it died.
+    let ids: Vec<u16> = (0..4).map(|_| hv.create_domain("seq").id()).collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    d5.destroy().unwrap();
+    assert_eq!(hv.create_domain("seq").id(), 6);
+    // A chosen domid may be chosen again once its domain is gone, and so may one the
+    // sequential allocator handed out.
+    let again = hv.create_domain_with_id(5, "five again").unwrap();
+    assert!(again.is_alive() && !d5.is_alive());
+    hv.destroy_domain(2).unwrap();
+    assert_eq!(hv.create_domain_with_id(2, "two again").unwrap().id(), 2);
+    assert_eq!(hv.create_domain("seq").id(), 7);
+}
+
+#[test]
 fn destroy_revokes_grants_but_peer_mappings_stay_readable() {
     let hv = Hypervisor::new();
     let back = hv.create_domain("back");
