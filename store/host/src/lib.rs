@@ -8,14 +8,19 @@
 //! * [`real`]: Debian's real C xenstored (Xen 4.17) started without a hypervisor under the
 //!   `ci/real-xenstored` shim — dom0 over its socket, domUs over real shared ring pages.
 //! * [`conformance`]: one suite of XenStore behaviour, written against a [`conformance::Peer`]
-//!   (the real daemon now, our own xenstored later), defining what our server must do.
+//!   (the real daemon, and our own), defining what our server must do.
+//! * [`xenstored`]: our xenstored — the in-memory [`xen_store::server::Store`] served over
+//!   Unix sockets and over the ring pages and event channels of simulated (`xen_sim`)
+//!   domains; [`ours`] is it as a conformance peer.
 //! * The `xs` binary: a CLI in the spirit of xenstore-utils (read, write, ls, rm, watch,
-//!   chmod) against a socket.
+//!   chmod) against a socket; the `xenstored` binary: our daemon on a Unix socket.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod conformance;
+pub mod ours;
 pub mod real;
+pub mod xenstored;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
