@@ -271,6 +271,25 @@ impl Sring {
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast::<u32>()) }
     }
 
+    /// `RING_PUSH_REQUESTS` / `RING_PUSH_RESPONSES`: `xen_wmb(); *prod = new`.
+    #[inline(always)]
+    fn publish(&self, prod: usize, new: RingIdx) {
+        self.index(prod).store(new, Ordering::Release);
+    }
+
+    /// `RING_PUSH_{REQUESTS,RESPONSES}_AND_CHECK_NOTIFY`: publish `new` in the producer index
+    /// `prod` and return whether the move from the old value passed the peer's event index
+    /// `event` (the peer asked to be notified).
+    #[inline(always)]
+    fn publish_and_check_notify(&self, prod: usize, event: usize, new: RingIdx) -> bool {
+        let prod = self.index(prod);
+        let old = prod.load(Ordering::Relaxed);
+        prod.store(new, Ordering::Release); // xen_wmb(); prod = new
+        fence(Ordering::SeqCst); // xen_mb()
+        let event = self.index(event).load(Ordering::Relaxed);
+        crosses_event(old, new, event)
+    }
+
     /// The entry for ring index `idx` (`&ring[idx & (RING_SIZE - 1)]`), never out of bounds.
     #[inline(always)]
     fn slot(&self, idx: RingIdx) -> *mut u8 {
@@ -437,22 +456,15 @@ impl<Req: Pod, Rsp: Pod> FrontRing<Req, Rsp> {
     /// req_prod = req_prod_pvt`).
     #[inline]
     pub fn push_requests(&mut self) {
-        self.sring
-            .index(REQ_PROD)
-            .store(self.req_prod_pvt, Ordering::Release);
+        self.sring.publish(REQ_PROD, self.req_prod_pvt);
     }
 
     /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publish every request written so far and return
     /// whether the back end must be notified (the new `req_prod` passed its `req_event`).
     #[inline]
     pub fn push_requests_and_check_notify(&mut self) -> bool {
-        let req_prod = self.sring.index(REQ_PROD);
-        let old = req_prod.load(Ordering::Relaxed);
-        let new = self.req_prod_pvt;
-        req_prod.store(new, Ordering::Release); // xen_wmb(); req_prod = new
-        fence(Ordering::SeqCst); // xen_mb()
-        let event = self.sring.index(REQ_EVENT).load(Ordering::Relaxed);
-        crosses_event(old, new, event)
+        self.sring
+            .publish_and_check_notify(REQ_PROD, REQ_EVENT, self.req_prod_pvt)
     }
 
     /// `RING_HAS_UNCONSUMED_RESPONSES` (`XEN_RING_NR_UNCONSUMED_RESPONSES`):
@@ -734,22 +746,15 @@ impl<Req: Pod, Rsp: Pod> BackRing<Req, Rsp> {
     /// rsp_prod = rsp_prod_pvt`).
     #[inline]
     pub fn push_responses(&mut self) {
-        self.sring
-            .index(RSP_PROD)
-            .store(self.rsp_prod_pvt, Ordering::Release);
+        self.sring.publish(RSP_PROD, self.rsp_prod_pvt);
     }
 
     /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`: publish every response written so far and return
     /// whether the front end must be notified (the new `rsp_prod` passed its `rsp_event`).
     #[inline]
     pub fn push_responses_and_check_notify(&mut self) -> bool {
-        let rsp_prod = self.sring.index(RSP_PROD);
-        let old = rsp_prod.load(Ordering::Relaxed);
-        let new = self.rsp_prod_pvt;
-        rsp_prod.store(new, Ordering::Release); // xen_wmb(); rsp_prod = new
-        fence(Ordering::SeqCst); // xen_mb()
-        let event = self.sring.index(RSP_EVENT).load(Ordering::Relaxed);
-        crosses_event(old, new, event)
+        self.sring
+            .publish_and_check_notify(RSP_PROD, RSP_EVENT, self.rsp_prod_pvt)
     }
 }
 
