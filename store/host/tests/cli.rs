@@ -1,9 +1,9 @@
-//! The `xs` CLI against the real xenstored, printing exactly what Debian's xenstore-utils print
-//! for the same commands on the same tree (compared byte for byte; error messages differ only
-//! in the program name).
+//! The `xs` CLI printing exactly what Debian's xenstore-utils print for the same commands on
+//! the same tree (compared byte for byte; error messages differ only in the program name) —
+//! against the real xenstored (`*_real`) and against our `xenstored` binary (`*_ours`).
 //!
-//! Needs the xenstore-utils package and the real daemon (root); otherwise the tests FAIL with
-//! the reason unless `XENOLITH_SKIP_REAL_XENSTORED=1` (then they print `SKIPPED: ...`).
+//! Needs the xenstore-utils package, and root for the real daemon; otherwise the tests FAIL
+//! with the reason unless `XENOLITH_SKIP_REAL_XENSTORED=1` (then they print `SKIPPED: ...`).
 
 mod common;
 
@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{require_xenstore_utils, run, stderr, stdout, wait_bounded, Lines, TOOL_TIMEOUT};
+use common::{
+    require_xenstore_utils, run, stderr, stdout, wait_bounded, Lines, OurDaemon, TOOL_TIMEOUT,
+};
 use xen_store::client::{Client, Store};
 use xen_store_host::conformance::Limits;
 use xen_store_host::real::RealXenstored;
@@ -89,137 +91,157 @@ fn with_real(test: &str, f: impl FnOnce(&Path)) {
     assert!(d.is_alive(), "{test}: xenstored died");
 }
 
-#[test]
-fn read_prints_like_xenstore_read() {
-    with_real("read_prints_like_xenstore_read", |s| {
-        tree(&mut client(s), "/t");
-        same(s, "read", &["/t/a"]);
-        same(s, "read", &["/t/bin"]);
-        same(s, "read", &["-p", "/t/a", "/t/bin", "/t/long"]);
-        same(s, "read", &["-R", "/t/bin"]);
-        same(s, "read", &["/t/missing"]);
-        same(s, "read", &["/t/a", "/t/missing", "/t/bin"]);
-        same(s, "read", &["rel/none"]);
-    });
+fn with_ours(test: &str, f: impl FnOnce(&Path)) {
+    if !require_xenstore_utils(test) {
+        return;
+    }
+    let mut d = OurDaemon::start();
+    f(&d.socket());
+    assert!(d.is_alive(), "{test}: our xenstored died");
 }
 
-#[test]
-fn ls_prints_like_xenstore_ls() {
-    with_real("ls_prints_like_xenstore_ls", |s| {
-        tree(&mut client(s), "/t");
-        let o = same(s, "ls", &["/t"]);
-        assert!(stdout(&o).contains(" f = \"deep\""), "{}", stdout(&o));
-        same(s, "ls", &[]);
-        same(s, "ls", &["/t/d"]);
-        same(s, "ls", &["-p", "/t"]);
-        same(s, "ls", &["-f", "/t"]);
-        same(s, "ls", &["-f", "-p", "/t/d"]);
-        same(s, "ls", &["/t/none"]);
-        same(s, "ls", &["/t/a"]);
-    });
+/// Each check as two tests: `<name>_real` against the real daemon, `<name>_ours` against our
+/// `xenstored` binary.
+macro_rules! against_both {
+    ($($name:ident => $real:ident, $ours:ident;)*) => {
+        $(
+            #[test]
+            fn $real() {
+                with_real(stringify!($real), $name);
+            }
+
+            #[test]
+            fn $ours() {
+                with_ours(stringify!($ours), $name);
+            }
+        )*
+    };
 }
 
-#[test]
-fn write_rm_chmod_like_xenstore_utils() {
-    with_real("write_rm_chmod_like_xenstore_utils", |s| {
-        // Each tool works on its own copy; the trees must end up identical.
-        let mut c = client(s);
-        for root in ["/deb", "/ours"] {
-            tree(&mut c, root);
-        }
-        let steps: &[(&str, &[&str])] = &[
-            (
-                "write",
-                &["@/w1", "plain", "@/w2", "esc\\t\\x41\\101\\\\\\q"],
-            ),
-            ("write", &["-R", "@/w3", "raw\\t"]),
-            ("write", &["@/new/deep/node", "x"]),
-            ("rm", &["@/a"]),
-            ("rm", &["-t", "@/d/e/f"]),
-            ("rm", &["@/nothere/x"]),
-            ("chmod", &["@/w1", "n0", "r5", "b7"]),
-            ("chmod", &["-r", "@/new", "r0"]),
-            ("chmod", &["-u", "@/new/deep/node", "b0", "w3"]),
-            ("chmod", &["@/none/x", "n0"]),
-            ("chmod", &["@/w2", "x0"]),
-        ];
-        for (mode, args) in steps {
-            let deb: Vec<String> = args.iter().map(|a| a.replace('@', "/deb")).collect();
-            let ours: Vec<String> = args.iter().map(|a| a.replace('@', "/ours")).collect();
-            let theirs = run(
-                &format!("xenstore-{mode}"),
-                &deb.iter().map(String::as_str).collect::<Vec<_>>(),
-                s,
-            );
-            let mut full = vec![*mode];
-            full.extend(ours.iter().map(String::as_str));
-            let mine = xs(&full, s);
-            assert_eq!(mine.status.code(), theirs.status.code(), "{mode} {args:?}");
-            assert_eq!(
-                stderr(&mine).replace("/ours", "/deb"),
-                stderr(&theirs).replace(&format!("xenstore-{mode}:"), "xs:"),
-                "stderr of {mode} {args:?}"
-            );
-        }
-        // "-u" also changed the root's child /deb resp. /ours: compare the trees and perms.
-        let theirs = run("xenstore-ls", &["-f", "-p", "/deb"], s);
-        let mine = run("xenstore-ls", &["-f", "-p", "/ours"], s);
-        assert_eq!(stdout(&mine).replace("/ours", "/deb"), stdout(&theirs));
-        let perms = |c: &mut Client<UnixTransport>, p: &str| c.get_perms(p).unwrap();
-        assert_eq!(perms(&mut c, "/ours"), perms(&mut c, "/deb"));
-    });
+against_both! {
+    read_prints_like_xenstore_read => read_prints_like_xenstore_read_real, read_prints_like_xenstore_read_ours;
+    ls_prints_like_xenstore_ls => ls_prints_like_xenstore_ls_real, ls_prints_like_xenstore_ls_ours;
+    write_rm_chmod_like_xenstore_utils => write_rm_chmod_like_xenstore_utils_real, write_rm_chmod_like_xenstore_utils_ours;
+    watch_prints_like_xenstore_watch => watch_prints_like_xenstore_watch_real, watch_prints_like_xenstore_watch_ours;
+    socket_from_environment_and_usage_errors => socket_from_environment_and_usage_errors_real, socket_from_environment_and_usage_errors_ours;
 }
 
-#[test]
-fn watch_prints_like_xenstore_watch() {
-    with_real("watch_prints_like_xenstore_watch", |s| {
-        let mut c = client(s);
-        let mut theirs = Lines::spawn("xenstore-watch", &["-n", "4", "/w", "/v"], s);
-        let mut ours = Lines::spawn(XS, &["watch", "-n", "4", "/w", "/v"], s);
-        let t = Duration::from_secs(10);
-        // The initial events, one per watch.
-        let mut a = vec![theirs.next(t), theirs.next(t)];
-        let mut b = vec![ours.next(t), ours.next(t)];
-        a.sort();
-        b.sort();
-        assert_eq!(a, ["/v", "/w"]);
-        assert_eq!(b, a);
-        c.write("/w/x", b"1").unwrap();
-        c.rm("/w").unwrap();
-        for (want, what) in [("/w/x", "write"), ("/w", "rm")] {
-            assert_eq!(theirs.next(t), want, "xenstore-watch, {what}");
-            assert_eq!(ours.next(t), want, "xs watch, {what}");
-        }
-        assert!(theirs.finish(t).success());
-        assert!(ours.finish(t).success(), "xs watch exits after -n events");
-    });
+fn read_prints_like_xenstore_read(s: &Path) {
+    tree(&mut client(s), "/t");
+    same(s, "read", &["/t/a"]);
+    same(s, "read", &["/t/bin"]);
+    same(s, "read", &["-p", "/t/a", "/t/bin", "/t/long"]);
+    same(s, "read", &["-R", "/t/bin"]);
+    same(s, "read", &["/t/missing"]);
+    same(s, "read", &["/t/a", "/t/missing", "/t/bin"]);
+    same(s, "read", &["rel/none"]);
 }
 
-#[test]
-fn socket_from_environment_and_usage_errors() {
-    with_real("socket_from_environment_and_usage_errors", |s| {
-        client(s).write("/e", b"env").unwrap();
-        let o = Command::new(XS)
-            .args(["read", "/e"])
-            .env("XENSTORED_PATH", s)
-            .output()
-            .expect("run xs");
-        assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "env\n"));
-        for bad in [
-            &["read"][..],
-            &["write", "/x"],
-            &["frob"],
-            &[],
-            &["rm", "-p", "/x"],
-        ] {
-            let o = xs(bad, s);
-            assert_eq!(o.status.code(), Some(1), "xs {bad:?}: {}", stderr(&o));
-        }
-        let o = Command::new(XS)
-            .args(["--socket", "/nonexistent/socket", "read", "/e"])
-            .output()
-            .expect("run xs");
-        assert_eq!(o.status.code(), Some(1));
-        assert!(stderr(&o).contains("/nonexistent/socket"), "{}", stderr(&o));
-    });
+fn ls_prints_like_xenstore_ls(s: &Path) {
+    tree(&mut client(s), "/t");
+    let o = same(s, "ls", &["/t"]);
+    assert!(stdout(&o).contains(" f = \"deep\""), "{}", stdout(&o));
+    same(s, "ls", &[]);
+    same(s, "ls", &["/t/d"]);
+    same(s, "ls", &["-p", "/t"]);
+    same(s, "ls", &["-f", "/t"]);
+    same(s, "ls", &["-f", "-p", "/t/d"]);
+    same(s, "ls", &["/t/none"]);
+    same(s, "ls", &["/t/a"]);
+}
+
+fn write_rm_chmod_like_xenstore_utils(s: &Path) {
+    // Each tool works on its own copy; the trees must end up identical.
+    let mut c = client(s);
+    for root in ["/deb", "/ours"] {
+        tree(&mut c, root);
+    }
+    let steps: &[(&str, &[&str])] = &[
+        (
+            "write",
+            &["@/w1", "plain", "@/w2", "esc\\t\\x41\\101\\\\\\q"],
+        ),
+        ("write", &["-R", "@/w3", "raw\\t"]),
+        ("write", &["@/new/deep/node", "x"]),
+        ("rm", &["@/a"]),
+        ("rm", &["-t", "@/d/e/f"]),
+        ("rm", &["@/nothere/x"]),
+        ("chmod", &["@/w1", "n0", "r5", "b7"]),
+        ("chmod", &["-r", "@/new", "r0"]),
+        ("chmod", &["-u", "@/new/deep/node", "b0", "w3"]),
+        ("chmod", &["@/none/x", "n0"]),
+        ("chmod", &["@/w2", "x0"]),
+    ];
+    for (mode, args) in steps {
+        let deb: Vec<String> = args.iter().map(|a| a.replace('@', "/deb")).collect();
+        let ours: Vec<String> = args.iter().map(|a| a.replace('@', "/ours")).collect();
+        let theirs = run(
+            &format!("xenstore-{mode}"),
+            &deb.iter().map(String::as_str).collect::<Vec<_>>(),
+            s,
+        );
+        let mut full = vec![*mode];
+        full.extend(ours.iter().map(String::as_str));
+        let mine = xs(&full, s);
+        assert_eq!(mine.status.code(), theirs.status.code(), "{mode} {args:?}");
+        assert_eq!(
+            stderr(&mine).replace("/ours", "/deb"),
+            stderr(&theirs).replace(&format!("xenstore-{mode}:"), "xs:"),
+            "stderr of {mode} {args:?}"
+        );
+    }
+    // "-u" also changed the root's child /deb resp. /ours: compare the trees and perms.
+    let theirs = run("xenstore-ls", &["-f", "-p", "/deb"], s);
+    let mine = run("xenstore-ls", &["-f", "-p", "/ours"], s);
+    assert_eq!(stdout(&mine).replace("/ours", "/deb"), stdout(&theirs));
+    let perms = |c: &mut Client<UnixTransport>, p: &str| c.get_perms(p).unwrap();
+    assert_eq!(perms(&mut c, "/ours"), perms(&mut c, "/deb"));
+}
+
+fn watch_prints_like_xenstore_watch(s: &Path) {
+    let mut c = client(s);
+    let mut theirs = Lines::spawn("xenstore-watch", &["-n", "4", "/w", "/v"], s);
+    let mut ours = Lines::spawn(XS, &["watch", "-n", "4", "/w", "/v"], s);
+    let t = Duration::from_secs(10);
+    // The initial events, one per watch.
+    let mut a = vec![theirs.next(t), theirs.next(t)];
+    let mut b = vec![ours.next(t), ours.next(t)];
+    a.sort();
+    b.sort();
+    assert_eq!(a, ["/v", "/w"]);
+    assert_eq!(b, a);
+    c.write("/w/x", b"1").unwrap();
+    c.rm("/w").unwrap();
+    for (want, what) in [("/w/x", "write"), ("/w", "rm")] {
+        assert_eq!(theirs.next(t), want, "xenstore-watch, {what}");
+        assert_eq!(ours.next(t), want, "xs watch, {what}");
+    }
+    assert!(theirs.finish(t).success());
+    assert!(ours.finish(t).success(), "xs watch exits after -n events");
+}
+
+fn socket_from_environment_and_usage_errors(s: &Path) {
+    client(s).write("/e", b"env").unwrap();
+    let o = Command::new(XS)
+        .args(["read", "/e"])
+        .env("XENSTORED_PATH", s)
+        .output()
+        .expect("run xs");
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "env\n"));
+    for bad in [
+        &["read"][..],
+        &["write", "/x"],
+        &["frob"],
+        &[],
+        &["rm", "-p", "/x"],
+    ] {
+        let o = xs(bad, s);
+        assert_eq!(o.status.code(), Some(1), "xs {bad:?}: {}", stderr(&o));
+    }
+    let o = Command::new(XS)
+        .args(["--socket", "/nonexistent/socket", "read", "/e"])
+        .output()
+        .expect("run xs");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/socket"), "{}", stderr(&o));
 }

@@ -1,16 +1,16 @@
 //! Debian's xenstore-utils (`xenstore-read`, `-write`, `-ls`, `-rm`, `-watch`, `-chmod`)
-//! against a xenstored socket, cross-checked with our client: the real daemon now; the same
-//! functions take any socket, so our server's goes through them later.
+//! against a xenstored socket, cross-checked with our client: each check runs against the real
+//! daemon (`*_real`) and against our `xenstored` binary (`*_ours`).
 //!
-//! Needs the xenstore-utils package and the real daemon (root); otherwise the tests FAIL with
-//! the reason unless `XENOLITH_SKIP_REAL_XENSTORED=1` (then they print `SKIPPED: ...`).
+//! Needs the xenstore-utils package, and root for the real daemon; otherwise the tests FAIL
+//! with the reason unless `XENOLITH_SKIP_REAL_XENSTORED=1` (then they print `SKIPPED: ...`).
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{require_xenstore_utils, run, stderr, stdout, Lines};
+use common::{require_xenstore_utils, run, stderr, stdout, Lines, OurDaemon};
 use xen_store::client::{Client, Store};
 use xen_store_host::conformance::Limits;
 use xen_store_host::real::RealXenstored;
@@ -199,6 +199,40 @@ fn real(test: &str, f: fn(&Path)) {
     };
     f(&xs.socket());
     assert!(xs.is_alive(), "{test}: xenstored died");
+}
+
+fn ours(test: &str, f: fn(&Path)) {
+    if !require_xenstore_utils(test) {
+        return;
+    }
+    let mut xs = OurDaemon::start();
+    f(&xs.socket());
+    assert!(xs.is_alive(), "{test}: our xenstored died");
+}
+
+#[test]
+fn read_write_ours() {
+    ours("read_write_ours", read_write);
+}
+
+#[test]
+fn ls_ours() {
+    ours("ls_ours", ls);
+}
+
+#[test]
+fn rm_ours() {
+    ours("rm_ours", rm);
+}
+
+#[test]
+fn chmod_ours() {
+    ours("chmod_ours", chmod);
+}
+
+#[test]
+fn watch_ours() {
+    ours("watch_ours", watch);
 }
 
 #[test]

@@ -166,3 +166,67 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Our `xenstored` binary on a socket in a fresh temporary directory; killed (our own child,
+/// by its handle) and cleaned up on drop.
+pub struct OurDaemon {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl OurDaemon {
+    /// Start it and wait (bounded) until it listens.
+    pub fn start() -> OurDaemon {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("oxsb-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the daemon's directory");
+        let socket = dir.join("socket");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xenstored"))
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn our xenstored");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut d = OurDaemon { child, dir };
+        match rx.recv_timeout(TOOL_TIMEOUT) {
+            Ok(l) if l.starts_with("listening on") => d,
+            other => {
+                d.stop();
+                panic!("our xenstored did not start: {other:?}");
+            }
+        }
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("socket")
+    }
+
+    /// Whether it still runs.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for OurDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
