@@ -49,7 +49,10 @@ fn main() {
         "{:<7} {:<12} {:>6} {:>12} {:>12} {:>9} {:>10}",
         "pages", "mode", "batch", "rust ns/rt", "C ns/rt", "rust/C", "notifies"
     );
-    let mut worst: f64 = 0.0;
+    // The issue's target (ratio <= 1.0) is for the ring's own round trips; the `+val` modes
+    // add an out-of-line C call per request, whose call-site cost differs between the
+    // compilers, so they are reported apart.
+    let (mut worst, mut worst_val): (f64, f64) = (0.0, 0.0);
     for pages in [1usize, 4] {
         let ring = SimRing::new(pages);
         let size = ring_size(ring.bytes(), entry_size::<BenchReq, BenchRsp>());
@@ -97,7 +100,11 @@ fn main() {
             );
             let (r, cc) = (median(rust), median(c));
             let ratio = r / cc;
-            worst = worst.max(ratio);
+            if work == Work::Id {
+                worst = worst.max(ratio);
+            } else {
+                worst_val = worst_val.max(ratio);
+            }
             println!(
                 "{pages:<7} {mode:<12} {batch:>6} {r:>12.1} {cc:>12.1} {ratio:>9.3} {:>10}",
                 notifies.0
@@ -107,6 +114,10 @@ fn main() {
     if quick {
         println!("(smoke run without --bench: not optimised, short runs; the ratios mean nothing)");
     } else {
-        println!("worst rust/C ratio: {worst:.3} (target <= 1.0)");
+        println!("worst rust/C ratio, ring round trips: {worst:.3} (target <= 1.0)");
+        println!(
+            "worst rust/C ratio, with a C validation call per request: {worst_val:.3} \
+             (informational: includes FFI call-site cost)"
+        );
     }
 }
