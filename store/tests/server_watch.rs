@@ -390,3 +390,23 @@ fn disconnect_drops_watches() {
     t.write(d0, "/x", "1");
     assert!(t.xs.take_output(w).is_empty());
 }
+
+#[test]
+fn unwatch_does_not_validate_its_path() {
+    let mut t = T::new();
+    let d0 = t.xs.connect(0);
+    assert_eq!(t.raw(d0, Unwatch.as_u32(), 0, b"/a//b\0t1\0"), err(Enoent));
+    assert_eq!(t.raw(d0, Unwatch.as_u32(), 0, b"/a/..\0t1\0"), err(Enoent));
+    assert_eq!(t.raw(d0, Unwatch.as_u32(), 0, b"/a\0"), err(Einval));
+    assert_eq!(t.raw(d0, Watch.as_u32(), 0, b"/a//b\0t1\0"), err(Einval));
+}
+
+#[test]
+fn a_domu_may_not_give_away_a_special_name() {
+    let mut t = T::new();
+    let d0 = t.xs.connect(0);
+    let d1 = t.domu(d0, 1);
+    t.set_perms(d0, "@releaseDomain", &["n1"]);
+    assert_eq!(t.set_perms(d1, "@releaseDomain", &["r1"]), ok(SetPerms));
+    assert_eq!(t.set_perms(d1, "@releaseDomain", &["n0"]), err(Eperm));
+}

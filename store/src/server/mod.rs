@@ -63,7 +63,8 @@
 //!
 //! **Watches** (xenstored_watch.c): `WATCH` replies, then fires once with the watch's own path
 //! (relative if given relative) whatever the permissions; duplicate path + token is `EEXIST`;
-//! `UNWATCH` of an unknown one `ENOENT`. A change fires every watch at or above the node —
+//! `UNWATCH` of an unknown one `ENOENT` — even with an invalid path, which 4.17 does not
+//! validate (checked). A change fires every watch at or above the node —
 //! `WRITE` (only for the named node, not the parents it creates), `MKDIR` (of a new node),
 //! `SET_PERMS`, and `RM`, which also fires watches set exactly on each removed descendant,
 //! deepest first (checked). An event reaches a connection only if its domain may read the
@@ -92,7 +93,10 @@
 //! * Numbers and permission strings must be strict decimals (the codec's rule): xenstored's
 //!   `atoi()`/`strtol(.., 0)` accept `abc` (as 0), `r0x10`, `r+5`; we answer `EINVAL`.
 //!   Likewise a `WATCH` with bytes after its last NUL.
-//! * `SET_PERMS` on an unknown `@` name: 4.17 hits an assertion and exits; we answer `ENOENT`.
+//! * Requests on which 4.17 hits an assertion and exits (found while checking): `SET_PERMS`
+//!   on an unknown `@` name (we answer `ENOENT`), `SET_PERMS` by a domU that owns a `@` name
+//!   giving it to another domain (`EPERM`, as for nodes), `RM` of a path without its NUL
+//!   (`EINVAL`).
 //! * The output queue bound and backpressure ([`Quotas::outbox`]) replace xenstored's memory
 //!   quota, outstanding-request quota and 20 s watch-event timeout.
 //!

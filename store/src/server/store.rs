@@ -781,7 +781,16 @@ impl Store {
         let req = match ty {
             MsgType::TransactionStart => Request::TransactionStart,
             MsgType::ResetWatches => Request::ResetWatches,
-            _ => Request::decode(ty, &msg.payload).map_err(|e| e.xs_error())?,
+            _ => match Request::decode(ty, &msg.payload) {
+                Ok(r) => r,
+                // 4.17's do_unwatch() does not validate the path, it only looks for a watch
+                // with that path and token: an invalid one matches none (checked: UNWATCH of
+                // `/a//b` or `/a/..` is ENOENT).
+                Err(CodecError::Path(_) | CodecError::NotUtf8) if ty == MsgType::Unwatch => {
+                    return Err(XsError::Enoent)
+                }
+                Err(e) => return Err(e.xs_error()),
+            },
         };
         let hdr = msg.header;
         let domid = who.domid;
@@ -919,7 +928,7 @@ impl Store {
     /// `do_set_perms()`: more entries than the quota (`ENOSPC`, unprivileged only), an owner
     /// that does not exist (`ENOENT`, checked: `n9` for a domain 9 that does not exist), then
     /// the special names (write + owner permission on them needed, `EACCES`; no event,
-    /// checked), then the node.
+    /// checked; a domU may not change the owner, `EPERM`), then the node.
     fn set_perms(
         &mut self,
         conn: ConnId,
@@ -944,6 +953,12 @@ impl Store {
             let need = PERM_WRITE | PERM_OWNER;
             if perm_for(who, cur) & need != need {
                 return Err(XsError::Eacces);
+            }
+            // As for nodes, an unprivileged owner may not give it away (4.17 aborts here
+            // instead; later daemons, which keep the special names as nodes, say EPERM).
+            let owner = |v: &[NodePerm]| v.first().map(|p| p.domid);
+            if !who.privileged && owner(&entries) != owner(cur) {
+                return Err(XsError::Eperm);
             }
             if let Some(slot) = self.special.get_mut(i) {
                 *slot = entries;
