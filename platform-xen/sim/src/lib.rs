@@ -169,6 +169,8 @@ pub struct Hypervisor {
     state: Mutex<State>,
     start: Instant,
     echo_console: bool,
+    /// Bumped on every domain creation, destruction and shutdown.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Hypervisor {
@@ -212,6 +214,7 @@ impl Hypervisor {
             }),
             start: Instant::now(),
             echo_console,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -298,6 +301,7 @@ impl Hypervisor {
             params: Mutex::new(BTreeMap::new()),
         });
         st.domains.insert(id, DomState::new(shared.clone()));
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         Domain {
             hv: self.arc(),
             shared,
@@ -343,11 +347,19 @@ impl Hypervisor {
         let mut st = self.lock();
         let shared = st.destroy(id)?;
         shared.alive.store(false, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         // Wake waiters of this domain (they see NoSuchDomain) and of shutdown.
         shared.cv.notify_all();
         let _g = lock(&shared.shutdown);
         shared.shutdown_cv.notify_all();
         Ok(())
+    }
+
+    /// A counter that changes whenever a domain is created, destroyed or shuts down — what
+    /// `VIRQ_DOM_EXC` tells dom0 on Xen ("look at the domain list again"), as a value to
+    /// compare: a toolstack or xenstored re-reads [`Hypervisor::domains`] only when it moved.
+    pub fn domain_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Machine frames in use (owned by a domain, or kept alive by a mapping).
@@ -690,6 +702,7 @@ impl Scheduler for Domain {
         st.live(self.id_())?;
         let mut g = lock(&self.shared.shutdown);
         *g = Some(reason);
+        self.hv.epoch.fetch_add(1, Ordering::SeqCst);
         self.shared.shutdown_cv.notify_all();
         Ok(false)
     }

@@ -37,6 +37,22 @@ fn domids_count_up_from_dom0_and_are_not_reused() {
 }
 
 #[test]
+fn the_domain_epoch_moves_on_create_destroy_and_shutdown() {
+    let hv = Hypervisor::new();
+    let e0 = hv.domain_epoch();
+    let d = hv.create_domain("a");
+    let e1 = hv.domain_epoch();
+    assert_ne!(e0, e1, "create");
+    let _ = d.console_output();
+    assert_eq!(hv.domain_epoch(), e1, "nothing happened");
+    d.shutdown(ShutdownReason::Poweroff).unwrap();
+    let e2 = hv.domain_epoch();
+    assert_ne!(e1, e2, "shutdown");
+    d.destroy().unwrap();
+    assert_ne!(e2, hv.domain_epoch(), "destroy");
+}
+
+#[test]
 fn a_toolstack_may_choose_the_domid() {
     let hv = Hypervisor::new();
     let d0 = hv.create_domain("Domain-0");
