@@ -199,6 +199,12 @@ impl<P: Events + Clock> OwnedRing<P> {
         self.with(|t| t.connect(timeout))
     }
 
+    /// [`RingTransport::reconnect`]: ask the daemon to reset the ring (then call
+    /// [`Client::reset`](xen_store::client::Client::reset) on the client using it).
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+        self.with(|t| t.reconnect(timeout))
+    }
+
     fn with<R>(
         &mut self,
         f: impl FnOnce(&mut RingTransport<'_, P>) -> Result<R, XsClientError>,

@@ -103,6 +103,8 @@ const RING_OUT_HIGH: usize = 2048;
 /// The features we advertise on every ring.
 const FEATURES: u32 = XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR;
 
+static DAEMON_SEQ: AtomicUsize = AtomicUsize::new(0);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -177,6 +179,8 @@ struct SocketParts {
 /// removes the sockets it created.
 pub struct Xenstored {
     cmds: Sender<Cmd>,
+    /// The service thread's name (`xenstored-N`, at most 15 bytes: a whole Linux `comm`).
+    name: String,
     bell: Bell,
     service: Option<JoinHandle<()>>,
     listeners: Mutex<Vec<Listener>>,
@@ -235,6 +239,7 @@ impl Xenstored {
             dom0,
             bell_ports: (wait_port, ring_port),
             known: BTreeMap::new(),
+            epoch: None,
         };
         Ok(Self::spawn(quotas, bell, Some(sim)))
     }
@@ -246,8 +251,12 @@ impl Xenstored {
             Bell::Plain(p) => Some(p.clone()),
             Bell::Sim { .. } => None,
         };
+        let name = format!(
+            "xenstored-{}",
+            DAEMON_SEQ.fetch_add(1, Ordering::Relaxed) % 100_000
+        );
         let service = std::thread::Builder::new()
-            .name("xenstored".into())
+            .name(name.clone())
             .spawn(move || {
                 let d = Daemon {
                     store: Store::new(quotas),
@@ -265,9 +274,16 @@ impl Xenstored {
             cmds: tx,
             bell,
             service: Some(service),
+            name,
             listeners: Mutex::new(Vec::new()),
             hv,
         }
+    }
+
+    /// The service thread's name, `xenstored-N` (N counts daemons started in this process),
+    /// as `/proc/self/task/*/comm` shows it.
+    pub fn service_thread_name(&self) -> &str {
+        &self.name
     }
 
     /// The hypervisor whose domains are served, if any.
@@ -548,6 +564,8 @@ struct SimSide {
     bell_ports: (EvtchnPort, EvtchnPort),
     /// Domains the Store was told about, with the handle of that incarnation.
     known: BTreeMap<DomId, Known>,
+    /// [`Hypervisor::domain_epoch`] when `known` was last brought up to date.
+    epoch: Option<u64>,
 }
 
 struct Known {
@@ -703,6 +721,8 @@ impl Daemon {
     /// Handle one request of `conn`, then act on the Store's notices. `Err` is a reply made
     /// here for an `XS_INTRODUCE` whose ring could not be attached (the Store never saw it).
     fn handle(&mut self, conn: ConnId, msg: &Message) -> Result<(), XsError> {
+        // A domain the requester created (or destroyed) just before must count.
+        self.sync_domains();
         if matches!(msg.msg_type(), Ok(MsgType::Introduce))
             && self.store.conn_domid(conn) == Some(0)
         {
@@ -710,6 +730,7 @@ impl Daemon {
         }
         self.store.handle(conn, msg);
         self.process_notices();
+        self.prune_rings();
         // An attachment the Store did not use (it refused the request).
         for (d, a) in std::mem::take(&mut self.prepared) {
             self.undo_attach(d, a);
@@ -897,6 +918,12 @@ impl Daemon {
         let Some(sim) = self.sim.as_mut() else {
             return;
         };
+        // Read before the list: a change after it is seen next time.
+        let epoch = sim.hv.domain_epoch();
+        if sim.epoch == Some(epoch) {
+            return;
+        }
+        sim.epoch = Some(epoch);
         let live = sim.hv.domains();
         let mut gone: Vec<DomId> = sim
             .known
@@ -946,6 +973,21 @@ impl Daemon {
             self.store.shutdown_domain(id);
         }
         self.process_notices();
+        self.prune_rings();
+    }
+
+    /// Stop serving (unmap) the rings of domains that are no longer introduced. A ring
+    /// stopped after an error has no Store connection, so its release brings no notice.
+    fn prune_rings(&mut self) {
+        let gone: Vec<DomId> = self
+            .rings
+            .keys()
+            .filter(|d| !self.store.is_introduced(**d))
+            .copied()
+            .collect();
+        for d in gone {
+            self.detach_ring(d);
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1173,17 +1215,15 @@ impl Daemon {
         for id in dead {
             self.drop_socket(id);
         }
-        let rings: Vec<(DomId, ConnId, bool)> = self
+        self.prune_rings();
+        let broken: Vec<DomId> = self
             .rings
             .iter()
-            .map(|(&d, r)| (d, r.conn, r.stopped))
+            .filter(|(_, r)| !r.stopped && self.store.is_broken(r.conn))
+            .map(|(&d, _)| d)
             .collect();
-        for (d, conn, stopped) in rings {
-            if !self.store.is_introduced(d) {
-                self.detach_ring(d);
-            } else if !stopped && self.store.is_broken(conn) {
-                self.fail_ring(d, XENSTORE_ERROR_COMM);
-            }
+        for d in broken {
+            self.fail_ring(d, XENSTORE_ERROR_COMM);
         }
     }
 
@@ -1279,6 +1319,13 @@ impl SimGuest {
     /// The guest's port (`HVM_PARAM_STORE_EVTCHN`).
     pub fn port(&self) -> EvtchnPort {
         self.port
+    }
+
+    /// Where the page is in this process (the guest's address of it) — for fault-injection
+    /// tests that play a misbehaving guest. Any access must go through atomics or volatile
+    /// copies: the daemon shares the page.
+    pub fn page(&self) -> NonNull<u8> {
+        self.page.addr
     }
 
     /// The guest side: find the page and port from the HVM parameters, as a PVH guest does,
