@@ -16,30 +16,36 @@
 //! ```
 //!
 //! # Threads
-//! * **The service thread** owns the [`Store`] and every connection. It waits — never spins —
-//!   with [`Events::wait`] on dom0's ports (each served ring's port, plus a *doorbell*: a
-//!   loopback event channel of dom0 that the socket threads notify), or on a condition
-//!   variable when no hypervisor is attached, with a [`TICK`] timeout. Each time it wakes it
-//!   clears those ports, looks at the hypervisor's domains, runs queued commands, then serves
-//!   every connection until nothing moves.
-//! * **Per socket connection**, a reader thread (frames requests into a bounded channel — a
-//!   client that sends faster than the store answers is held back there — and rings the
-//!   doorbell) and a writer thread (writes replies; the service thread hands it at most
-//!   [`SOCKET_HIGH`] bytes at a time, the rest waits in the Store's own bounded queue).
+//! The [`Store`] and the state of every connection live behind one mutex; whoever has work
+//! takes it for the time of one request (microseconds), never while waiting for I/O.
+//! * **Per socket connection**, a *reader* thread reads and frames the client's requests,
+//!   handles them, and writes the replies itself — a request costs one wake-up, as in the C
+//!   daemon's single poll loop — and a *writer* thread writes what other connections caused
+//!   for this one (watch events), woken when there is some. Both write under the
+//!   connection's output lock, which they hold from taking the Store's output to the end of
+//!   the write, so the stream stays in order; a client that does not read its replies blocks
+//!   only its own threads (its reader then stops reading its requests), while the Store's
+//!   bounded queue ([`Quotas::outbox`]) drops events for it and finally cuts it off.
 //! * **Per socket**, a listener thread accepting connections.
+//! * **With a hypervisor, the ring service thread** waits — never spins — with
+//!   [`Events::wait`] on dom0's end of every served ring's event channel plus a *doorbell*
+//!   (a loopback event channel of dom0, rung when the set of rings changes or on
+//!   [`Xenstored::kick`]), at most [`TICK`]. When it wakes it clears those ports, looks at the
+//!   hypervisor's domains, and serves the rings until nothing moves. Replies and events for
+//!   rings caused by socket requests are written into the rings at once by the thread that
+//!   handled the request.
 //!
 //! # Rings (xenstore-ring.txt)
-//! The daemon side of each page is an [`XsServerRing`]. A pass reads requests while the
-//! Store [`wants_input`](Store::wants_input), hands each to [`Store::handle`], buffers replies
-//! in memory and writes what fits — it never waits for room in `rsp`, so it never stops
-//! reading `req` for that reason. The guest is notified once per pass in which an index moved
-//! (before the service thread sleeps again). We advertise `XENSTORE_SERVER_FEATURE_ERROR` and
-//! `_RECONNECTION`: corrupt indexes ([`xen_platform::Error::RingOverflow`]) set
-//! `XENSTORE_ERROR_RINGIDX`, a header claiming more than 4096 bytes sets
-//! `XENSTORE_ERROR_PROTO`, a connection cut off for not reading its replies
-//! ([`Store::is_broken`]) sets `XENSTORE_ERROR_COMM` — then we notify and stop serving that
-//! ring (its watches and transactions are dropped; the domain stays introduced until it is
-//! released or dies, as xenstored's `ignore_connection()` does). `connection ==
+//! The daemon side of each page is an [`XsServerRing`]. Requests are read while the Store
+//! [`wants_input`](Store::wants_input); replies are buffered in memory and written as far as
+//! they fit — the daemon never waits for room in `rsp`, so it never stops reading `req` for
+//! that reason. The guest is notified after each round in which an index moved. We
+//! advertise `XENSTORE_SERVER_FEATURE_ERROR` and `_RECONNECTION`: corrupt indexes
+//! ([`xen_platform::Error::RingOverflow`]) set `XENSTORE_ERROR_RINGIDX`, a header claiming
+//! more than 4096 bytes sets `XENSTORE_ERROR_PROTO`, a connection cut off for not reading its
+//! replies ([`Store::is_broken`]) sets `XENSTORE_ERROR_COMM` — then we notify and stop
+//! serving that ring (its watches and transactions are dropped; the domain stays introduced
+//! until it is released or dies, as xenstored's `ignore_connection()` does). `connection ==
 //! XENSTORE_RECONNECT` drops partial input, queued output, watches and transactions, resets
 //! the indexes and sets `XENSTORE_CONNECTED`.
 //!
@@ -48,8 +54,8 @@
 //! when first seen, [`Store::destroy_domain`] once gone — which removes its nodes and fires
 //! `@releaseDomain`, as `VIRQ_DOM_EXC` makes the C daemon do); a domain that calls
 //! `shutdown` fires `@releaseDomain` once ([`Store::shutdown_domain`]). The simulator has no
-//! VIRQ: the service thread looks at every wake-up (at least every [`TICK`]), and
-//! [`Xenstored::kick`] makes it look at once.
+//! VIRQ: the daemon compares [`Hypervisor::domain_epoch`] before every request and whenever
+//! the ring service thread wakes (at least every [`TICK`]); [`Xenstored::kick`] wakes it.
 //!
 //! `XS_INTRODUCE(domid, mfn, port)` works as in xenstored 4.17: the daemon maps the guest's
 //! grant `GNTTAB_RESERVED_XENSTORE` (the `mfn` is not used) and binds `port` with
@@ -65,8 +71,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -86,26 +91,19 @@ use xen_store::{DomId, EvtchnPort, Framer, Request, Response, XsError};
 
 use crate::OwnedRing;
 
-/// The longest the service thread sleeps: how late it may notice a domain that died without
-/// a [`Xenstored::kick`].
+/// The longest the ring service thread sleeps: how late it may notice a domain that died
+/// without a [`Xenstored::kick`] or a request.
 pub const TICK: Duration = Duration::from_millis(100);
-
-/// Bytes of replies handed to a socket's writer thread and not yet written, above which the
-/// service thread leaves further output in the Store's queue (whose bound then applies).
-pub const SOCKET_HIGH: usize = 64 * 1024;
-
-/// Requests a socket's reader thread may have framed ahead of the service thread.
-const SOCKET_INPUT_DEPTH: usize = 64;
-
-/// Reply bytes buffered for a ring above which no more output is taken from the Store.
-const RING_OUT_HIGH: usize = 2048;
 
 /// The features we advertise on every ring.
 const FEATURES: u32 = XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR;
 
+/// Reply bytes buffered for a ring above which no more output is taken from the Store.
+const RING_OUT_HIGH: usize = 2048;
+
 static DAEMON_SEQ: AtomicUsize = AtomicUsize::new(0);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -114,74 +112,37 @@ fn other(msg: impl Into<String>) -> std::io::Error {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The doorbell.
+// The public handle.
 
-/// How other threads wake the service thread.
-#[derive(Clone)]
-enum Bell {
-    /// No hypervisor: a flag and a condition variable.
-    Plain(Arc<(Mutex<bool>, Condvar)>),
-    /// With a hypervisor: notify `port`, dom0's end of a loopback event channel whose other
-    /// end the service thread waits on together with the rings' ports.
-    Sim { dom0: Domain, port: EvtchnPort },
+/// What every thread of a daemon shares.
+struct Shared {
+    core: Mutex<Core>,
+    /// Set when the daemon stops.
+    stop: AtomicBool,
+    /// The ring service thread's doorbell: dom0 and the port to notify.
+    bell: Option<(Domain, EvtchnPort)>,
 }
 
-impl Bell {
-    fn ring(&self) {
-        match self {
-            Bell::Plain(p) => {
-                *lock(&p.0) = true;
-                p.1.notify_one();
-            }
-            Bell::Sim { dom0, port } => {
-                // Fails only once dom0 is gone, and then nobody is served any more.
-                let _ = dom0.notify(*port);
-            }
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    fn ring_bell(&self) {
+        if let Some((dom0, port)) = &self.bell {
+            // Fails only once dom0 is gone, and then no ring is served any more.
+            let _ = dom0.notify(*port);
         }
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Commands to the service thread.
-
-type Call = Box<dyn FnOnce(&mut Daemon) + Send>;
-
-enum Cmd {
-    /// A new socket connection with its threads' channels.
-    Socket(SocketParts),
-    /// Run on the service thread.
-    Call(Call),
-    /// Stop serving.
-    Stop,
-}
-
-/// What a socket's reader thread passes on.
-enum SockIn {
-    Msg(Message),
-    /// End of stream, or an I/O error.
-    Eof,
-    /// A framing error (a header with `len` > 4096): the connection is dropped.
-    Bad,
-}
-
-struct SocketParts {
-    stream: UnixStream,
-    input: Receiver<SockIn>,
-    output: Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    throttled: Arc<AtomicBool>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// The public handle.
-
-/// Our xenstored. See the [module docs](self). Dropping it stops every thread it started and
-/// removes the sockets it created.
+/// Our xenstored. See the [module docs](self). Dropping it stops the threads it started (the
+/// threads of open socket connections end as their sockets are shut down) and removes the
+/// sockets it created.
 pub struct Xenstored {
-    cmds: Sender<Cmd>,
-    /// The service thread's name (`xenstored-N`, at most 15 bytes: a whole Linux `comm`).
+    shared: Arc<Shared>,
+    /// The ring service thread's name (`xenstored-N`, at most 15 bytes: a whole Linux `comm`).
     name: String,
-    bell: Bell,
     service: Option<JoinHandle<()>>,
     listeners: Mutex<Vec<Listener>>,
     hv: Option<Arc<Hypervisor>>,
@@ -211,8 +172,18 @@ impl Xenstored {
     /// knows no domain but dom0 (so `XS_INTRODUCE` is `EINVAL`, as for a domain that does not
     /// exist).
     pub fn start(quotas: Quotas) -> Xenstored {
-        let bell = Bell::Plain(Arc::new((Mutex::new(false), Condvar::new())));
-        Self::spawn(quotas, bell, None)
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core::new(quotas, None)),
+            stop: AtomicBool::new(false),
+            bell: None,
+        });
+        Xenstored {
+            shared,
+            name: next_name(),
+            service: None,
+            listeners: Mutex::new(Vec::new()),
+            hv: None,
+        }
     }
 
     /// A daemon running in dom0 of `hv` (which must exist), serving the simulated domains
@@ -222,66 +193,43 @@ impl Xenstored {
         let dom0 = hv
             .domain(0)
             .ok_or_else(|| other("the hypervisor has no dom0 for xenstored to run in"))?;
-        // The doorbell: a loopback channel in dom0. The service thread waits on `wait_port`,
-        // the socket threads notify `ring_port` (whose peer it is).
+        // The doorbell: a loopback channel in dom0. The service thread waits on `wait_port`;
+        // notifying `ring_port` (its peer) wakes it.
         let wait_port = dom0
             .alloc_unbound(0)
             .map_err(|e| other(format!("doorbell: {e}")))?;
         let ring_port = dom0
             .bind_interdomain(0, wait_port)
             .map_err(|e| other(format!("doorbell: {e}")))?;
-        let bell = Bell::Sim {
-            dom0: dom0.clone(),
-            port: ring_port,
-        };
         let sim = SimSide {
             hv: hv.clone(),
-            dom0,
-            bell_ports: (wait_port, ring_port),
+            dom0: dom0.clone(),
+            bell: (wait_port, ring_port),
             known: BTreeMap::new(),
             epoch: None,
         };
-        Ok(Self::spawn(quotas, bell, Some(sim)))
-    }
-
-    fn spawn(quotas: Quotas, bell: Bell, sim: Option<SimSide>) -> Xenstored {
-        let (tx, rx) = mpsc::channel();
-        let hv = sim.as_ref().map(|s| s.hv.clone());
-        let plain = match &bell {
-            Bell::Plain(p) => Some(p.clone()),
-            Bell::Sim { .. } => None,
-        };
-        let name = format!(
-            "xenstored-{}",
-            DAEMON_SEQ.fetch_add(1, Ordering::Relaxed) % 100_000
-        );
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core::new(quotas, Some(sim))),
+            stop: AtomicBool::new(false),
+            bell: Some((dom0.clone(), ring_port)),
+        });
+        let name = next_name();
+        let s = shared.clone();
         let service = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || {
-                let d = Daemon {
-                    store: Store::new(quotas),
-                    sim,
-                    plain,
-                    sockets: BTreeMap::new(),
-                    rings: BTreeMap::new(),
-                    prepared: BTreeMap::new(),
-                    stop: false,
-                };
-                d.run(rx);
-            })
-            .expect("spawn the xenstored service thread");
-        Xenstored {
-            cmds: tx,
-            bell,
-            service: Some(service),
+            .spawn(move || ring_service(s, dom0, wait_port))?;
+        Ok(Xenstored {
+            shared,
             name,
+            service: Some(service),
             listeners: Mutex::new(Vec::new()),
-            hv,
-        }
+            hv: Some(hv.clone()),
+        })
     }
 
-    /// The service thread's name, `xenstored-N` (N counts daemons started in this process),
-    /// as `/proc/self/task/*/comm` shows it.
+    /// The ring service thread's name, `xenstored-N` (N counts daemons started in this
+    /// process), as `/proc/self/task/*/comm` shows it. Only a daemon with a hypervisor has
+    /// that thread.
     pub fn service_thread_name(&self) -> &str {
         &self.name
     }
@@ -304,10 +252,10 @@ impl Xenstored {
             r => r?,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, cmds, bell) = (stop.clone(), self.cmds.clone(), self.bell.clone());
+        let (stop2, shared) = (stop.clone(), self.shared.clone());
         let thread = std::thread::Builder::new()
             .name("xenstored-accept".into())
-            .spawn(move || accept_loop(listener, stop2, cmds, bell))?;
+            .spawn(move || accept_loop(listener, stop2, shared))?;
         lock(&self.listeners).push(Listener {
             path,
             stop,
@@ -316,57 +264,42 @@ impl Xenstored {
         Ok(())
     }
 
-    /// Run `f` on the Store, on the service thread (between requests), and return its result.
-    /// Domains introduced or released by `f` are attached or detached afterwards.
-    ///
-    /// # Panics
-    /// If the service thread is gone (it panicked).
-    pub fn with_store<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> R + Send + 'static,
-    ) -> R {
-        self.call(move |d| {
-            let r = f(&mut d.store);
-            d.process_notices();
-            r
-        })
+    /// Run `f` on the Store (between two requests) and return its result. Domains introduced
+    /// or released by `f` are attached or detached afterwards, and output it caused is sent.
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        let mut core = self.shared.core();
+        let r = f(&mut core.store);
+        core.process_notices();
+        core.after_requests(None);
+        r
     }
 
-    fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Daemon) -> R + Send + 'static) -> R {
-        let (tx, rx) = mpsc::channel();
-        let sent = self.cmds.send(Cmd::Call(Box::new(move |d| {
-            let _ = tx.send(f(d));
-        })));
-        self.bell.ring();
-        match sent.ok().and_then(|()| rx.recv().ok()) {
-            Some(r) => r,
-            None => panic!("the xenstored service thread is gone"),
-        }
-    }
-
-    /// Look at the hypervisor's domains now (what `VIRQ_DOM_EXC` makes xenstored do): domains
-    /// destroyed since are released, and their rings unmapped. Returns at once; the work is
-    /// done on the service thread.
+    /// Look at the hypervisor's domains soon (what `VIRQ_DOM_EXC` makes xenstored do):
+    /// wakes the ring service thread and returns.
     pub fn kick(&self) {
-        self.bell.ring();
+        self.shared.ring_bell();
     }
 
-    /// Like [`kick`](Self::kick), and wait until the service thread has looked.
+    /// Look at the hypervisor's domains now: domains destroyed since are released (their
+    /// nodes removed, `@releaseDomain` fired) and their rings unmapped before this returns.
     pub fn sync(&self) {
-        self.call(|_| ());
+        let mut core = self.shared.core();
+        core.sync_domains();
+        core.after_requests(None);
     }
 
     /// `XS_INTRODUCE(domid, 0, port)` from a privileged connection: map the domain's
     /// `GNTTAB_RESERVED_XENSTORE` grant, bind `port`, and introduce it (firing
     /// `@introduceDomain` the first time). The error is the reply xenstored would give.
     pub fn introduce_domain(&self, domid: DomId, port: EvtchnPort) -> Result<(), XsError> {
-        self.call(move |d| {
-            d.internal_request(&Request::Introduce {
-                domid,
-                mfn: 0,
-                port,
-            })
-        })
+        let mut core = self.shared.core();
+        let r = core.internal_request(&Request::Introduce {
+            domid,
+            mfn: 0,
+            port,
+        });
+        core.after_requests(None);
+        r
     }
 
     /// Play the toolstack and the daemon for domain `domid` of the hypervisor: build its
@@ -386,8 +319,8 @@ impl Xenstored {
         Ok(g)
     }
 
-    /// Destroy domain `domid` in the hypervisor and wait until the daemon has released it
-    /// (its nodes removed, `@releaseDomain` fired, its ring unmapped).
+    /// Destroy domain `domid` in the hypervisor and release it in the daemon (its nodes
+    /// removed, `@releaseDomain` fired, its ring unmapped) before returning.
     pub fn destroy_domain(&self, domid: DomId) -> std::io::Result<()> {
         let hv = self
             .hv
@@ -402,13 +335,21 @@ impl Xenstored {
     /// Which domains have a ring being served, and whether each is still served (`false`:
     /// stopped after an error).
     pub fn rings(&self) -> Vec<(DomId, bool)> {
-        self.call(|d| d.rings.iter().map(|(&k, r)| (k, !r.stopped)).collect())
+        let core = self.shared.core();
+        core.rings.iter().map(|(&k, r)| (k, !r.stopped)).collect()
     }
 
     /// Open socket connections.
     pub fn socket_connections(&self) -> usize {
-        self.call(|d| d.sockets.len())
+        self.shared.core().sockets.len()
     }
+}
+
+fn next_name() -> String {
+    format!(
+        "xenstored-{}",
+        DAEMON_SEQ.fetch_add(1, Ordering::Relaxed) % 100_000
+    )
 }
 
 impl Drop for Xenstored {
@@ -416,7 +357,7 @@ impl Drop for Xenstored {
         let listeners = std::mem::take(&mut *lock(&self.listeners));
         for mut l in listeners {
             l.stop.store(true, Ordering::SeqCst);
-            // Wake the accept() (a connection we drop at once), then wait for the thread. If
+            // Wake the accept() (a connection dropped at once), then wait for the thread. If
             // the socket file was removed behind our back nothing can wake it: leave it.
             if UnixStream::connect(&l.path).is_ok() {
                 if let Some(t) = l.thread.take() {
@@ -425,20 +366,47 @@ impl Drop for Xenstored {
             }
             let _ = std::fs::remove_file(&l.path);
         }
-        let _ = self.cmds.send(Cmd::Stop);
-        self.bell.ring();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.ring_bell();
         if let Some(t) = self.service.take() {
             let _ = t.join();
         }
+        self.shared.core().shutdown();
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Socket threads.
 
-fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, cmds: Sender<Cmd>, bell: Bell) {
+/// One socket connection, as its threads and the core see it.
+struct Sock {
+    id: ConnId,
+    stream: UnixStream,
+    /// Held from taking the Store's output to the end of writing it.
+    out: Mutex<()>,
+    /// The writer thread's wake-up: "there is output" (or "closed").
+    flush: Mutex<bool>,
+    flush_cv: Condvar,
+    closed: AtomicBool,
+}
+
+impl Sock {
+    /// Close it: both threads end (the reader sees end of stream, the writer its flag).
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.wake_writer();
+    }
+
+    fn wake_writer(&self) {
+        *lock(&self.flush) = true;
+        self.flush_cv.notify_one();
+    }
+}
+
+fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
     for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
             return;
         }
         let Ok(stream) = stream else {
@@ -446,46 +414,60 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, cmds: Sender<Cmd>,
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
-        let Some(parts) = start_socket_threads(stream, &bell) else {
+        let (Ok(rd), Ok(wr)) = (stream.try_clone(), stream.try_clone()) else {
             continue;
         };
-        if cmds.send(Cmd::Socket(parts)).is_err() {
-            return;
+        let sock = {
+            let mut core = shared.core();
+            let id = core.store.connect(0);
+            let sock = Arc::new(Sock {
+                id,
+                stream,
+                out: Mutex::new(()),
+                flush: Mutex::new(false),
+                flush_cv: Condvar::new(),
+                closed: AtomicBool::new(false),
+            });
+            core.sockets.insert(id, sock.clone());
+            sock
+        };
+        let (s1, k1) = (shared.clone(), sock.clone());
+        let reader = std::thread::Builder::new()
+            .name("xenstored-read".into())
+            .spawn(move || socket_reader(s1, k1, rd));
+        let (s2, k2) = (shared.clone(), sock.clone());
+        let writer = std::thread::Builder::new()
+            .name("xenstored-write".into())
+            .spawn(move || socket_writer(s2, k2, wr));
+        if reader.is_err() || writer.is_err() {
+            shared.core().drop_socket(sock.id);
         }
-        bell.ring();
     }
 }
 
-/// Start the reader and writer threads of an accepted connection.
-fn start_socket_threads(stream: UnixStream, bell: &Bell) -> Option<SocketParts> {
-    let reader = stream.try_clone().ok()?;
-    let writer = stream.try_clone().ok()?;
-    let (in_tx, in_rx) = mpsc::sync_channel(SOCKET_INPUT_DEPTH);
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let throttled = Arc::new(AtomicBool::new(false));
-    let b = bell.clone();
-    std::thread::Builder::new()
-        .name("xenstored-read".into())
-        .spawn(move || socket_reader(reader, in_tx, b))
-        .ok()?;
-    let (q, t, b) = (queued.clone(), throttled.clone(), bell.clone());
-    std::thread::Builder::new()
-        .name("xenstored-write".into())
-        .spawn(move || socket_writer(writer, out_rx, q, t, b))
-        .ok()?;
-    Some(SocketParts {
-        stream,
-        input: in_rx,
-        output: out_tx,
-        queued,
-        throttled,
-    })
+/// Write the Store's output for `sock`, then `extra` (a reply made outside the Store), in
+/// order with everything else written on the connection. False if the connection failed.
+fn flush(shared: &Shared, sock: &Sock, mut stream: &UnixStream, extra: Option<Vec<u8>>) -> bool {
+    let _out = lock(&sock.out);
+    let mut bytes = Vec::new();
+    for m in shared.core().store.take_output(sock.id) {
+        if let Ok(b) = m.encode() {
+            bytes.extend_from_slice(&b);
+        }
+    }
+    if let Some(e) = extra {
+        bytes.extend_from_slice(&e);
+    }
+    if bytes.is_empty() || stream.write_all(&bytes).is_ok() {
+        return true;
+    }
+    shared.core().drop_socket(sock.id);
+    false
 }
 
-/// Frame requests and pass them on; the channel is bounded, so a client that sends faster
-/// than the service thread handles its requests waits (the socket buffer fills up).
-fn socket_reader(mut stream: UnixStream, tx: SyncSender<SockIn>, bell: Bell) {
+/// Read, frame and handle the client's requests, writing their replies (and whatever else is
+/// queued for the connection) after each batch.
+fn socket_reader(shared: Arc<Shared>, sock: Arc<Sock>, mut stream: UnixStream) {
     let mut framer = Framer::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -495,73 +477,134 @@ fn socket_reader(mut stream: UnixStream, tx: SyncSender<SockIn>, bell: Bell) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        let mut msgs = Vec::new();
+        let mut bad = false;
         let mut input = buf.get(..n).unwrap_or(&[]);
-        let mut rung = true;
         while !input.is_empty() {
             match framer.push(input) {
-                Ok((used, msg)) => {
+                Ok((used, m)) => {
                     input = input.get(used..).unwrap_or(&[]);
-                    if let Some(m) = msg {
-                        match tx.try_send(SockIn::Msg(m)) {
-                            Ok(()) => rung = false,
-                            Err(TrySendError::Full(m)) => {
-                                // Make sure the service thread is awake before we block.
-                                bell.ring();
-                                if tx.send(m).is_err() {
-                                    return;
-                                }
-                                rung = false;
-                            }
-                            Err(TrySendError::Disconnected(_)) => return,
-                        }
-                    }
+                    msgs.extend(m);
                 }
                 Err(_) => {
-                    let _ = tx.send(SockIn::Bad);
-                    bell.ring();
-                    return;
+                    // A header claiming more than 4096 bytes: xenstored drops the client.
+                    bad = true;
+                    break;
                 }
             }
         }
-        if !rung {
-            bell.ring();
+        let mut rest = msgs.as_slice();
+        while !rest.is_empty() {
+            let mut extra = None;
+            {
+                let mut core = shared.core();
+                while let Some((m, tail)) = rest.split_first() {
+                    if !core.store.is_connected(sock.id) {
+                        return;
+                    }
+                    if !core.store.wants_input(sock.id) {
+                        break;
+                    }
+                    rest = tail;
+                    if let Err(e) = core.handle(sock.id, m) {
+                        // Made here, not by the Store: write it after what is queued.
+                        extra = error_reply(m, e);
+                        break;
+                    }
+                }
+                core.after_requests(Some(sock.id));
+            }
+            if !flush(&shared, &sock, &stream, extra) {
+                return;
+            }
+        }
+        if bad {
+            break;
         }
     }
-    let _ = tx.send(SockIn::Eof);
-    bell.ring();
+    shared.core().drop_socket(sock.id);
 }
 
-/// Write what the service thread hands over; when the backlog drops below [`SOCKET_HIGH`]
-/// and the service thread held output back, wake it.
-fn socket_writer(
-    mut stream: UnixStream,
-    rx: Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    throttled: Arc<AtomicBool>,
-    bell: Bell,
-) {
-    for bytes in rx {
-        if stream.write_all(&bytes).is_err() {
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
-        }
-        let before = queued.fetch_sub(bytes.len(), Ordering::AcqRel);
-        if before.saturating_sub(bytes.len()) < SOCKET_HIGH
-            && throttled.swap(false, Ordering::AcqRel)
+/// An `XS_ERROR` reply to `req`, as wire bytes.
+fn error_reply(req: &Message, e: XsError) -> Option<Vec<u8>> {
+    Response::Error(e)
+        .to_message(req.header.req_id, req.header.tx_id)
+        .ok()
+        .and_then(|m| m.encode().ok())
+}
+
+/// Write what other connections caused for this one (watch events), when woken.
+fn socket_writer(shared: Arc<Shared>, sock: Arc<Sock>, stream: UnixStream) {
+    loop {
         {
-            bell.ring();
+            let mut pending = lock(&sock.flush);
+            while !*pending && !sock.closed.load(Ordering::SeqCst) {
+                pending = sock
+                    .flush_cv
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            *pending = false;
+        }
+        if sock.closed.load(Ordering::SeqCst) || !flush(&shared, &sock, &stream, None) {
+            return;
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The service thread.
+// The ring service thread.
+
+fn ring_service(shared: Arc<Shared>, dom0: Domain, bell: EvtchnPort) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let ports = {
+            let core = shared.core();
+            let mut p = vec![bell];
+            p.extend(
+                core.rings
+                    .values()
+                    .filter(|r| !r.stopped)
+                    .filter_map(|r| r.port),
+            );
+            p
+        };
+        match dom0.wait(&ports, Some(TICK)) {
+            Ok(_) | Err(PlatformError::Timeout) => {}
+            // dom0 is gone: nothing can be served any more.
+            Err(PlatformError::NoSuchDomain) => return,
+            // A port closed meanwhile (its ring was detached): look again.
+            Err(_) => {}
+        }
+        // Clear before serving: whatever is published after this sets the bit again.
+        for p in ports {
+            dom0.clear(p);
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut core = shared.core();
+        core.sync_domains();
+        loop {
+            let read = core.ring_inputs();
+            let written = core.after_requests(None);
+            if !read && !written {
+                break;
+            }
+            // Let socket threads in between rounds.
+            drop(core);
+            core = shared.core();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The core: the Store and every connection's state.
 
 struct SimSide {
     hv: Arc<Hypervisor>,
     dom0: Domain,
-    /// The doorbell: (the port waited on, the port others notify).
-    bell_ports: (EvtchnPort, EvtchnPort),
+    /// The doorbell: (the port the service thread waits on, the port to notify).
+    bell: (EvtchnPort, EvtchnPort),
     /// Domains the Store was told about, with the handle of that incarnation.
     known: BTreeMap<DomId, Known>,
     /// [`Hypervisor::domain_epoch`] when `known` was last brought up to date.
@@ -573,20 +616,20 @@ struct Known {
     shutdown_fired: bool,
 }
 
-struct SocketConn {
-    stream: UnixStream,
-    input: Receiver<SockIn>,
-    output: Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    throttled: Arc<AtomicBool>,
-}
+/// A grant mapping of a guest's ring page.
+struct MappedPage(Mapping);
+
+// SAFETY: a Mapping is the address (and grant handle) of a page mapped into this process's
+// address space, valid from any thread; the page is shared memory that is only accessed
+// through an XsServerRing (atomics and volatile copies), which is Send itself.
+unsafe impl Send for MappedPage {}
 
 /// A domain's ring page as the daemon serves it.
 struct RingConn {
     conn: ConnId,
     /// Dropped before `mapping` is unmapped (it points into it).
     ring: Option<XsServerRing>,
-    mapping: Option<Mapping>,
+    mapping: Option<MappedPage>,
     /// dom0's end of the xenstore event channel (none if a re-bind failed).
     port: Option<EvtchnPort>,
     framer: Framer,
@@ -600,119 +643,90 @@ struct RingConn {
 
 /// A mapping and binding made for an `XS_INTRODUCE` before the Store handles it.
 struct Attach {
-    mapping: Mapping,
+    mapping: MappedPage,
     port: EvtchnPort,
 }
 
-struct Daemon {
+struct Core {
     store: Store,
     sim: Option<SimSide>,
-    plain: Option<Arc<(Mutex<bool>, Condvar)>>,
-    sockets: BTreeMap<ConnId, SocketConn>,
+    sockets: BTreeMap<ConnId, Arc<Sock>>,
     rings: BTreeMap<DomId, RingConn>,
     prepared: BTreeMap<DomId, Attach>,
-    stop: bool,
 }
 
-impl Daemon {
-    fn run(mut self, rx: Receiver<Cmd>) {
-        loop {
-            self.sync_domains();
-            loop {
-                match rx.try_recv() {
-                    Ok(cmd) => self.command(cmd),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.stop = true;
-                        break;
-                    }
-                }
-            }
-            if self.stop {
-                break;
-            }
-            while self.pass() {}
-            self.wait();
-        }
-        self.shutdown();
-    }
-
-    fn command(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Socket(p) => {
-                let id = self.store.connect(0);
-                self.sockets.insert(
-                    id,
-                    SocketConn {
-                        stream: p.stream,
-                        input: p.input,
-                        output: p.output,
-                        queued: p.queued,
-                        throttled: p.throttled,
-                    },
-                );
-            }
-            Cmd::Call(f) => f(self),
-            Cmd::Stop => self.stop = true,
+impl Core {
+    fn new(quotas: Quotas, sim: Option<SimSide>) -> Core {
+        Core {
+            store: Store::new(quotas),
+            sim,
+            sockets: BTreeMap::new(),
+            rings: BTreeMap::new(),
+            prepared: BTreeMap::new(),
         }
     }
 
-    /// Sleep until a port (or the doorbell) fires, or [`TICK`].
-    fn wait(&mut self) {
-        if let Some(p) = &self.plain {
-            let mut rung = lock(&p.0);
-            if !*rung {
-                rung =
-                    p.1.wait_timeout(rung, TICK)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-            }
-            *rung = false;
-            return;
-        }
-        let Some(sim) = &self.sim else {
-            return;
-        };
-        let mut ports = vec![sim.bell_ports.0];
-        ports.extend(
-            self.rings
-                .values()
-                .filter(|r| !r.stopped)
-                .filter_map(|r| r.port),
-        );
-        match sim.dom0.wait(&ports, Some(TICK)) {
-            Ok(_) | Err(PlatformError::Timeout) => {}
-            Err(PlatformError::NoSuchDomain) => self.stop = true,
-            // Not expected (the doorbell never goes away); do not spin on it.
-            Err(_) => std::thread::sleep(TICK),
-        }
-        // Clear before serving: whatever is published after this sets the bit again.
-        for p in ports {
-            sim.dom0.clear(p);
+    fn ring_bell(&self) {
+        if let Some(sim) = &self.sim {
+            let _ = sim.dom0.notify(sim.bell.1);
         }
     }
 
-    /// Serve every connection once; true if anything moved.
-    fn pass(&mut self) -> bool {
-        let mut progress = false;
-        let ids: Vec<ConnId> = self.sockets.keys().copied().collect();
-        for id in &ids {
-            progress |= self.socket_input(*id);
-        }
+    /// After requests were handled (by `handler`, which writes its own output): write what
+    /// is queued for rings, wake the writers of other sockets with output, and drop what the
+    /// Store cut off. True if bytes moved into a ring.
+    fn after_requests(&mut self, handler: Option<ConnId>) -> bool {
+        self.prune_rings();
         let doms: Vec<DomId> = self.rings.keys().copied().collect();
-        for d in &doms {
-            progress |= self.ring_input(*d);
+        let mut moved = false;
+        for d in doms {
+            moved |= self.ring_output(d);
         }
+        let broken: Vec<DomId> = self
+            .rings
+            .iter()
+            .filter(|(_, r)| !r.stopped && self.store.is_broken(r.conn))
+            .map(|(&d, _)| d)
+            .collect();
+        for d in broken {
+            self.fail_ring(d, XENSTORE_ERROR_COMM);
+        }
+        let mut cut = Vec::new();
+        for (&id, s) in &self.sockets {
+            if self.store.is_broken(id) || !self.store.is_connected(id) {
+                cut.push(id);
+            } else if Some(id) != handler && self.store.pending_output(id) > 0 {
+                s.wake_writer();
+            }
+        }
+        for id in cut {
+            self.drop_socket(id);
+        }
+        moved
+    }
+
+    fn shutdown(&mut self) {
         let ids: Vec<ConnId> = self.sockets.keys().copied().collect();
         for id in ids {
-            progress |= self.socket_output(id, false);
+            self.drop_socket(id);
         }
         let doms: Vec<DomId> = self.rings.keys().copied().collect();
         for d in doms {
-            progress |= self.ring_output(d);
+            self.detach_ring(d);
         }
-        self.cleanup();
-        progress
+        if let Some(sim) = &self.sim {
+            let _ = sim.dom0.close(sim.bell.1);
+            let _ = sim.dom0.close(sim.bell.0);
+        }
+    }
+
+    /// Close a socket connection (end of stream, a bad message, a failed write, or cut off):
+    /// the Store forgets it and the client sees the connection closed.
+    fn drop_socket(&mut self, id: ConnId) {
+        if let Some(s) = self.sockets.remove(&id) {
+            s.close();
+        }
+        self.store.disconnect(id);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -730,10 +744,9 @@ impl Daemon {
         }
         self.store.handle(conn, msg);
         self.process_notices();
-        self.prune_rings();
         // An attachment the Store did not use (it refused the request).
-        for (d, a) in std::mem::take(&mut self.prepared) {
-            self.undo_attach(d, a);
+        for (_, a) in std::mem::take(&mut self.prepared) {
+            self.undo_attach(a);
         }
         Ok(())
     }
@@ -759,28 +772,15 @@ impl Daemon {
         }
         let a = attach(&sim.dom0, domid, port).map_err(|_| XsError::Einval)?;
         if let Some(old) = self.prepared.insert(domid, a) {
-            self.undo_attach(domid, old);
+            self.undo_attach(old);
         }
         Ok(())
     }
 
-    fn undo_attach(&mut self, _domid: DomId, a: Attach) {
+    fn undo_attach(&mut self, a: Attach) {
         if let Some(sim) = &self.sim {
-            let _ = sim.dom0.unmap(a.mapping);
+            let _ = sim.dom0.unmap(a.mapping.0);
             let _ = sim.dom0.close(a.port);
-        }
-    }
-
-    /// An `XS_ERROR` reply made here rather than by the Store, after what the Store queued
-    /// for the connection before.
-    fn reply_error(&mut self, conn: ConnId, req: &Message, e: XsError) {
-        let Ok(m) = Response::Error(e).to_message(req.header.req_id, req.header.tx_id) else {
-            return;
-        };
-        self.socket_output(conn, true);
-        if let (Some(s), Ok(bytes)) = (self.sockets.get(&conn), m.encode()) {
-            s.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-            let _ = s.output.send(bytes);
         }
     }
 
@@ -850,10 +850,10 @@ impl Daemon {
         // rather than unmapping it. The guest writes the page concurrently, which is what
         // XsServerRing is for; no Rust reference to the page exists, and this is the only
         // XsServerRing on this mapping.
-        let ring = match unsafe { XsServerRing::new(a.mapping.addr) } {
+        let ring = match unsafe { XsServerRing::new(a.mapping.0.addr) } {
             Ok(r) => r,
             Err(_) => {
-                self.undo_attach(domid, a);
+                self.undo_attach(a);
                 self.store.disconnect(conn);
                 return;
             }
@@ -877,6 +877,8 @@ impl Daemon {
                 stopped: false,
             },
         );
+        // The service thread must wait on the new port.
+        self.ring_bell();
     }
 
     /// A repeated `XS_INTRODUCE`: re-bind the event channel to `port`, as xenstored does
@@ -891,6 +893,7 @@ impl Daemon {
         }
         r.port = sim.dom0.bind_interdomain(domid, port).ok();
         r.moved = true;
+        self.ring_bell();
     }
 
     /// Stop serving `domid`'s ring: unmap it and close the channel.
@@ -902,7 +905,7 @@ impl Daemon {
         r.ring = None;
         if let Some(sim) = &self.sim {
             if let Some(m) = r.mapping.take() {
-                let _ = sim.dom0.unmap(m);
+                let _ = sim.dom0.unmap(m.0);
             }
             if let Some(p) = r.port.take() {
                 let _ = sim.dom0.close(p);
@@ -991,71 +994,17 @@ impl Daemon {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Sockets.
-
-    /// Handle the requests a socket's reader framed, while the Store wants input.
-    fn socket_input(&mut self, id: ConnId) -> bool {
-        let mut progress = false;
-        while self.store.wants_input(id) {
-            let Some(s) = self.sockets.get(&id) else {
-                break;
-            };
-            match s.input.try_recv() {
-                Ok(SockIn::Msg(m)) => {
-                    if let Err(e) = self.handle(id, &m) {
-                        self.reply_error(id, &m, e);
-                    }
-                    progress = true;
-                }
-                Ok(SockIn::Eof | SockIn::Bad) | Err(TryRecvError::Disconnected) => {
-                    self.drop_socket(id);
-                    return true;
-                }
-                Err(TryRecvError::Empty) => break,
-            }
-        }
-        progress
-    }
-
-    /// Hand the Store's output for `id` to its writer (unless the writer is [`SOCKET_HIGH`]
-    /// behind and `force` is not set).
-    fn socket_output(&mut self, id: ConnId, force: bool) -> bool {
-        let Some(s) = self.sockets.get(&id) else {
-            return false;
-        };
-        if !force && s.queued.load(Ordering::Acquire) >= SOCKET_HIGH {
-            s.throttled.store(true, Ordering::Release);
-            // The writer may have caught up before it could see the flag.
-            if s.queued.load(Ordering::Acquire) >= SOCKET_HIGH {
-                return false;
-            }
-        }
-        let msgs = self.store.take_output(id);
-        if msgs.is_empty() {
-            return false;
-        }
-        let mut bytes = Vec::new();
-        for m in msgs {
-            if let Ok(b) = m.encode() {
-                bytes.extend_from_slice(&b);
-            }
-        }
-        s.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-        let _ = s.output.send(bytes);
-        true
-    }
-
-    /// Close a socket connection (EOF, a bad message, or cut off): the Store forgets it, and
-    /// the client sees the connection closed.
-    fn drop_socket(&mut self, id: ConnId) {
-        if let Some(s) = self.sockets.remove(&id) {
-            let _ = s.stream.shutdown(Shutdown::Both);
-        }
-        self.store.disconnect(id);
-    }
-
-    // -----------------------------------------------------------------------------------------
     // Rings.
+
+    /// Read and handle every ring's requests; true if anything moved.
+    fn ring_inputs(&mut self) -> bool {
+        let doms: Vec<DomId> = self.rings.keys().copied().collect();
+        let mut moved = false;
+        for d in doms {
+            moved |= self.ring_input(d);
+        }
+        moved
+    }
 
     /// Read and handle `d`'s requests while the Store wants input.
     fn ring_input(&mut self, d: DomId) -> bool {
@@ -1203,51 +1152,16 @@ impl Daemon {
         }
         r.moved = true;
     }
-
-    /// Drop what the Store cut off; stop serving rings of domains no longer introduced.
-    fn cleanup(&mut self) {
-        let dead: Vec<ConnId> = self
-            .sockets
-            .keys()
-            .filter(|id| self.store.is_broken(**id) || !self.store.is_connected(**id))
-            .copied()
-            .collect();
-        for id in dead {
-            self.drop_socket(id);
-        }
-        self.prune_rings();
-        let broken: Vec<DomId> = self
-            .rings
-            .iter()
-            .filter(|(_, r)| !r.stopped && self.store.is_broken(r.conn))
-            .map(|(&d, _)| d)
-            .collect();
-        for d in broken {
-            self.fail_ring(d, XENSTORE_ERROR_COMM);
-        }
-    }
-
-    fn shutdown(&mut self) {
-        let ids: Vec<ConnId> = self.sockets.keys().copied().collect();
-        for id in ids {
-            self.drop_socket(id);
-        }
-        let doms: Vec<DomId> = self.rings.keys().copied().collect();
-        for d in doms {
-            self.detach_ring(d);
-        }
-        if let Some(sim) = &self.sim {
-            let _ = sim.dom0.close(sim.bell_ports.1);
-            let _ = sim.dom0.close(sim.bell_ports.0);
-        }
-    }
 }
 
 /// Map `domid`'s `GNTTAB_RESERVED_XENSTORE` grant in dom0 and bind its `port`.
 fn attach(dom0: &Domain, domid: DomId, port: EvtchnPort) -> Result<Attach, PlatformError> {
     let mapping = dom0.map(domid, GNTTAB_RESERVED_XENSTORE, false)?;
     match dom0.bind_interdomain(domid, port) {
-        Ok(port) => Ok(Attach { mapping, port }),
+        Ok(port) => Ok(Attach {
+            mapping: MappedPage(mapping),
+            port,
+        }),
         Err(e) => {
             let _ = dom0.unmap(mapping);
             Err(e)
