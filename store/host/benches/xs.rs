@@ -3,8 +3,10 @@
 //! xenstored for each transport.
 //!
 //! `cargo bench -p xen-store-host` (`XS_BENCH_SECS` sets the seconds per measurement, default
-//! 1). Rows today: the real xenstored 4.17 (under `ci/real-xenstored`) over its Unix socket
-//! (dom0) and over a real shared ring page (a domU). To add a server or transport, push a
+//! 1). Rows: the real xenstored 4.17 (under `ci/real-xenstored`) over its Unix socket (dom0)
+//! and over a real shared ring page (a domU, its event channel a datagram socket under the
+//! shim); our xenstored (`xen_store_host::xenstored`, in this process) over its Unix socket and
+//! over a simulated domU's ring page and event channel. To add a server or transport, push a
 //! [`Row`] in `main` — everything else (table, ratios) follows.
 //!
 //! Without the real daemon (not root, packages missing) the bench fails, unless
@@ -15,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use xen_store::client::Store;
 use xen_store_host::conformance::{make_domain, Limits, Peer, PeerClient};
+use xen_store_host::ours::OurXenstored;
 use xen_store_host::real::RealXenstored;
 
 /// The real daemon's server name (the baseline of the per-transport ratios).
 const REAL: &str = "real xenstored 4.17";
+/// Ours.
+const OURS: &str = "our xenstored";
 
 /// A client to measure: which server, which transport (`"socket"` or `"ring"`: rows of the
 /// same transport are compared across servers), and the node it reads and writes.
@@ -97,7 +102,17 @@ fn main() {
         keep.push(Box::new(d0));
         keep.push(Box::new(real));
     }
-    // Our xenstored (socket, simulator ring) joins here once it is glued to a transport.
+    // Our xenstored: dom0 on its Unix socket, a simulated domU on its ring page and event
+    // channel (the same client code).
+    {
+        let ours = OurXenstored::for_test(Limits::DEFAULT);
+        let mut d0 = Peer::dom0(&ours);
+        let u = make_domain(&ours, &mut d0, 7);
+        rows.push(Row::new(OURS, "socket", Peer::dom0(&ours), "/bench/node"));
+        rows.push(Row::new(OURS, "ring", u, "data/node"));
+        keep.push(Box::new(d0));
+        keep.push(Box::new(ours));
+    }
 
     if rows.is_empty() {
         println!("xs bench: no server to measure");
