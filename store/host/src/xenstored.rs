@@ -39,13 +39,16 @@
 //! The daemon side of each page is an [`XsServerRing`]. Requests are read while the Store
 //! [`wants_input`](Store::wants_input); replies are buffered in memory and written as far as
 //! they fit — the daemon never waits for room in `rsp`, so it never stops reading `req` for
-//! that reason. The guest is notified after each round in which an index moved. We
-//! advertise `XENSTORE_SERVER_FEATURE_ERROR` and `_RECONNECTION`: corrupt indexes
+//! that reason. The guest is notified after each round in which an index moved.
+//!
+//! We advertise `XENSTORE_SERVER_FEATURE_ERROR` and `_RECONNECTION` (a deliberate difference:
+//! xenstored 4.17 leaves `server_features` at 0 — checked on its page — so its guests are
+//! never told why their ring stopped). Corrupt indexes
 //! ([`xen_platform::Error::RingOverflow`]) set `XENSTORE_ERROR_RINGIDX`, a header claiming
 //! more than 4096 bytes sets `XENSTORE_ERROR_PROTO`, a connection cut off for not reading its
-//! replies ([`Store::is_broken`]) sets `XENSTORE_ERROR_COMM` — then we notify and stop
-//! serving that ring (its watches and transactions are dropped; the domain stays introduced
-//! until it is released or dies, as xenstored's `ignore_connection()` does). `connection ==
+//! replies ([`Store::is_broken`]) sets `XENSTORE_ERROR_COMM`; then we notify and stop serving
+//! that ring (its watches and transactions are dropped; the domain stays introduced until it
+//! is released or dies, as after xenstored's `ignore_connection()`). `connection ==
 //! XENSTORE_RECONNECT` drops partial input, queued output, watches and transactions, resets
 //! the indexes and sets `XENSTORE_CONNECTED`.
 //!
@@ -737,7 +740,9 @@ impl Core {
     fn handle(&mut self, conn: ConnId, msg: &Message) -> Result<(), XsError> {
         // A domain the requester created (or destroyed) just before must count.
         self.sync_domains();
+        // (In a transaction the Store answers first, as xenstored checks the id first.)
         if matches!(msg.msg_type(), Ok(MsgType::Introduce))
+            && msg.header.tx_id == 0
             && self.store.conn_domid(conn) == Some(0)
         {
             self.prepare_introduce(msg)?;

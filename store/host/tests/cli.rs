@@ -1,6 +1,6 @@
 //! The `xs` CLI printing exactly what Debian's xenstore-utils print for the same commands on
 //! the same tree (compared byte for byte; error messages differ only in the program name) —
-//! against the real xenstored (`*_real`) and against our `xenstored` binary (`*_ours`).
+//! against the real xenstored (`real::*`) and against our `xenstored` binary (`ours::*`).
 //!
 //! Needs the xenstore-utils package, and root for the real daemon; otherwise the tests FAIL
 //! with the reason unless `XENOLITH_SKIP_REAL_XENSTORED=1` (then they print `SKIPPED: ...`).
@@ -100,31 +100,37 @@ fn with_ours(test: &str, f: impl FnOnce(&Path)) {
     assert!(d.is_alive(), "{test}: our xenstored died");
 }
 
-/// Each check as two tests: `<name>_real` against the real daemon, `<name>_ours` against our
-/// `xenstored` binary.
+/// Each check as two tests: `real::<name>` against the real daemon, `ours::<name>` against
+/// our `xenstored` binary.
 macro_rules! against_both {
-    ($($name:ident => $real:ident, $ours:ident;)*) => {
-        $(
-            #[test]
-            fn $real() {
-                with_real(stringify!($real), $name);
-            }
+    ($($name:ident),* $(,)?) => {
+        mod real {
+            $(
+                #[test]
+                fn $name() {
+                    super::with_real(stringify!($name), super::$name);
+                }
+            )*
+        }
 
-            #[test]
-            fn $ours() {
-                with_ours(stringify!($ours), $name);
-            }
-        )*
+        mod ours {
+            $(
+                #[test]
+                fn $name() {
+                    super::with_ours(stringify!($name), super::$name);
+                }
+            )*
+        }
     };
 }
 
-against_both! {
-    read_prints_like_xenstore_read => read_prints_like_xenstore_read_real, read_prints_like_xenstore_read_ours;
-    ls_prints_like_xenstore_ls => ls_prints_like_xenstore_ls_real, ls_prints_like_xenstore_ls_ours;
-    write_rm_chmod_like_xenstore_utils => write_rm_chmod_like_xenstore_utils_real, write_rm_chmod_like_xenstore_utils_ours;
-    watch_prints_like_xenstore_watch => watch_prints_like_xenstore_watch_real, watch_prints_like_xenstore_watch_ours;
-    socket_from_environment_and_usage_errors => socket_from_environment_and_usage_errors_real, socket_from_environment_and_usage_errors_ours;
-}
+against_both!(
+    read_prints_like_xenstore_read,
+    ls_prints_like_xenstore_ls,
+    write_rm_chmod_like_xenstore_utils,
+    watch_prints_like_xenstore_watch,
+    socket_from_environment_and_usage_errors,
+);
 
 fn read_prints_like_xenstore_read(s: &Path) {
     tree(&mut client(s), "/t");

@@ -7,6 +7,7 @@
 //!   its ring is unmapped, and the other guest keeps being served;
 //! * misbehaving guests (corrupt ring indexes, an oversized message) get the ring's `error`
 //!   field set and are no longer served, while everyone else is; a guest may reset its ring;
+//! * a guest that shuts down fires `@releaseDomain` once, and keeps its nodes until it dies;
 //! * the service thread sleeps when there is nothing to do.
 
 use std::mem::offset_of;
@@ -323,6 +324,28 @@ fn misbehaving_guests_get_the_error_field_and_the_others_go_on() {
     assert_eq!(event(&mut e, "w"), "data");
     d0.write("/local/domain/5/data/again", b"1").unwrap();
     assert_eq!(event(&mut e, "w"), "data/again");
+}
+
+#[test]
+fn a_guest_that_shuts_down_fires_release_domain_once_and_keeps_its_nodes() {
+    let xs = OurXenstored::for_test(Limits::DEFAULT);
+    let mut d0 = xs.dom0_client();
+    let mut a = guest(&xs, &mut d0, 1);
+    a.write("data/x", b"1").unwrap();
+    d0.watch("@releaseDomain", "rel").unwrap();
+    assert_eq!(event(&mut d0, "rel"), "@releaseDomain");
+    let dom1 = xs.hypervisor().domain(1).unwrap();
+    xen_platform::Scheduler::shutdown(&dom1, xen_platform::ShutdownReason::Poweroff).unwrap();
+    xs.xenstored().sync();
+    // As xenstored's domain_cleanup(): "shutdown" fires once; only "dying" removes anything.
+    assert_eq!(event(&mut d0, "rel"), "@releaseDomain", "shutdown");
+    xs.xenstored().sync();
+    no_events(&mut d0, "once");
+    assert!(d0.is_domain_introduced(1).unwrap());
+    assert_eq!(d0.read("/local/domain/1/data/x").unwrap(), b"1");
+    xs.xenstored().destroy_domain(1).unwrap();
+    assert_eq!(event(&mut d0, "rel"), "@releaseDomain", "death");
+    assert!(!d0.is_domain_introduced(1).unwrap());
 }
 
 /// CPU time (user + system, in clock ticks) of this process's threads named `name`.
