@@ -104,6 +104,9 @@ const FEATURES: u32 = XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEA
 /// Reply bytes buffered for a ring above which no more output is taken from the Store.
 const RING_OUT_HIGH: usize = 2048;
 
+/// Reads of up to 1024 request bytes from one ring per round of the service thread.
+const RING_ROUND_READS: usize = 4;
+
 static DAEMON_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1015,7 +1018,9 @@ impl Core {
     fn ring_input(&mut self, d: DomId) -> bool {
         let mut progress = false;
         let mut buf = [0u8; 1024];
-        loop {
+        // At most this much per round, so that a guest writing as fast as we read cannot keep
+        // the core locked: the service thread lets others in between rounds.
+        for _ in 0..RING_ROUND_READS {
             let Some(r) = self.rings.get_mut(&d) else {
                 return progress;
             };
@@ -1026,7 +1031,7 @@ impl Core {
                 return progress;
             };
             if ring.connection() == XENSTORE_RECONNECT {
-                // One reset per call: a guest asking again at once is served next pass.
+                // One reset per call: a guest asking again at once is served next round.
                 self.reconnect(d);
                 return true;
             }
@@ -1068,6 +1073,7 @@ impl Core {
                 return true;
             }
         }
+        progress
     }
 
     /// Move the Store's output for `d` into its `rsp` ring, as far as it fits; notify the

@@ -8,6 +8,8 @@
 //! * misbehaving guests (corrupt ring indexes, an oversized message) get the ring's `error`
 //!   field set and are no longer served, while everyone else is; a guest may reset its ring;
 //! * a guest that shuts down fires `@releaseDomain` once, and keeps its nodes until it dies;
+//! * a guest that sends many requests without reading the replies gets them all, in order,
+//!   while the others are served;
 //! * the service thread sleeps when there is nothing to do.
 
 use std::mem::offset_of;
@@ -346,6 +348,53 @@ fn a_guest_that_shuts_down_fires_release_domain_once_and_keeps_its_nodes() {
     xs.xenstored().destroy_domain(1).unwrap();
     assert_eq!(event(&mut d0, "rel"), "@releaseDomain", "death");
     assert!(!d0.is_domain_introduced(1).unwrap());
+}
+
+#[test]
+fn a_guest_that_does_not_read_its_replies_does_not_hold_up_the_daemon() {
+    let xs = OurXenstored::for_test(Limits::DEFAULT);
+    let mut d0 = xs.dom0_client();
+    let mut a = guest(&xs, &mut d0, 1);
+    let mut t = guest_build(&xs, &mut d0, 6).transport().unwrap();
+    // 1000 requests (18 KB) without reading a reply: far more than the 1024-byte rings hold.
+    // The daemon keeps reading them, buffering the replies, and serves everyone meanwhile.
+    const N: u32 = 1000;
+    let req = |id: u32| {
+        xen_store::Request::GetDomainPath(6)
+            .to_message(id, 0)
+            .unwrap()
+            .encode()
+            .unwrap()
+    };
+    for id in 1..=N {
+        t.send(&req(id), T).unwrap();
+        if id % 250 == 0 {
+            a.write("data/x", id.to_string().as_bytes()).unwrap();
+            assert_eq!(
+                d0.read("/local/domain/1/data/x").unwrap(),
+                id.to_string().as_bytes()
+            );
+        }
+    }
+    assert_eq!(xs.xenstored().rings(), [(1, true), (6, true)]);
+    // Now every reply arrives, in order.
+    let mut framer = xen_store::Framer::new();
+    let mut buf = [0u8; 4096];
+    let mut next = 1u32;
+    while next <= N {
+        let n = t.recv(&mut buf, T).unwrap();
+        assert!(n > 0, "reply {next} did not come");
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            let (used, m) = framer.push(input).unwrap();
+            input = &input[used..];
+            if let Some(m) = m {
+                assert_eq!(m.header.req_id, next, "replies in request order");
+                assert_eq!(m.payload, b"/local/domain/6\0");
+                next += 1;
+            }
+        }
+    }
 }
 
 /// CPU time (user + system, in clock ticks) of this process's threads named `name`.
