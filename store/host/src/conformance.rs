@@ -170,6 +170,83 @@ pub const QUOTA_CASES: &[(&str, Case)] = &[
     ("quota_dom0_exempt", quota_dom0_exempt),
 ];
 
+/// One `#[test]` per case of [`CASES`] and [`QUOTA_CASES`], each calling
+/// `$run(name: &str, limits: Limits, case: Case)`, plus a test that every case of the suite has
+/// a test. A test file against a peer is its `run` function and `conformance_tests!(run);`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($run:ident) => {
+        $crate::conformance_tests!(@emit $run, DEFAULT_TESTS, $crate::conformance::Limits::DEFAULT =>
+            initial_tree,
+            read_write_basics,
+            write_creates_parents,
+            mkdir_semantics,
+            rm_semantics,
+            directory_listing,
+            directory_too_big,
+            domain_introduction,
+            perms_defaults_and_inheritance,
+            perms_domu_read_denied,
+            perms_domu_write_denied,
+            perms_set_perms_rules,
+            perms_acl_grants,
+            domu_privileged_ops_denied,
+            relative_paths,
+            tx_isolation,
+            tx_conflict_eagain,
+            tx_abort,
+            tx_bad_id,
+            tx_domu,
+            watch_initial_event,
+            watch_child_events,
+            watch_rm_fires_descendant_watches,
+            watch_relative_paths,
+            watch_duplicate_and_unwatch,
+            watch_events_filtered_by_perms,
+            watch_introduce_domain,
+            watch_release_domain_on_death,
+            watch_release_domain_on_release,
+            malformed_paths,
+            malformed_payloads,
+            unknown_message_type,
+            oversized_message_drops_connection,
+        );
+        $crate::conformance_tests!(@emit $run, QUOTA_TESTS, $crate::conformance::Limits::SMALL =>
+            quota_nodes,
+            quota_watches,
+            quota_transactions,
+            quota_node_size,
+            quota_dom0_exempt,
+        );
+
+        /// Every case of the suite has a test here (and nothing else does).
+        #[test]
+        fn every_case_has_a_test() {
+            let names = |v: &[(&'static str, $crate::conformance::Case)]| -> Vec<&'static str> {
+                let mut n: Vec<&str> = v.iter().map(|(n, _)| *n).collect();
+                n.sort_unstable();
+                n
+            };
+            let sorted = |v: &[&'static str]| {
+                let mut n = v.to_vec();
+                n.sort_unstable();
+                n
+            };
+            assert_eq!(names($crate::conformance::CASES), sorted(DEFAULT_TESTS));
+            assert_eq!(names($crate::conformance::QUOTA_CASES), sorted(QUOTA_TESTS));
+        }
+    };
+    (@emit $run:ident, $list:ident, $limits:expr => $($name:ident),* $(,)?) => {
+        const $list: &[&str] = &[$(stringify!($name)),*];
+        $(
+            #[test]
+            fn $name() {
+                $run(stringify!($name), $limits, $crate::conformance::$name);
+            }
+        )*
+    };
+}
+
 /// How long an expected watch event may take.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
