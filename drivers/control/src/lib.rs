@@ -1,4 +1,626 @@
-//! control/shutdown driver: poweroff, reboot, suspend/resume (filled by the control issue).
+//! The control driver: `control/shutdown` requests from the toolstack — poweroff, halt,
+//! reboot, crash, suspend — acknowledged and acted upon, and the `control/feature-*` flags
+//! that tell the toolstack which of them this guest handles.
+//!
+//! # Protocol (facts from Linux `drivers/xen/manage.c`, FreeBSD `sys/dev/xen/control/control.c`
+//! and what libxl 4.17 does, `../shared/XENSTORE-LAYOUT.md`)
+//!
+//! * The toolstack (`xl shutdown`, `xl reboot`, the suspend half of `xl save`/`migrate`) writes
+//!   a word into `control/shutdown` of the guest's home `/local/domain/<domid>`: `poweroff`,
+//!   `halt`, `reboot`, `crash` or `suspend`. libxl then waits for the guest to *acknowledge*
+//!   by writing `""` to the node — not by removing it — and gives up after 60 s
+//!   ("guest didn't acknowledge control request: -9").
+//! * The guest reads the node and writes the acknowledgement in **one transaction**, retried on
+//!   `EAGAIN` (Linux `shutdown_handler`): a second request written between the read and the ack
+//!   makes the commit fail, the retry reads the new request, and nothing the guest did not read
+//!   is ever cleared.
+//! * A missing or empty node is no request (Linux: "Ignore read errors and empty reads"; our
+//!   own ack fires the watch again and reads `""`).
+//! * **Only known requests are acknowledged** (Linux: "Only acknowledge commands which we are
+//!   prepared to handle"; an unknown one is logged, "Ignoring shutdown request: %s", and left in
+//!   place, so libxl times out and reports it). We follow that: an unknown value, `suspend`
+//!   without a [`SuspendHook`] (Linux without `CONFIG_HIBERNATE_CALLBACKS` has no `suspend`
+//!   entry) and any garbage are logged on the console and left unacknowledged.
+//! * The requests map to handlers through a table ([`REQUESTS`]), as FreeBSD's
+//!   `xctrl_shutdown_reasons[]`: `poweroff` and `halt` → `SHUTDOWN_poweroff` (Linux: "HALT is
+//!   the same as POWEROFF, as far as we're concerned"), `reboot` → `SHUTDOWN_reboot`, `crash` →
+//!   `SHUTDOWN_crash` (FreeBSD `xctrl_crash`; Linux has no `crash` entry), `suspend` → the
+//!   platform's suspend.
+//! * At start the guest watches `control/shutdown` and writes `control/feature-poweroff`,
+//!   `control/feature-reboot` and (if it can suspend) `control/feature-suspend` = `"1"` (Linux
+//!   `setup_shutdown_watcher`: the entries whose `flag` is set; `halt` is not advertised).
+//!   `control/sysrq` is not handled (Linux's separate `sysrq_handler`): out of scope.
+//! * Once a shutdown is under way further requests are ignored, unread and unacknowledged
+//!   (Linux: `shutting_down != SHUTDOWN_INVALID` → return). On real Xen `SCHEDOP_shutdown` for
+//!   anything but suspend does not return; in the simulator it does, and the driver stays in
+//!   that state.
+//!
+//! # Driving
+//! One address space, no threads ([`DESIGN.md`, "Driving model"]): the image's main loop calls
+//! [`Control::poll`] with its XenStore client, which reads what the ring holds *now*
+//! ([`Client::poll_watch_events`]), takes this driver's watch events and acts on at most one
+//! request per call. `poll` never waits for an event; the XenStore requests it makes (the
+//! read+ack transaction, feature writes) are round trips bounded by the client's timeout. The
+//! port to wait on is the client's ([`Transport::event_port`]). Several drivers share one
+//! client: each uses a watch token of its own ([`DEFAULT_TOKEN`] here).
+//!
+//! Shutdown: the [`BeforeShutdown`] hook runs after the acknowledgement and before
+//! `SCHEDOP_shutdown` (the bus takes every attached device through Closing → Closed there).
+//!
+//! Suspend: the acknowledgement, then [`SuspendHook::quiesce`], [`SuspendHook::suspend`]
+//! (by default `SCHEDOP_shutdown(SHUTDOWN_suspend)`, which returns on resume with "cancelled"),
+//! [`SuspendHook::resume`], and the driver registers its watch and features again. What the
+//! hooks do for real — quiescing devices, re-initialising grants, event channels and the
+//! XenStore connection after a real resume, reconnecting frontends, the simulator's
+//! "migration" — is later work (see the crate's issue); here they are the image's to supply.
+//!
+//! [`DESIGN.md`, "Driving model"]: ../../DESIGN.md
+
 #![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
 
 pub use xen_platform as platform;
+pub use xen_store as store;
+
+use xen_platform::{Console, Scheduler, ShutdownReason};
+use xen_store::client::{Client, Store, Transport, XsClientError};
+use xen_store::XsError;
+
+/// The node the toolstack writes requests into, relative to the domain's home.
+pub const SHUTDOWN_NODE: &str = "control/shutdown";
+
+/// The watch token [`Control::start`] uses unless told otherwise.
+pub const DEFAULT_TOKEN: &str = "control";
+
+/// The longest part of an ignored value copied into the console log (bytes).
+pub const LOG_VALUE_MAX: usize = 64;
+
+/// A request the toolstack can write into `control/shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// `poweroff` (`xl shutdown`).
+    Poweroff,
+    /// `halt`: the same as poweroff for the guest (Linux manage.c).
+    Halt,
+    /// `reboot` (`xl reboot`).
+    Reboot,
+    /// `crash`: report a crash (FreeBSD `xctrl_crash`).
+    Crash,
+    /// `suspend` (`xl save`, `xl migrate`).
+    Suspend,
+}
+
+/// What a request makes the driver do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `before_shutdown`, then `SCHEDOP_shutdown(reason)`.
+    Shutdown(ShutdownReason),
+    /// The [`SuspendHook`] sequence.
+    Suspend,
+}
+
+/// The request table (FreeBSD `xctrl_shutdown_reasons[]`): the exact value in
+/// `control/shutdown`, the request, its action, and whether `control/feature-<name>` is
+/// advertised for it (Linux `shutdown_handlers[].flag`; `suspend` only with a hook).
+pub const REQUESTS: &[(&str, Request, Action, bool)] = &[
+    (
+        "poweroff",
+        Request::Poweroff,
+        Action::Shutdown(ShutdownReason::Poweroff),
+        true,
+    ),
+    (
+        "halt",
+        Request::Halt,
+        Action::Shutdown(ShutdownReason::Poweroff),
+        false,
+    ),
+    (
+        "reboot",
+        Request::Reboot,
+        Action::Shutdown(ShutdownReason::Reboot),
+        true,
+    ),
+    (
+        "crash",
+        Request::Crash,
+        Action::Shutdown(ShutdownReason::Crash),
+        false,
+    ),
+    ("suspend", Request::Suspend, Action::Suspend, true),
+];
+
+impl Request {
+    /// The request whose word is exactly `value` (byte for byte: no trailing newline or NUL,
+    /// case-sensitive — Linux compares with `strcmp`, which would also stop at an embedded NUL;
+    /// we are stricter).
+    pub fn parse(value: &[u8]) -> Option<Request> {
+        REQUESTS
+            .iter()
+            .find(|(name, ..)| name.as_bytes() == value)
+            .map(|&(_, r, ..)| r)
+    }
+
+    /// The word the toolstack writes.
+    pub fn as_str(self) -> &'static str {
+        self.entry().0
+    }
+
+    /// What the driver does for it.
+    pub fn action(self) -> Action {
+        self.entry().2
+    }
+
+    fn entry(self) -> &'static (&'static str, Request, Action, bool) {
+        match REQUESTS.iter().find(|(_, r, ..)| *r == self) {
+            Some(e) => e,
+            // Every variant has an entry (tested).
+            None => &REQUESTS[0],
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Called after a poweroff/halt/reboot/crash request was acknowledged and before
+/// `SCHEDOP_shutdown`: the place to take every attached device through Closing → Closed (the
+/// bus implements it) and flush what must be flushed. Closures `FnMut(Request)` are hooks.
+pub trait BeforeShutdown {
+    /// Prepare for `request` (its [`Request::action`] says which shutdown reason follows).
+    fn before_shutdown(&mut self, request: Request);
+}
+
+impl<F: FnMut(Request)> BeforeShutdown for F {
+    fn before_shutdown(&mut self, request: Request) {
+        self(request)
+    }
+}
+
+/// The platform's suspend, in three steps (Linux `do_suspend`, FreeBSD `xctrl_suspend`).
+///
+/// The real implementations — device quiesce and reconnect, grant table / event channel /
+/// XenStore re-initialisation after a real resume, and the simulator's "migration" that
+/// revokes everything — are later work; tests supply recording hooks.
+pub trait SuspendHook {
+    /// Stop every device (no new I/O, in-flight requests drained, frontends told). On error
+    /// the suspend is abandoned: nothing else is called, so `quiesce` must undo what it did.
+    fn quiesce(&mut self) -> xen_platform::Result<()>;
+
+    /// Suspend the domain: `SCHEDOP_shutdown(SHUTDOWN_suspend)`, which returns when the domain
+    /// runs again; `Ok(true)` if the suspend was cancelled (the domain resumed where it was,
+    /// its connections intact), `Ok(false)` after a real resume (possibly on another host).
+    fn suspend(&mut self, sched: &dyn Scheduler) -> xen_platform::Result<bool> {
+        sched.shutdown(ShutdownReason::Suspend)
+    }
+
+    /// Bring devices back. `cancelled` as returned by [`suspend`](Self::suspend) (`true` also
+    /// when `suspend` failed, as Linux treats a failed `stop_machine`).
+    fn resume(&mut self, cancelled: bool) -> xen_platform::Result<()>;
+}
+
+/// No suspend support: `suspend` is neither advertised nor acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSuspend {}
+
+impl SuspendHook for NoSuspend {
+    fn quiesce(&mut self) -> xen_platform::Result<()> {
+        match *self {}
+    }
+    fn resume(&mut self, _cancelled: bool) -> xen_platform::Result<()> {
+        match *self {}
+    }
+}
+
+/// Why a value in `control/shutdown` was left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// Not a request in the table (raw value, whatever bytes it holds).
+    Unknown(Vec<u8>),
+    /// `suspend`, but the image has no [`SuspendHook`].
+    SuspendUnsupported,
+}
+
+/// What one [`Control::poll`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The request was acknowledged, `before_shutdown` ran and `SCHEDOP_shutdown(reason)`
+    /// returned (only in the simulator; on real Xen it does not return).
+    Shutdown {
+        /// The request.
+        request: Request,
+        /// The reason given to the hypervisor.
+        reason: ShutdownReason,
+    },
+    /// `suspend` was acknowledged and the domain runs again: `cancelled` as the hypervisor
+    /// said (`true` also when the suspend hypercall failed: `error`).
+    Resumed {
+        /// Whether the suspend was cancelled.
+        cancelled: bool,
+        /// The error of [`SuspendHook::suspend`], if it failed.
+        error: Option<xen_platform::Error>,
+    },
+    /// `suspend` was acknowledged but [`SuspendHook::quiesce`] failed: nothing suspended.
+    SuspendAborted(xen_platform::Error),
+    /// A value that is not a request we handle: logged, not acknowledged.
+    Ignored(Ignored),
+}
+
+/// Why [`Control::start`] or [`Control::poll`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// A XenStore request failed (the request, if one was read, was not acknowledged unless
+    /// the failure came after the commit; the next watch event reads it again).
+    Store(XsClientError),
+    /// `SCHEDOP_shutdown` failed after the request was acknowledged; the driver accepts new
+    /// requests again.
+    Shutdown(Request, xen_platform::Error),
+    /// [`SuspendHook::resume`] failed: devices may be left quiesced.
+    Resume(xen_platform::Error),
+}
+
+impl From<XsClientError> for ControlError {
+    fn from(e: XsClientError) -> Self {
+        ControlError::Store(e)
+    }
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Store(e) => write!(f, "xenstore: {e}"),
+            ControlError::Shutdown(r, e) => write!(f, "SCHEDOP_shutdown for {r}: {e:?}"),
+            ControlError::Resume(e) => write!(f, "resume after suspend: {e:?}"),
+        }
+    }
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    /// Watch events taken.
+    pub events: u64,
+    /// Requests acknowledged.
+    pub acknowledged: u64,
+    /// Values ignored (unknown, unsupported).
+    pub ignored: u64,
+    /// Transactions retried after `EAGAIN` (the node changed under the read+ack).
+    pub retries: u64,
+}
+
+/// The control driver. See the [crate docs](crate).
+#[derive(Debug)]
+pub struct Control<B: BeforeShutdown, S: SuspendHook = NoSuspend> {
+    token: String,
+    before: B,
+    suspend: Option<S>,
+    shutting_down: Option<Request>,
+    stats: ControlStats,
+}
+
+impl<B: BeforeShutdown> Control<B, NoSuspend> {
+    /// A driver without suspend support, with its `before_shutdown` hook. Call
+    /// [`start`](Self::start) next.
+    pub fn new(before: B) -> Self {
+        Control {
+            token: String::from(DEFAULT_TOKEN),
+            before,
+            suspend: None,
+            shutting_down: None,
+            stats: ControlStats::default(),
+        }
+    }
+
+    /// The same driver with suspend support (`feature-suspend` is advertised and `suspend`
+    /// requests acknowledged).
+    pub fn with_suspend<S: SuspendHook>(self, hook: S) -> Control<B, S> {
+        Control {
+            token: self.token,
+            before: self.before,
+            suspend: Some(hook),
+            shutting_down: self.shutting_down,
+            stats: self.stats,
+        }
+    }
+}
+
+impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
+    /// Use `token` for the watch instead of [`DEFAULT_TOKEN`] (before [`start`](Self::start)).
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = String::from(token);
+        self
+    }
+
+    /// The watch token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether suspend is supported.
+    pub fn can_suspend(&self) -> bool {
+        self.suspend.is_some()
+    }
+
+    /// The request being carried out, once a shutdown has started.
+    pub fn shutting_down(&self) -> Option<Request> {
+        self.shutting_down
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ControlStats {
+        self.stats
+    }
+
+    /// The `before_shutdown` hook.
+    pub fn before_shutdown_hook(&mut self) -> &mut B {
+        &mut self.before
+    }
+
+    /// The suspend hook, if any.
+    pub fn suspend_hook(&mut self) -> Option<&mut S> {
+        self.suspend.as_mut()
+    }
+
+    /// Watch `control/shutdown` and advertise the features (Linux `setup_shutdown_watcher`:
+    /// the watch first, then `control/feature-<name>` = `"1"` for `poweroff`, `reboot`, and
+    /// `suspend` with a hook). The watch fires once at once; the first [`poll`](Self::poll)
+    /// then handles a request written before the guest started. Registering again on a
+    /// connection that still has the watch is fine (`EEXIST` is accepted).
+    pub fn start<T: Transport>(&mut self, xs: &mut Client<T>) -> Result<(), ControlError> {
+        match xs.watch(SHUTDOWN_NODE, &self.token) {
+            Ok(()) | Err(XsClientError::Xs(XsError::Eexist)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for &(name, request, _, advertised) in REQUESTS {
+            if !advertised || (request == Request::Suspend && self.suspend.is_none()) {
+                continue;
+            }
+            let mut node = String::from("control/feature-");
+            node.push_str(name);
+            xs.write(&node, b"1")?;
+        }
+        Ok(())
+    }
+
+    /// Remove the watch (the features stay, as Linux leaves them).
+    pub fn stop<T: Transport>(&mut self, xs: &mut Client<T>) -> Result<(), ControlError> {
+        xs.unwatch(SHUTDOWN_NODE, &self.token)?;
+        Ok(())
+    }
+
+    /// Do what can be done now (see [Driving](crate#driving)): read what the XenStore ring
+    /// holds without waiting, then for each of this driver's watch events read
+    /// `control/shutdown` until one yields something to report. `Ok(None)`: nothing happened
+    /// (no event, or only empty reads). Call again until it returns `None`: at most one
+    /// request is handled per call, and later events stay queued.
+    ///
+    /// `platform` gives `SCHEDOP_shutdown` and the console ignored values are logged on.
+    pub fn poll<T, P>(
+        &mut self,
+        xs: &mut Client<T>,
+        platform: &P,
+    ) -> Result<Option<Event>, ControlError>
+    where
+        T: Transport,
+        P: Scheduler + Console + ?Sized,
+    {
+        xs.poll_watch_events()?;
+        while xs.take_watch_event(Some(&self.token)).is_some() {
+            self.stats.events += 1;
+            if self.shutting_down.is_some() {
+                // Linux shutdown_handler: "Ignore multiple shutdown requests".
+                continue;
+            }
+            if let Some(ev) = self.handle(xs, platform)? {
+                return Ok(Some(ev));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Read `control/shutdown` and, for a request we handle, acknowledge it in the same
+    /// transaction (retried on `EAGAIN` by [`Client::transact`]); then act on it.
+    fn handle<T, P>(
+        &mut self,
+        xs: &mut Client<T>,
+        platform: &P,
+    ) -> Result<Option<Event>, ControlError>
+    where
+        T: Transport,
+        P: Scheduler + Console + ?Sized,
+    {
+        let can_suspend = self.suspend.is_some();
+        let mut attempts = 0u64;
+        let read = xs.transact(|tx| {
+            attempts += 1;
+            let value = match tx.try_read(SHUTDOWN_NODE)? {
+                None => return Ok(None),
+                Some(v) if v.is_empty() => return Ok(None),
+                Some(v) => v,
+            };
+            let outcome = match Request::parse(&value) {
+                Some(Request::Suspend) if !can_suspend => Err(Ignored::SuspendUnsupported),
+                Some(r) => Ok(r),
+                None => Err(Ignored::Unknown(value)),
+            };
+            if outcome.is_ok() {
+                // The acknowledgement: "" written, not the node removed (libxl waits for "").
+                tx.write(SHUTDOWN_NODE, b"")?;
+            }
+            Ok(Some(outcome))
+        });
+        self.stats.retries += attempts.saturating_sub(1);
+        let request = match read? {
+            None => return Ok(None),
+            Some(Err(ignored)) => {
+                self.stats.ignored += 1;
+                log_ignored(platform, &ignored);
+                return Ok(Some(Event::Ignored(ignored)));
+            }
+            Some(Ok(r)) => r,
+        };
+        self.stats.acknowledged += 1;
+        match request.action() {
+            Action::Shutdown(reason) => {
+                self.shutting_down = Some(request);
+                self.before.before_shutdown(request);
+                if let Err(e) = platform.shutdown(reason) {
+                    self.shutting_down = None;
+                    return Err(ControlError::Shutdown(request, e));
+                }
+                Ok(Some(Event::Shutdown { request, reason }))
+            }
+            Action::Suspend => self.do_suspend(xs, platform).map(Some),
+        }
+    }
+
+    /// quiesce → suspend → resume, then watch and advertise again after a real resume (the
+    /// XenStore connection may be a new one that knows no watch).
+    fn do_suspend<T, P>(
+        &mut self,
+        xs: &mut Client<T>,
+        platform: &P,
+    ) -> Result<Event, ControlError>
+    where
+        T: Transport,
+        P: Scheduler + Console + ?Sized,
+    {
+        let Some(hook) = self.suspend.as_mut() else {
+            // Unreachable: `handle` acknowledges `suspend` only with a hook.
+            return Ok(Event::Ignored(Ignored::SuspendUnsupported));
+        };
+        if let Err(e) = hook.quiesce() {
+            log(platform, format_args!("suspend: quiesce failed: {e:?}"));
+            return Ok(Event::SuspendAborted(e));
+        }
+        let sched = SchedRef(platform);
+        let (cancelled, error) = match hook.suspend(&sched) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                log(platform, format_args!("suspend: hypercall failed: {e:?}"));
+                (true, Some(e))
+            }
+        };
+        hook.resume(cancelled).map_err(ControlError::Resume)?;
+        if !cancelled {
+            self.start(xs)?;
+        }
+        Ok(Event::Resumed { cancelled, error })
+    }
+}
+
+/// `&P` as a `&dyn Scheduler` even for unsized `P`.
+struct SchedRef<'a, P: Scheduler + ?Sized>(&'a P);
+
+impl<P: Scheduler + ?Sized> Scheduler for SchedRef<'_, P> {
+    fn yield_now(&self) {
+        self.0.yield_now()
+    }
+    fn block(&self, timeout: Option<core::time::Duration>) {
+        self.0.block(timeout)
+    }
+    fn shutdown(&self, reason: ShutdownReason) -> xen_platform::Result<bool> {
+        self.0.shutdown(reason)
+    }
+}
+
+/// One console line, `xen-control: <msg>\n`.
+fn log<C: Console + ?Sized>(console: &C, args: fmt::Arguments<'_>) {
+    let mut line = String::from("xen-control: ");
+    let _ = line.write_fmt(args);
+    line.push('\n');
+    console.write(line.as_bytes());
+}
+
+fn log_ignored<C: Console + ?Sized>(console: &C, ignored: &Ignored) {
+    match ignored {
+        Ignored::SuspendUnsupported => log(
+            console,
+            format_args!("ignoring shutdown request: suspend (not supported)"),
+        ),
+        Ignored::Unknown(v) => log(
+            console,
+            format_args!("ignoring shutdown request: \"{}\"", Escaped(v)),
+        ),
+    }
+}
+
+/// A value from the store as printable ASCII: at most [`LOG_VALUE_MAX`] bytes, anything else
+/// as `\xNN`, and the length if it was cut.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = self.0.get(..LOG_VALUE_MAX).unwrap_or(self.0);
+        for &b in shown {
+            if (b.is_ascii_graphic() && b != b'\\' && b != b'"') || b == b' ' {
+                f.write_char(char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        if shown.len() < self.0.len() {
+            write!(f, "... ({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use alloc::format;
+
+    #[test]
+    fn table_is_complete_and_exact() {
+        for r in [
+            Request::Poweroff,
+            Request::Halt,
+            Request::Reboot,
+            Request::Crash,
+            Request::Suspend,
+        ] {
+            assert_eq!(Request::parse(r.as_str().as_bytes()), Some(r));
+        }
+        assert_eq!(
+            Request::Halt.action(),
+            Action::Shutdown(ShutdownReason::Poweroff)
+        );
+        assert_eq!(
+            Request::Crash.action(),
+            Action::Shutdown(ShutdownReason::Crash)
+        );
+        assert_eq!(Request::Suspend.action(), Action::Suspend);
+        for bad in [
+            &b""[..],
+            b"Poweroff",
+            b"poweroff\n",
+            b"poweroff\0",
+            b" reboot",
+            b"sysrq",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(Request::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_is_bounded_and_printable() {
+        assert_eq!(format!("{}", Escaped(b"a\"b\\\x00\n")), "a\\x22b\\x5c\\x00\\x0a");
+        let long = [b'x'; 1000];
+        let s = format!("{}", Escaped(&long));
+        assert!(s.ends_with("... (1000 bytes)"));
+        assert!(s.len() < LOG_VALUE_MAX + 20);
+    }
+}
