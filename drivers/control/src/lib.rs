@@ -259,8 +259,9 @@ pub enum Event {
 /// Why [`Control::start`] or [`Control::poll`] failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlError {
-    /// A XenStore request failed (the request, if one was read, was not acknowledged unless
-    /// the failure came after the commit; the next watch event reads it again).
+    /// A XenStore request failed. A failed read+ack left the request unacknowledged and not
+    /// acted upon; the next [`Control::poll`] reads it again (without waiting for an event).
+    /// A failure to watch again after a resume is retried by the next poll too.
     Store(XsClientError),
     /// `SCHEDOP_shutdown` failed after the request was acknowledged; the driver accepts new
     /// requests again.
@@ -305,6 +306,11 @@ pub struct Control<B: BeforeShutdown, S: SuspendHook = NoSuspend> {
     before: B,
     suspend: Option<S>,
     shutting_down: Option<Request>,
+    /// The last read+ack failed: read again at the next poll, event or not (the event that
+    /// announced the request is gone, and libxl waits only 60 s).
+    reread: bool,
+    /// Registering the watch again after a resume failed: retry at the next poll.
+    restart: bool,
     stats: ControlStats,
 }
 
@@ -317,6 +323,8 @@ impl<B: BeforeShutdown> Control<B, NoSuspend> {
             before,
             suspend: None,
             shutting_down: None,
+            reread: false,
+            restart: false,
             stats: ControlStats::default(),
         }
     }
@@ -329,6 +337,8 @@ impl<B: BeforeShutdown> Control<B, NoSuspend> {
             before: self.before,
             suspend: Some(hook),
             shutting_down: self.shutting_down,
+            reread: self.reread,
+            restart: self.restart,
             stats: self.stats,
         }
     }
@@ -414,9 +424,19 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
         T: Transport,
         P: Scheduler + Console + ?Sized,
     {
+        if self.restart {
+            self.start(xs)?;
+            self.restart = false;
+        }
         xs.poll_watch_events()?;
-        while xs.take_watch_event(Some(&self.token)).is_some() {
-            self.stats.events += 1;
+        loop {
+            if self.reread {
+                self.reread = false;
+            } else if xs.take_watch_event(Some(&self.token)).is_some() {
+                self.stats.events += 1;
+            } else {
+                return Ok(None);
+            }
             if self.shutting_down.is_some() {
                 // Linux shutdown_handler: "Ignore multiple shutdown requests".
                 continue;
@@ -425,7 +445,6 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
                 return Ok(Some(ev));
             }
         }
-        Ok(None)
     }
 
     /// Read `control/shutdown` and, for a request we handle, acknowledge it in the same
@@ -460,6 +479,9 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
             Ok(Some(outcome))
         });
         self.stats.retries += attempts.saturating_sub(1);
+        if read.is_err() {
+            self.reread = true;
+        }
         let request = match read? {
             None => return Ok(None),
             Some(Err(ignored)) => {
@@ -513,7 +535,10 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
         };
         hook.resume(cancelled).map_err(ControlError::Resume)?;
         if !cancelled {
-            self.start(xs)?;
+            if let Err(e) = self.start(xs) {
+                self.restart = true;
+                return Err(e);
+            }
         }
         Ok(Event::Resumed { cancelled, error })
     }

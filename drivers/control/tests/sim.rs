@@ -686,7 +686,7 @@ fn request_written_before_start_is_handled_by_the_initial_watch_fire() {
 }
 
 #[test]
-fn xenstore_failure_is_an_error_not_a_panic() {
+fn xenstore_failure_is_an_error_and_the_request_is_read_again() {
     let mut w = World::new();
     let log = Log::default();
     let (dom, mut xs) = w.guest(14);
@@ -716,4 +716,33 @@ fn xenstore_failure_is_an_error_not_a_panic() {
     assert!(matches!(err, ControlError::Store(_)), "{err:?}");
     assert_eq!(dom.shutdown_reason(), None);
     assert!(log.take().is_empty());
+    // The event is spent, but the next poll reads the node again by itself.
+    let events = ctl.stats().events;
+    assert!(matches!(ctl.poll(&mut xs, &dom), Err(ControlError::Store(_))));
+    assert_eq!(ctl.stats().events, events, "re-read without a watch event");
+    // Access restored: the request still pending is carried out.
+    w.d0.set_perms(
+        "/local/domain/14/control/shutdown",
+        &perms(&[(Access::None, 14)]),
+    )
+    .unwrap();
+    let ev = loop {
+        dom.clear(p);
+        match ctl.poll(&mut xs, &dom) {
+            Ok(Some(ev)) => break ev,
+            Ok(None) | Err(ControlError::Store(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(start.elapsed() < T);
+        let _ = dom.wait(&[p], Some(Duration::from_millis(20)));
+    };
+    assert_eq!(
+        ev,
+        Event::Shutdown {
+            request: Request::Poweroff,
+            reason: ShutdownReason::Poweroff
+        }
+    );
+    assert_eq!(w.read(14, SHUTDOWN_NODE).unwrap(), b"");
+    assert_eq!(log.take(), vec!["before_shutdown poweroff None"]);
 }
