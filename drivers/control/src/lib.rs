@@ -44,6 +44,30 @@
 //! port to wait on is the client's ([`Transport::event_port`]). Several drivers share one
 //! client: each uses a watch token of its own ([`DEFAULT_TOKEN`] here).
 //!
+//! ```
+//! use xen_control::{Control, ControlError, Event, Request};
+//! use xen_platform::{Console, Scheduler};
+//! use xen_store::client::{Client, Transport};
+//!
+//! fn main_loop<T: Transport, P: Scheduler + Console>(
+//!     xs: &mut Client<T>,
+//!     platform: &P,
+//! ) -> Result<(), ControlError> {
+//!     // The image's bus closes every device here (Closing → Closed).
+//!     let mut ctl = Control::new(|_request: Request| {});
+//!     ctl.start(xs)?;
+//!     loop {
+//!         while let Some(ev) = ctl.poll(xs, platform)? {
+//!             if let Event::Shutdown { .. } = ev {
+//!                 return Ok(()); // only in the simulator: on Xen the domain is gone
+//!             }
+//!         }
+//!         // ... poll the other drivers, then wait on their ports and the XenStore port.
+//! #       return Ok(());
+//!     }
+//! }
+//! ```
+//!
 //! Shutdown: the [`BeforeShutdown`] hook runs after the acknowledgement and before
 //! `SCHEDOP_shutdown` (the bus takes every attached device through Closing → Closed there).
 //!
