@@ -54,6 +54,14 @@ pub enum Error {
         /// What the domain did, if anything.
         got: Option<ShutdownReason>,
     },
+    /// `device_backend_callback`: "unable to add device with path %s" — the backend did
+    /// not reach InitWait within the timeout.
+    DeviceAddTimeout {
+        /// The backend directory.
+        backend_path: String,
+        /// The backend's `state` when the wait ended.
+        backend_state: Option<u32>,
+    },
     /// `device_backend_callback`: "unable to remove device with path %s" — the backend (and
     /// frontend) did not reach Closed within the timeout.
     DeviceRemoveTimeout {
@@ -100,6 +108,9 @@ impl fmt::Display for Error {
                 f,
                 "domain {domid} did not shut down with reason {expected:?} (got {got:?})"
             ),
+            Error::DeviceAddTimeout { backend_path, .. } => {
+                write!(f, "unable to add device with path {backend_path}")
+            }
             Error::DeviceRemoveTimeout { backend_path, .. } => {
                 write!(f, "unable to remove device with path {backend_path}")
             }

@@ -73,10 +73,13 @@
 //! `type=<backendtype>`, `mode=w|r`, `device-type=disk`, `discard-enable=1`,
 //! `specification=xen`. The devid is the vdev's number ([`vdev_to_devid`]).
 //!
-//! What the toolstack does **not** do, unlike real Xen: no hotplug script runs (a dom0
-//! backend never gets `hotplug-status`, `node`, `physical-device`), and `add_device` does
-//! not wait for the backend's InitWait (use [`Toolstack::wait_state`]). `xl reboot` here
-//! does not re-create the domain (xl's daemon would).
+//! Where the toolstack differs from real Xen: no hotplug script runs — `add_device` /
+//! `add_vbd` only write (no wait), [`Toolstack::attach_vbd`] / [`Toolstack::attach_wait`]
+//! also wait for the backend's InitWait as libxl does and then write only the script's
+//! `hotplug-status=connected` for a dom0 backend (never `node`, `physical-device`). A
+//! detach waits for the frontend's Closed as well as the backend's (libxl: the backend's
+//! only). `xl reboot` here does not re-create the domain (xl's daemon would). `xl destroy`
+//! does not wait for backends to close after `online=0`.
 //!
 //! # Waiting
 //! Every wait ([`Toolstack::wait_for`]) is bounded: it opens its own dom0 connection,
@@ -94,7 +97,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xen_platform::{DomId, ShutdownReason};
+use xen_platform::{DomId, EvtchnPort, ShutdownReason, XenPfn};
 use xen_sim::{Domain, Hypervisor};
 use xen_store::client::{Client, ClientConfig, Store, XsClientError};
 use xen_store::perms::{Access, Perm, Perms};
@@ -221,13 +224,18 @@ impl DomainConfig {
     }
 }
 
-/// A domain created by [`Toolstack::create_domain`].
+/// A domain created by [`Toolstack::create_domain`]. `Send + Sync`.
 #[derive(Debug)]
 pub struct Guest {
     domain: Domain,
     uuid: String,
-    store: Mutex<Option<SimGuest>>,
+    store_port: EvtchnPort,
+    store_frame: XenPfn,
+    ring: Mutex<Option<OwnedRing<Domain>>>,
 }
+
+/// How long a guest's client waits for a reply (and for its ring to be connected).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Guest {
     /// The domid.
@@ -255,18 +263,37 @@ impl Guest {
         dom_path(self.domid())
     }
 
-    /// The guest's XenStore client over its ring, as the guest itself would connect (from
-    /// `HVM_PARAM_STORE_PFN`/`_EVTCHN`). There is one ring per guest, so this can be taken
-    /// once ([`Error::AlreadyTaken`] afterwards); see also [`Guest::take_store`].
-    pub fn xs_client(&self) -> Result<GuestClient> {
-        let g = self.take_store()?;
-        g.client().map_err(Error::xs("connect", self.dom_path()))
+    /// The guest's xenstore event channel (`store/port`, `HVM_PARAM_STORE_EVTCHN`).
+    pub fn store_port(&self) -> EvtchnPort {
+        self.store_port
     }
 
-    /// The guest's xenstore page and port ([`SimGuest`]), for a guest that builds its own
-    /// transport (or a fault-injection test). Once only, as [`Guest::xs_client`].
-    pub fn take_store(&self) -> Result<SimGuest> {
-        lock(&self.store).take().ok_or(Error::AlreadyTaken)
+    /// The guest's xenstore page frame (`store/ring-ref`, `HVM_PARAM_STORE_PFN`).
+    pub fn store_frame(&self) -> XenPfn {
+        self.store_frame
+    }
+
+    /// The guest's XenStore client over its ring, found from `HVM_PARAM_STORE_PFN`/`_EVTCHN`
+    /// as the guest itself finds it, connected, with 10 s requests. There is one ring per
+    /// guest, so this (or [`Guest::take_transport`]) works once; [`Error::AlreadyTaken`]
+    /// afterwards.
+    pub fn xs_client(&self) -> Result<GuestClient> {
+        let mut t = self.take_transport()?;
+        t.connect(GUEST_TIMEOUT)
+            .map_err(Error::xs("connect", self.dom_path()))?;
+        Ok(Client::with_config(
+            t,
+            ClientConfig {
+                timeout: GUEST_TIMEOUT,
+                ..ClientConfig::default()
+            },
+        ))
+    }
+
+    /// The guest's ring transport, not yet connected (for a guest that builds its own
+    /// client). Once only, as [`Guest::xs_client`].
+    pub fn take_transport(&self) -> Result<OwnedRing<Domain>> {
+        lock(&self.ring).take().ok_or(Error::AlreadyTaken)
     }
 }
 
@@ -830,10 +857,13 @@ impl Toolstack {
             ],
         )?;
 
+        let (store_port, store_frame) = (store.port(), store.frame());
         Ok(Guest {
             domain: domain.clone(),
             uuid,
-            store: Mutex::new(Some(store)),
+            store_port,
+            store_frame,
+            ring: Mutex::new(Some(store.transport()?)),
         })
     }
 
@@ -879,6 +909,43 @@ impl Toolstack {
         }
         self.transact("libxl__device_generic_add", &ops)?;
         Ok(d.clone())
+    }
+
+    /// `xl block-attach` as libxl completes it: [`add_vbd`](Self::add_vbd), then
+    /// [`attach_wait`](Self::attach_wait).
+    pub fn attach_vbd(&self, vbd: &Vbd, timeout: Duration) -> Result<Device> {
+        let d = self.add_vbd(vbd)?;
+        self.attach_wait(&d, timeout)?;
+        Ok(d)
+    }
+
+    /// What libxl does after writing a device (`libxl__wait_device_connection`): wait up to
+    /// `timeout` (libxl's `LIBXL_INIT_TIMEOUT` is 10 s) for the backend to reach InitWait
+    /// (2) — or any later state. For a backend in dom0 libxl then runs the hotplug script;
+    /// here that script's result is written: `hotplug-status=connected` in the backend
+    /// directory (not `node`/`physical-device`, which name a Linux block device). For a
+    /// driver-domain backend dom0 waits for InitWait only ("assuming driver domains").
+    /// On timeout: [`Error::DeviceAddTimeout`] and the nodes stay.
+    pub fn attach_wait(&self, dev: &Device, timeout: Duration) -> Result<()> {
+        let bstate = format!("{}/state", dev.backend_path());
+        let mut last = None;
+        let ok = self.wait_for(&[&bstate], timeout, |xs| {
+            last = read_u32(xs, &bstate)?;
+            Ok(last.is_some_and(|s| s >= state::INIT_WAIT))
+        })?;
+        if !ok {
+            return Err(Error::DeviceAddTimeout {
+                backend_path: dev.backend_path(),
+                backend_state: last,
+            });
+        }
+        if dev.backend == 0 {
+            let p = format!("{}/hotplug-status", dev.backend_path());
+            lock(&self.xs)
+                .write(&p, b"connected")
+                .map_err(Error::xs("write", p.clone()))?;
+        }
+        Ok(())
     }
 
     /// The devices of frontend domain `fe` (from libxl's `/libxl/<fe>/device`), each with

@@ -101,17 +101,16 @@ fn create_writes_the_libxl_layout_with_its_permissions() {
     );
     check(&ts, &format!("{dom}/memory/target"), Some("131072"), &ro);
     check(&ts, &format!("{dom}/memory/videoram"), Some("0"), &ro);
-    let store = g.take_store().unwrap();
     check(
         &ts,
         &format!("{dom}/store/port"),
-        Some(&store.port().to_string()),
+        Some(&g.store_port().to_string()),
         &ro,
     );
     check(
         &ts,
         &format!("{dom}/store/ring-ref"),
-        Some(&store.frame().to_string()),
+        Some(&g.store_frame().to_string()),
         &ro,
     );
     for k in ["backend-id", "limit", "type", "output", "tty"] {
@@ -168,7 +167,7 @@ fn create_writes_the_libxl_layout_with_its_permissions() {
     assert_eq!(read(&ts, "/local/domain/0/name"), "Domain-0");
     assert_eq!(read(&ts, "/local/domain/0/domid"), "0");
     // The guest is introduced and its ring works.
-    let mut xs = store.client().unwrap();
+    let mut xs = g.xs_client().unwrap();
     assert_eq!(xs.read_string("name").unwrap(), "guest");
     assert_eq!(xs.get_domain_path(1).unwrap().as_str(), dom);
 }
@@ -787,4 +786,66 @@ fn destroy_removes_the_domain_its_devices_and_libxl_state() {
     assert!(matches!(ts.destroy(2), Err(Error::NoSuchDomain(2))));
     // The name is free again.
     ts.create_domain("guest", DomainConfig::default()).unwrap();
+}
+
+#[test]
+fn attach_waits_for_init_wait_then_plays_the_hotplug_script() {
+    let ts = ts();
+    ts.create_domain("guest", DomainConfig::with_domid(1))
+        .unwrap();
+    ts.create_domain("storage", DomainConfig::with_domid(2).driver_domain())
+        .unwrap();
+    // Nobody answers: the add times out, the nodes stay.
+    let e = ts
+        .attach_vbd(&Vbd::new(1, 0, "xvda", "/root/a.img"), SHORT)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::DeviceAddTimeout {
+                backend_state: Some(1),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "unable to add device with path /local/domain/0/backend/vbd/1/51712"
+    );
+    // A backend that reaches InitWait: dom0's gets hotplug-status, a driver domain's not.
+    for (be, vdev) in [(0, "xvdb"), (2, "xvdc")] {
+        let vbd = Vbd::new(1, be, vdev, "/root/b.img");
+        let bp = vbd.spec().unwrap().device.backend_path();
+        let t = ts.socket();
+        let peer = thread::spawn(move || {
+            let mut c =
+                xen_store::client::Client::new(xen_store_host::UnixTransport::connect(t).unwrap());
+            let deadline = Instant::now() + LONG;
+            while Instant::now() < deadline {
+                if c.read_string(&format!("{bp}/state")).ok().as_deref() == Some("1") {
+                    c.write(&format!("{bp}/state"), b"2").unwrap();
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let dev = ts.attach_vbd(&vbd, LONG).unwrap();
+        peer.join().unwrap();
+        let hs = ts
+            .with_xs(|xs| xs.try_read(&format!("{}/hotplug-status", dev.backend_path())))
+            .unwrap();
+        assert_eq!(
+            hs.as_deref(),
+            (be == 0).then_some(&b"connected"[..]),
+            "be {be}"
+        );
+    }
+}
+
+#[test]
+fn the_toolstack_is_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Toolstack>();
+    send_sync::<xen_toolstack::Guest>();
 }
