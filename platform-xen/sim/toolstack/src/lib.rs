@@ -1040,8 +1040,8 @@ impl Toolstack {
     /// `libxl__device_destroy`: remove the frontend directory, libxl's copy and the backend
     /// directory, each with its parents that became empty (`libxl__xs_path_cleanup`).
     ///
-    /// On timeout: [`Error::DeviceRemoveTimeout`] ("unable to remove device with path
-    /// <backend>"); with `opts.force` the nodes are removed first, otherwise they stay.
+    /// On timeout: [`Error::DeviceRemoveTimeout`] (`unable to remove device with path
+    /// <backend>`); with `opts.force` the nodes are removed first, otherwise they stay.
     pub fn remove_device_with(&self, dev: &Device, opts: DetachOptions) -> Result<()> {
         let (fp, bp) = (dev.frontend_path(), dev.backend_path());
         let (fstate, bstate) = (format!("{fp}/state"), format!("{bp}/state"));
