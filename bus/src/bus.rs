@@ -520,9 +520,11 @@ impl<T: Transport> Bus<T> {
         };
         let parts: Vec<&str> = rel.split('/').collect();
         let (role, class, dev) = match parts.as_slice() {
-            ["device", class, rest @ ..] => {
-                (Role::Front, *class, rest.first().map(|id| front_key(class, id)))
-            }
+            ["device", class, rest @ ..] => (
+                Role::Front,
+                *class,
+                rest.first().map(|id| front_key(class, id)),
+            ),
             ["backend", class, rest @ ..] => (
                 Role::Back,
                 *class,
@@ -540,10 +542,11 @@ impl<T: Transport> Bus<T> {
         if !registered {
             return;
         }
-        match dev.and_then(|k| self.devices.get_mut(&k).map(|d| (k, d))) {
-            Some((_, d)) => d.dirty = true,
-            // A device we do not have yet, or a change above the devices: look again.
-            None => {
+        match dev.and_then(|k| self.devices.get_mut(&k)) {
+            Some(d) if d.phase != Phase::Closed => d.dirty = true,
+            // A device we do not have yet, a closed one (removed or started again by the
+            // toolstack), or a change above the devices: look again.
+            _ => {
                 self.rescan.insert((role, class.to_string()));
             }
         }
@@ -576,11 +579,16 @@ impl<T: Transport> Bus<T> {
         let gone: Vec<String> = self
             .devices
             .iter()
-            .filter(|(k, d)| d.info.role == role && d.info.class == class && !listed.contains(k.as_str()))
+            .filter(|(k, d)| {
+                d.info.role == role && d.info.class == class && !listed.contains(k.as_str())
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
-            let closed = self.devices.get(&k).is_some_and(|d| d.phase == Phase::Closed);
+            let closed = self
+                .devices
+                .get(&k)
+                .is_some_and(|d| d.phase == Phase::Closed);
             if closed {
                 self.devices.remove(&k);
             } else if let Some(d) = self.devices.get_mut(&k) {
@@ -678,10 +686,7 @@ impl<T: Transport> Bus<T> {
             }
             Ok(()) => {
                 dev.drv = match role {
-                    Role::Front => self
-                        .front
-                        .get_mut(class)
-                        .map(|f| Drv::Front(f(&dev.info))),
+                    Role::Front => self.front.get_mut(class).map(|f| Drv::Front(f(&dev.info))),
                     Role::Back => self.back.get_mut(class).map(|f| Drv::Back(f(&dev.info))),
                 };
                 match self.xs.watch(&dev.info.otherend, TOKEN_OTHEREND) {
@@ -728,8 +733,9 @@ impl<T: Transport> Bus<T> {
         };
         match info.role {
             Role::Front => {
-                let be = path::check_backend_details(self.domid, &info.class, &info.id, &oe, &oe_id)
-                    .map_err(bad)?;
+                let be =
+                    path::check_backend_details(self.domid, &info.class, &info.id, &oe, &oe_id)
+                        .map_err(bad)?;
                 info.backend_id = be;
                 info.otherend_id = be;
             }
@@ -1015,8 +1021,5 @@ fn front_key(class: &str, id: &str) -> String {
 
 /// `path` is `base` or below it.
 fn is_under(path: &str, base: &str) -> bool {
-    path == base
-        || path
-            .strip_prefix(base)
-            .is_some_and(|r| r.starts_with('/'))
+    path == base || path.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
 }

@@ -62,8 +62,7 @@ impl core::fmt::Display for DetailsError {
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -154,12 +153,36 @@ mod tests {
             (ok, b"-0", DetailsError::BadDomid),
             (ok, b"65536", DetailsError::BadDomid),
             (ok, b" 0", DetailsError::BadDomid),
-            (b"/local/domain/0/backend/vbd/2/51712", b"0", DetailsError::BadPath),
-            (b"/local/domain/0/backend/vif/1/51712", b"0", DetailsError::BadPath),
-            (b"/local/domain/0/backend/vbd/1/51712/", b"0", DetailsError::BadPath),
-            (b"/local/domain/0/backend/vbd/1/5171", b"0", DetailsError::BadPath),
-            (b"local/domain/0/backend/vbd/1/51712", b"0", DetailsError::BadPath),
-            (b"/local/domain/0/device/vbd/1/51712", b"0", DetailsError::BadPath),
+            (
+                b"/local/domain/0/backend/vbd/2/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/backend/vif/1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/backend/vbd/1/51712/",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/backend/vbd/1/5171",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"local/domain/0/backend/vbd/1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/device/vbd/1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
             (b"", b"0", DetailsError::BadPath),
             (b"/tool/xenstored", b"0", DetailsError::BadPath),
             (b"\xff", b"0", DetailsError::NotUtf8),
@@ -199,7 +222,15 @@ mod tests {
         }
         assert_eq!(parse_domid(b"0"), Some(0));
         assert_eq!(parse_domid(b"65535"), Some(65535));
-        for v in [&b""[..], b"65536", b"99999", b"123456", b"-1", b"1 ", b"0x1"] {
+        for v in [
+            &b""[..],
+            b"65536",
+            b"99999",
+            b"123456",
+            b"-1",
+            b"1 ",
+            b"0x1",
+        ] {
             assert_eq!(parse_domid(v), None, "{v:?}");
         }
         assert_eq!(
