@@ -54,6 +54,16 @@ pub struct DummyFront {
     detached: u32,
 }
 
+impl DummyFront {
+    pub fn new(log: Log, opts: FrontOpts) -> DummyFront {
+        DummyFront {
+            log,
+            opts,
+            detached: 0,
+        }
+    }
+}
+
 impl FrontDriver for DummyFront {
     fn probe(&mut self, _ctx: &mut DeviceCtx<'_>) -> DriverResult {
         self.log.borrow_mut().push("probe".into());
@@ -103,6 +113,12 @@ impl FrontDriver for DummyFront {
 pub struct DummyBack {
     log: Log,
     detached: u32,
+}
+
+impl DummyBack {
+    pub fn new(log: Log) -> DummyBack {
+        DummyBack { log, detached: 0 }
+    }
 }
 
 impl BackDriver for DummyBack {
