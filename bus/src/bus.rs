@@ -758,6 +758,9 @@ impl<T: Transport> Bus<T> {
             match self.step_once(dev, now) {
                 Ok(true) => {}
                 Ok(false) => break,
+                // The XenStore connection itself died: not the device's fault; `poll`
+                // reports it and the device stays as it is.
+                Err(_) if self.xs.failure().is_some() => break,
                 Err(e) => {
                     self.fail(dev, e, now);
                     break;

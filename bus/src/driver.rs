@@ -140,8 +140,7 @@ impl DeviceInfo {
 pub struct DeviceCtx<'a> {
     /// The device.
     pub info: &'a DeviceInfo,
-    /// XenStore (outside any transaction; use [`transact`](Self::transact) for atomic
-    /// groups).
+    /// XenStore (each call on its own, outside any transaction).
     pub store: &'a mut dyn Store,
     /// The time the bus was polled with.
     pub now: Duration,
@@ -200,7 +199,7 @@ impl DeviceCtx<'_> {
 }
 
 /// A frontend driver: one instance per device, made by the factory given to
-/// [`Bus::register_front`](crate::Bus::register_front). The bus calls, in order (blkif.h,
+/// `Bus::register_front` (feature `bus-front`). The bus calls, in order (blkif.h,
 /// "STATE DIAGRAMS", Startup):
 /// 1. [`probe`](Self::probe) in Initialising — query the virtual device's properties;
 /// 2. once the backend is in InitWait (or at once if [`waits_for_init_wait`] is false),
@@ -240,7 +239,7 @@ pub trait FrontDriver {
 }
 
 /// A backend driver: one instance per device, made by the factory given to
-/// [`Bus::register_back`](crate::Bus::register_back). The bus calls:
+/// `Bus::register_back` (feature `bus-back`). The bus calls:
 /// 1. [`probe`](Self::probe) in Initialising — open and validate the backend device, publish
 ///    the backend's features and transport parameters; then the bus writes InitWait;
 /// 2. once the frontend is Initialised (or Connected), [`attach`](Self::attach) — read the
