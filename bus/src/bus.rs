@@ -148,6 +148,9 @@ struct Device {
     close_requested: bool,
     toolstack_closing: bool,
     pending: bool,
+    /// A backend closed in order while `online` = 1: it goes back to InitWait if the
+    /// frontend starts again (Linux blkback `frontend_changed()`, "prepare for reconnect").
+    reconnectable: bool,
 }
 
 impl Device {
@@ -590,7 +593,9 @@ impl<T: Transport> Bus<T> {
                 .get(&k)
                 .is_some_and(|d| d.phase == Phase::Closed);
             if closed {
-                self.devices.remove(&k);
+                if let Some(mut d) = self.devices.remove(&k) {
+                    self.unwatch(&mut d);
+                }
             } else if let Some(d) = self.devices.get_mut(&k) {
                 d.dirty = true;
             }
@@ -674,6 +679,7 @@ impl<T: Transport> Bus<T> {
             close_requested: false,
             toolstack_closing: false,
             pending: false,
+            reconnectable: false,
         };
         dev.set_phase(Phase::Probe, now, &self.cfg);
         self.events.push_back(BusEvent::Adopted {
@@ -752,7 +758,14 @@ impl<T: Transport> Bus<T> {
     fn step(&mut self, dev: &mut Device, now: Duration) {
         dev.pending = false;
         if dev.phase == Phase::Closed {
-            return;
+            if !(dev.reconnectable && dev.dirty) {
+                return;
+            }
+            dev.dirty = false;
+            match read_state(&mut self.xs, &dev.info.otherend) {
+                Ok(Some(XenbusState::Initialising)) => self.restart(dev, now),
+                _ => return,
+            }
         }
         for _ in 0..STEPS_PER_POLL {
             match self.step_once(dev, now) {
@@ -979,12 +992,48 @@ impl<T: Transport> Bus<T> {
 
     fn closed(&mut self, dev: &mut Device, now: Duration) -> Result<bool, DriverError> {
         dev.set_phase(Phase::Closed, now, &self.cfg);
-        self.unwatch(dev);
+        dev.reconnectable = dev.info.role == Role::Back
+            && matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == b"1");
+        if !dev.reconnectable {
+            self.unwatch(dev);
+        }
         self.events.push_back(BusEvent::Closed {
             nodename: dev.info.nodename.clone(),
             error: None,
         });
         Ok(false)
+    }
+
+    /// Start a closed device's handshake again with the same driver (its `detach` ran).
+    fn restart(&mut self, dev: &mut Device, now: Duration) {
+        dev.reconnectable = false;
+        dev.detached = false;
+        dev.error = None;
+        dev.other = None;
+        dev.dirty = true;
+        dev.set_phase(Phase::Probe, now, &self.cfg);
+        if !dev.watching && self.xs.watch(&dev.info.otherend, TOKEN_OTHEREND).is_ok() {
+            dev.watching = true;
+        }
+    }
+
+    /// Start a frontend that closed in order again: write Initialising and run the
+    /// handshake anew with the same driver (a backend closed in order with `online` = 1
+    /// follows, as Linux blkback's "prepare for reconnect"). Returns whether it did: the
+    /// device must be a frontend in Closed without an error.
+    pub fn reconnect(&mut self, nodename: &str, now: Duration) -> bool {
+        let Some(mut dev) = self.devices.remove(nodename) else {
+            return false;
+        };
+        let ok = dev.info.role == Role::Front
+            && dev.phase == Phase::Closed
+            && dev.error.is_none()
+            && switch_state(&mut self.xs, &mut dev, XenbusState::Initialising).is_ok();
+        if ok {
+            self.restart(&mut dev, now);
+        }
+        self.devices.insert(nodename.to_string(), dev);
+        ok
     }
 
     fn unwatch(&mut self, dev: &mut Device) {

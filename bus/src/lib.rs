@@ -21,6 +21,13 @@
 //! `state` node gone, e.g. its domain destroyed), writes a state that does not parse, removes
 //! our nodes or revokes our access makes the device fail that way; nothing panics or spins.
 //!
+//! # Reconnect
+//! A backend that closed in order while its `online` node is 1 keeps watching its frontend and
+//! goes back through probe → InitWait when the frontend writes Initialising again (Linux
+//! blkback's "prepare for reconnect"); [`Bus::reconnect`] starts a closed frontend again (the
+//! same driver instance is probed again after its `detach`). A device that failed stays Closed
+//! until the toolstack removes and re-adds it.
+//!
 //! # State changes
 //! Written as Linux's `xenbus_switch_state()` does: in a transaction, only if the node still
 //! exists (never resurrecting a directory the toolstack removed), and not at all when it holds

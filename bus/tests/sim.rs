@@ -167,6 +167,32 @@ fn frontend_initiated_close_front5_back5_front6_back6() {
 }
 
 #[test]
+fn frontend_reconnects_after_an_orderly_close() {
+    let mut s = pair(FrontOpts::default(), BusConfig::default());
+    s.run_until("both Connected", 200, both_connected);
+    assert!(!s.reconnect("fe1", FE), "only a closed frontend reconnects");
+    assert!(s.close("fe1", FE));
+    s.run_until("both Closed", 200, |s| {
+        s.closed("fe1", FE).is_some() && s.closed("dom0", &be_node(1, "0")).is_some()
+    });
+    let n = s.events.len();
+    // The backend stayed online: it goes back to InitWait when the frontend starts again.
+    assert!(s.reconnect("fe1", FE));
+    s.run_until("both Connected again", 200, |s| {
+        s.events[n..]
+            .iter()
+            .filter(|(_, e)| matches!(e, xen_bus::BusEvent::Connected { .. }))
+            .count()
+            == 2
+    });
+    assert_eq!(s.state(&Sim::front_dir(1, "0")).as_deref(), Some("4"));
+    assert_eq!(s.state(&Sim::back_dir(1, 0, "0")).as_deref(), Some("4"));
+    let bl = s.log("dom0", &be_node(1, "0"));
+    assert_eq!(bl.iter().filter(|l| *l == "probe").count(), 2, "{bl:?}");
+    assert_eq!(bl.iter().filter(|l| *l == "detach").count(), 1, "{bl:?}");
+}
+
+#[test]
 fn backend_initiated_close() {
     let mut s = pair(FrontOpts::default(), BusConfig::default());
     s.run_until("both Connected", 200, both_connected);

@@ -66,6 +66,7 @@ impl DummyFront {
 
 impl FrontDriver for DummyFront {
     fn probe(&mut self, _ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        self.detached = 0;
         self.log.borrow_mut().push("probe".into());
         Ok(Progress::Done)
     }
@@ -102,7 +103,7 @@ impl FrontDriver for DummyFront {
     }
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
         self.detached += 1;
-        assert!(self.detached == 1, "the bus detaches once");
+        assert!(self.detached == 1, "the bus detaches once per probe");
         self.log.borrow_mut().push("detach".into());
     }
 }
@@ -123,6 +124,7 @@ impl DummyBack {
 
 impl BackDriver for DummyBack {
     fn probe(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        self.detached = 0;
         self.log.borrow_mut().push("probe".into());
         ctx.write("feature-dummy", b"1")?;
         Ok(Progress::Done)
@@ -146,7 +148,7 @@ impl BackDriver for DummyBack {
     }
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
         self.detached += 1;
-        assert!(self.detached == 1, "the bus detaches once");
+        assert!(self.detached == 1, "the bus detaches once per probe");
         self.log.borrow_mut().push("detach".into());
     }
 }
@@ -156,6 +158,7 @@ pub trait AnyBus {
     fn poll(&mut self, now: Duration);
     fn status(&self, nodename: &str) -> Option<DeviceStatus>;
     fn close(&mut self, nodename: &str) -> bool;
+    fn reconnect(&mut self, nodename: &str, now: Duration) -> bool;
     fn take_events(&mut self) -> Vec<BusEvent>;
 }
 
@@ -168,6 +171,9 @@ impl<T: Transport> AnyBus for Bus<T> {
     }
     fn close(&mut self, nodename: &str) -> bool {
         Bus::close(self, nodename)
+    }
+    fn reconnect(&mut self, nodename: &str, now: Duration) -> bool {
+        Bus::reconnect(self, nodename, now)
     }
     fn take_events(&mut self) -> Vec<BusEvent> {
         std::iter::from_fn(|| self.take_event()).collect()
@@ -412,6 +418,11 @@ impl Sim {
 
     pub fn status(&self, bus: &str, nodename: &str) -> Option<DeviceStatus> {
         self.buses.get(bus).and_then(|b| b.status(nodename))
+    }
+
+    pub fn reconnect(&mut self, bus: &str, nodename: &str) -> bool {
+        let now = self.now;
+        self.buses.get_mut(bus).unwrap().reconnect(nodename, now)
     }
 
     pub fn close(&mut self, bus: &str, nodename: &str) -> bool {
