@@ -532,11 +532,7 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
 
     /// quiesce → suspend → resume, then watch and advertise again after a real resume (the
     /// XenStore connection may be a new one that knows no watch).
-    fn do_suspend<T, P>(
-        &mut self,
-        xs: &mut Client<T>,
-        platform: &P,
-    ) -> Result<Event, ControlError>
+    fn do_suspend<T, P>(&mut self, xs: &mut Client<T>, platform: &P) -> Result<Event, ControlError>
     where
         T: Transport,
         P: Scheduler + Console + ?Sized,
@@ -666,7 +662,10 @@ mod tests {
 
     #[test]
     fn escaped_is_bounded_and_printable() {
-        assert_eq!(format!("{}", Escaped(b"a\"b\\\x00\n")), "a\\x22b\\x5c\\x00\\x0a");
+        assert_eq!(
+            format!("{}", Escaped(b"a\"b\\\x00\n")),
+            "a\\x22b\\x5c\\x00\\x0a"
+        );
         let long = [b'x'; 1000];
         let s = format!("{}", Escaped(&long));
         assert!(s.ends_with("... (1000 bytes)"));

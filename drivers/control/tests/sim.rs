@@ -74,7 +74,8 @@ impl World {
         d0.write(&format!("{home}/domid"), domid.to_string().as_bytes())
             .unwrap();
         d0.mkdir(&format!("{home}/control")).unwrap();
-        d0.set_perms(&format!("{home}/control"), &dom0_owned).unwrap();
+        d0.set_perms(&format!("{home}/control"), &dom0_owned)
+            .unwrap();
         for k in [
             "control/platform-feature-multiprocessor-suspend",
             "control/platform-feature-xs_reset_watches",
@@ -94,7 +95,13 @@ impl World {
             d0.write(&p, b"").unwrap();
             d0.set_perms(&p, &perms(&[(Access::None, domid)])).unwrap();
         }
-        let xs = self.xs.xenstored().serve_domain(domid).unwrap().client().unwrap();
+        let xs = self
+            .xs
+            .xenstored()
+            .serve_domain(domid)
+            .unwrap()
+            .client()
+            .unwrap();
         (dom, xs)
     }
 
@@ -248,7 +255,11 @@ fn features_advertised_without_and_with_suspend() {
     assert!(ctl2.can_suspend());
     ctl2.start(&mut xs2).unwrap();
     for f in ["poweroff", "reboot", "suspend"] {
-        assert_eq!(w.read(2, &format!("control/feature-{f}")).unwrap(), b"1", "{f}");
+        assert_eq!(
+            w.read(2, &format!("control/feature-{f}")).unwrap(),
+            b"1",
+            "{f}"
+        );
     }
     settle(&mut ctl2, &mut xs2, &dom2);
     assert!(log.take().is_empty());
@@ -359,7 +370,10 @@ fn further_requests_ignored_once_shutting_down() {
     );
     // Linux: "Ignore multiple shutdown requests" — not read, not acknowledged.
     w.request(7, b"poweroff");
-    assert_eq!(poll_until(&mut ctl, &mut xs, &dom, Duration::from_millis(200)), None);
+    assert_eq!(
+        poll_until(&mut ctl, &mut xs, &dom, Duration::from_millis(200)),
+        None
+    );
     assert_eq!(w.read(7, SHUTDOWN_NODE).unwrap(), b"poweroff");
     assert_eq!(dom.shutdown_reason(), Some(ShutdownReason::Reboot));
     assert_eq!(log.take(), vec!["before_shutdown reboot None"]);
@@ -409,7 +423,10 @@ fn suspend_with_hook_runs_quiesce_suspend_resume_and_keeps_working() {
             error: None
         })
     );
-    assert_eq!(log.take(), vec!["quiesce", "suspend", "resume cancelled=true"]);
+    assert_eq!(
+        log.take(),
+        vec!["quiesce", "suspend", "resume cancelled=true"]
+    );
     settle(&mut ctl, &mut xs, &dom);
 
     // quiesce fails: acknowledged (the toolstack's wait ends), nothing else called.
@@ -498,7 +515,10 @@ fn unknown_and_garbage_values_are_logged_not_acknowledged_no_shutdown() {
     assert!(log.take().is_empty());
     let console = dom.console_output();
     assert!(console.contains("xen-control: ignoring shutdown request: \"bogus\""));
-    assert!(console.contains("\"\\xff\\x00\\xfe\\x1b[2J\\x80\""), "{console}");
+    assert!(
+        console.contains("\"\\xff\\x00\\xfe\\x1b[2J\\x80\""),
+        "{console}"
+    );
     assert!(console.contains("... (3000 bytes)"), "{console}");
     assert!(!console.contains(std::str::from_utf8(&long[..100]).unwrap()));
     assert_eq!(ctl.stats().ignored, cases.len() as u64);
@@ -590,8 +610,8 @@ impl Transport for Racy {
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
         // xs_wire.h header: type, req_id, tx_id, len.
-        let is_tx_write = word(0) == Some(xen_store::MsgType::Write.as_u32())
-            && word(8).is_some_and(|t| t != 0);
+        let is_tx_write =
+            word(0) == Some(xen_store::MsgType::Write.as_u32()) && word(8).is_some_and(|t| t != 0);
         if is_tx_write {
             if let Some(mut f) = self.before_tx_write.take() {
                 f();
@@ -651,7 +671,10 @@ fn request_written_between_read_and_ack_is_not_lost() {
     // The transaction that read "suspend" and wrote "" conflicted with dom0's "reboot"; the
     // retry read "reboot" and acknowledged that. "suspend" was overwritten by the toolstack
     // itself before any ack, so it was never acknowledged nor carried out.
-    assert!(xs.transport().before_tx_write.is_none(), "the race did not run");
+    assert!(
+        xs.transport().before_tx_write.is_none(),
+        "the race did not run"
+    );
     assert_eq!(
         ev,
         Event::Shutdown {
@@ -718,7 +741,10 @@ fn xenstore_failure_is_an_error_and_the_request_is_read_again() {
     assert!(log.take().is_empty());
     // The event is spent, but the next poll reads the node again by itself.
     let events = ctl.stats().events;
-    assert!(matches!(ctl.poll(&mut xs, &dom), Err(ControlError::Store(_))));
+    assert!(matches!(
+        ctl.poll(&mut xs, &dom),
+        Err(ControlError::Store(_))
+    ));
     assert_eq!(ctl.stats().events, events, "re-read without a watch event");
     // Access restored: the request still pending is carried out.
     w.d0.set_perms(

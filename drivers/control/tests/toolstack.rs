@@ -115,7 +115,10 @@ fn a_request_the_guest_does_not_handle_is_not_acknowledged() {
     let log = log.lock().unwrap();
     assert!(!log.is_empty());
     for l in log.iter() {
-        assert_eq!(*l, format!("{:?}", Event::Ignored(Ignored::SuspendUnsupported)));
+        assert_eq!(
+            *l,
+            format!("{:?}", Event::Ignored(Ignored::SuspendUnsupported))
+        );
     }
     assert_eq!(ts.hv().domain(3).unwrap().shutdown_reason(), None);
 }
