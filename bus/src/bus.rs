@@ -123,6 +123,29 @@ pub struct BusPoll {
     pub port: Option<EvtchnPort>,
 }
 
+/// What [`Bus::shutdown`] did: how every device that was not yet Closed when it started
+/// ended. Every one of them is Closed on our side when it returns `Ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShutdownSummary {
+    /// Devices (nodenames) that went Closing → Closed in order, their other end answering.
+    pub closed: Vec<String>,
+    /// Devices that ended Closed with an error, published in `error/<nodename>/error` (their
+    /// other end vanished or did not close within [`BusConfig::close_timeout`], or the overall
+    /// timeout of [`Bus::shutdown`] ran out).
+    pub failed: Vec<(String, DriverError)>,
+    /// The overall timeout ran out and the devices still open were failed with `ETIMEDOUT`.
+    pub timed_out: bool,
+    /// How long it took, by the clock given.
+    pub elapsed: Duration,
+}
+
+impl ShutdownSummary {
+    /// Every device closed in order.
+    pub fn is_clean(&self) -> bool {
+        self.failed.is_empty() && !self.timed_out
+    }
+}
+
 /// Makes a frontend driver for a device.
 pub type FrontFactory = Box<dyn FnMut(&DeviceInfo) -> Box<dyn FrontDriver>>;
 /// Makes a backend driver for a device.
@@ -301,6 +324,8 @@ pub struct Bus<T: Transport> {
     rescan: BTreeSet<(Role, String)>,
     events: VecDeque<BusEvent>,
     overflowed: u64,
+    /// [`Bus::close_all`] was called: no device is adopted or restarted any more.
+    closing_all: bool,
 }
 
 impl<T: Transport> core::fmt::Debug for Bus<T> {
@@ -335,6 +360,7 @@ impl<T: Transport> Bus<T> {
             rescan: BTreeSet::new(),
             events: VecDeque::new(),
             overflowed: 0,
+            closing_all: false,
         }
     }
 
@@ -427,6 +453,128 @@ impl<T: Transport> Bus<T> {
         }
     }
 
+    /// Start an orderly close of every device, front and back, as [`close`](Self::close)
+    /// does for one (a front: Closing, then Closed once its backend closes; a back: Closing,
+    /// then Closed once its frontend is Closed); [`poll`](Self::poll) carries it out, and a
+    /// peer that does not answer within [`BusConfig::close_timeout`] fails the device (error
+    /// published, Closed). Non-blocking and idempotent: returns how many devices are not
+    /// Closed yet.
+    ///
+    /// From then on the bus is shutting down: it adopts no new device, a closed backend does
+    /// not go back to InitWait when its frontend starts again, and [`reconnect`](Self::reconnect)
+    /// refuses. This is the poweroff/reboot path (XenBus issue, item 6: every attached device
+    /// goes Closing → Closed before the domain shuts down); [`shutdown`](Self::shutdown)
+    /// drives it to the end.
+    pub fn close_all(&mut self) -> usize {
+        self.closing_all = true;
+        let mut open = 0;
+        for d in self.devices.values_mut() {
+            if d.phase != Phase::Closed {
+                d.close_requested = true;
+                d.dirty = true;
+                open += 1;
+            }
+        }
+        open
+    }
+
+    /// Whether [`close_all`](Self::close_all) was called.
+    pub fn is_closing_all(&self) -> bool {
+        self.closing_all
+    }
+
+    /// Whether every device is Closed (true with no devices).
+    pub fn all_closed(&self) -> bool {
+        self.devices.values().all(|d| d.phase == Phase::Closed)
+    }
+
+    /// Close every device and wait, bounded, until all are Closed: the blocking helper for
+    /// the poweroff/reboot path (run it between the control driver's acknowledgement and
+    /// `SCHEDOP_shutdown`; see the crate docs, "Shutdown").
+    ///
+    /// [`close_all`](Self::close_all), then [`poll`](Self::poll) at `clock`'s time until
+    /// every device is Closed. Between polls it calls `wait` with what the last poll left to
+    /// do, its `next_deadline` capped at the overall deadline (always `Some`): `wait` sleeps
+    /// on `port` until then (the platform's [`Events::wait`](xen_platform::Events::wait) or a
+    /// short sleep; it may return early, and it is a good place to poll other drivers). It must
+    /// let `clock` move on.
+    ///
+    /// A device whose peer answers goes Closing → Closed in order. One whose peer is gone
+    /// or silent fails by the bus's usual path ([`BusConfig::close_timeout`]: error published
+    /// in `error/<nodename>/error`, Closed). `timeout` bounds the whole: once it passes, every
+    /// device still open is failed with `ETIMEDOUT` the same way, so this never hangs (give
+    /// `timeout` ≥ `close_timeout` to let the per-device timeout act first).
+    ///
+    /// `Err`: the XenStore connection itself failed; the devices cannot be closed (nothing
+    /// can be written) and the caller goes on with its shutdown.
+    pub fn shutdown<C: Clock + ?Sized>(
+        &mut self,
+        clock: &C,
+        timeout: Duration,
+        mut wait: impl FnMut(BusPoll),
+    ) -> Result<ShutdownSummary, XsClientError> {
+        let start = clock.now();
+        let deadline = start.saturating_add(timeout);
+        let open: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.phase != Phase::Closed)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.close_all();
+        let mut timed_out = false;
+        loop {
+            let now = clock.now();
+            let p = self.poll(now)?;
+            if self.all_closed() {
+                break;
+            }
+            if now >= deadline {
+                timed_out = true;
+                let names: Vec<String> = self.devices.keys().cloned().collect();
+                for n in names {
+                    let Some(mut dev) = self.devices.remove(&n) else {
+                        continue;
+                    };
+                    if dev.phase != Phase::Closed {
+                        let e = DriverError::new(
+                            errno::ETIMEDOUT,
+                            format!(
+                                "not closed within {timeout:?} of shutdown \
+                                 (own state {}, other end {})",
+                                dev.state.name(),
+                                dev.other.map_or("unknown", XenbusState::name)
+                            ),
+                        );
+                        self.fail(&mut dev, e, now);
+                    }
+                    self.devices.insert(n, dev);
+                }
+                if let Some(e) = self.xs.failure() {
+                    return Err(e.clone());
+                }
+                break;
+            }
+            let until = p.next_deadline.map_or(deadline, |d| d.min(deadline));
+            wait(BusPoll {
+                next_deadline: Some(until),
+                ..p
+            });
+        }
+        let mut summary = ShutdownSummary {
+            timed_out,
+            elapsed: clock.now().saturating_sub(start),
+            ..ShutdownSummary::default()
+        };
+        for n in open {
+            match self.devices.get(&n).and_then(|d| d.error.clone()) {
+                Some(e) => summary.failed.push((n, e)),
+                None => summary.closed.push(n),
+            }
+        }
+        Ok(summary)
+    }
+
     /// [`poll`](Self::poll) at the time of `clock`.
     pub fn poll_clock<C: Clock + ?Sized>(&mut self, clock: &C) -> Result<BusPoll, XsClientError> {
         self.poll(clock.now())
@@ -445,7 +593,12 @@ impl<T: Transport> Bus<T> {
     pub fn poll(&mut self, now: Duration) -> Result<BusPoll, XsClientError> {
         self.xs.poll_watch_events()?;
         let mut moved = false;
-        while let Some(ev) = self.xs.take_watch_event(None) {
+        // Only our own tokens: other drivers sharing the client (the control driver's
+        // `control/shutdown` watch) keep their events.
+        while let Some(ev) = [TOKEN_FRONT, TOKEN_BACK, TOKEN_OTHEREND]
+            .iter()
+            .find_map(|t| self.xs.take_watch_event(Some(t)))
+        {
             moved = true;
             let p = ev.path.as_str();
             let abs = if p.starts_with('/') {
@@ -637,11 +790,15 @@ impl<T: Transport> Bus<T> {
             }
             // A closed device whose toolstack started it again: begin afresh.
             match read_state(&mut self.xs, &abs) {
-                Ok(Some(XenbusState::Initialising)) => {
+                Ok(Some(XenbusState::Initialising)) if !self.closing_all => {
                     self.devices.remove(&key);
                 }
                 _ => return Ok(()),
             }
+        }
+        if self.closing_all {
+            // Shutting down: nothing new is started.
+            return Ok(());
         }
         match read_state(&mut self.xs, &abs) {
             Ok(Some(XenbusState::Initialising)) => {}
@@ -758,7 +915,7 @@ impl<T: Transport> Bus<T> {
     fn step(&mut self, dev: &mut Device, now: Duration) {
         dev.pending = false;
         if dev.phase == Phase::Closed {
-            if !(dev.reconnectable && dev.dirty) {
+            if !(dev.reconnectable && dev.dirty) || self.closing_all {
                 return;
             }
             dev.dirty = false;
@@ -1020,12 +1177,14 @@ impl<T: Transport> Bus<T> {
     /// Start a frontend that closed in order again: write Initialising and run the
     /// handshake anew with the same driver (a backend closed in order with `online` = 1
     /// follows, as Linux blkback's "prepare for reconnect"). Returns whether it did: the
-    /// device must be a frontend in Closed without an error.
+    /// device must be a frontend in Closed without an error, and the bus not shutting down
+    /// ([`close_all`](Self::close_all)).
     pub fn reconnect(&mut self, nodename: &str, now: Duration) -> bool {
         let Some(mut dev) = self.devices.remove(nodename) else {
             return false;
         };
-        let ok = dev.info.role == Role::Front
+        let ok = !self.closing_all
+            && dev.info.role == Role::Front
             && dev.phase == Phase::Closed
             && dev.error.is_none()
             && switch_state(&mut self.xs, &mut dev, XenbusState::Initialising).is_ok();

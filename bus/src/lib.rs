@@ -48,8 +48,8 @@ pub mod path;
 pub mod state;
 
 pub use bus::{
-    BackFactory, Bus, BusConfig, BusEvent, BusPoll, DeviceStatus, FrontFactory, Phase, TOKEN_BACK,
-    TOKEN_FRONT, TOKEN_OTHEREND,
+    BackFactory, Bus, BusConfig, BusEvent, BusPoll, DeviceStatus, FrontFactory, Phase,
+    ShutdownSummary, TOKEN_BACK, TOKEN_FRONT, TOKEN_OTHEREND,
 };
 pub use driver::{
     errno, BackDriver, DeviceCtx, DeviceInfo, DriverError, DriverResult, FrontDriver, Progress,

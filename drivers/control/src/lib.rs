@@ -258,6 +258,16 @@ pub enum Ignored {
 /// What one [`Control::poll`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// Only with [`Control::with_deferred_shutdown`]: the request was acknowledged and the
+    /// driver is shutting down, but nothing else was done yet. The image closes its devices
+    /// (`xen_bus::Bus::shutdown`) and then calls [`Control::finish_shutdown`], which runs
+    /// `before_shutdown` and `SCHEDOP_shutdown(reason)`.
+    ShutdownPending {
+        /// The request.
+        request: Request,
+        /// The reason [`Control::finish_shutdown`] will give to the hypervisor.
+        reason: ShutdownReason,
+    },
     /// The request was acknowledged, `before_shutdown` ran and `SCHEDOP_shutdown(reason)`
     /// returned (only in the simulator; on real Xen it does not return).
     Shutdown {
@@ -335,6 +345,10 @@ pub struct Control<B: BeforeShutdown, S: SuspendHook = NoSuspend> {
     reread: bool,
     /// Registering the watch again after a resume failed: retry at the next poll.
     restart: bool,
+    /// Report [`Event::ShutdownPending`] instead of shutting down in `poll`.
+    defer: bool,
+    /// Acknowledged, reported as pending, not yet finished.
+    pending: Option<(Request, ShutdownReason)>,
     stats: ControlStats,
 }
 
@@ -349,6 +363,8 @@ impl<B: BeforeShutdown> Control<B, NoSuspend> {
             shutting_down: None,
             reread: false,
             restart: false,
+            defer: false,
+            pending: None,
             stats: ControlStats::default(),
         }
     }
@@ -363,6 +379,8 @@ impl<B: BeforeShutdown> Control<B, NoSuspend> {
             shutting_down: self.shutting_down,
             reread: self.reread,
             restart: self.restart,
+            defer: self.defer,
+            pending: self.pending,
             stats: self.stats,
         }
     }
@@ -373,6 +391,57 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
     pub fn with_token(mut self, token: &str) -> Self {
         self.token = String::from(token);
         self
+    }
+
+    /// Defer the shutdown to the image: after acknowledging a poweroff/halt/reboot/crash
+    /// request [`poll`](Self::poll) reports [`Event::ShutdownPending`] and returns; the image,
+    /// which owns its bus and this driver side by side in its main loop, closes every device
+    /// (`xen_bus::Bus::shutdown`, on the same XenStore client) and then calls
+    /// [`finish_shutdown`](Self::finish_shutdown). See the crate docs, "Shutdown".
+    pub fn with_deferred_shutdown(mut self) -> Self {
+        self.defer = true;
+        self
+    }
+
+    /// Whether the shutdown is deferred ([`with_deferred_shutdown`](Self::with_deferred_shutdown)).
+    pub fn defers_shutdown(&self) -> bool {
+        self.defer
+    }
+
+    /// The acknowledged request waiting for [`finish_shutdown`](Self::finish_shutdown).
+    pub fn pending_shutdown(&self) -> Option<Request> {
+        self.pending.map(|(r, _)| r)
+    }
+
+    /// Finish a deferred shutdown: `before_shutdown`, then `SCHEDOP_shutdown(reason)` (which
+    /// does not return on real Xen). `Ok(None)` if no shutdown is pending; `Ok(Some(`
+    /// [`Event::Shutdown`]`))` in the simulator. If the hypercall fails the driver accepts new
+    /// requests again, as for an undeferred shutdown.
+    pub fn finish_shutdown<P>(&mut self, platform: &P) -> Result<Option<Event>, ControlError>
+    where
+        P: Scheduler + ?Sized,
+    {
+        let Some((request, reason)) = self.pending.take() else {
+            return Ok(None);
+        };
+        self.shut_down(request, reason, platform).map(Some)
+    }
+
+    fn shut_down<P>(
+        &mut self,
+        request: Request,
+        reason: ShutdownReason,
+        platform: &P,
+    ) -> Result<Event, ControlError>
+    where
+        P: Scheduler + ?Sized,
+    {
+        self.before.before_shutdown(request);
+        if let Err(e) = platform.shutdown(reason) {
+            self.shutting_down = None;
+            return Err(ControlError::Shutdown(request, e));
+        }
+        Ok(Event::Shutdown { request, reason })
     }
 
     /// The watch token.
@@ -519,12 +588,11 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
         match request.action() {
             Action::Shutdown(reason) => {
                 self.shutting_down = Some(request);
-                self.before.before_shutdown(request);
-                if let Err(e) = platform.shutdown(reason) {
-                    self.shutting_down = None;
-                    return Err(ControlError::Shutdown(request, e));
+                if self.defer {
+                    self.pending = Some((request, reason));
+                    return Ok(Some(Event::ShutdownPending { request, reason }));
                 }
-                Ok(Some(Event::Shutdown { request, reason }))
+                self.shut_down(request, reason, platform).map(Some)
             }
             Action::Suspend => self.do_suspend(xs, platform).map(Some),
         }
