@@ -174,6 +174,9 @@ struct Device {
     /// A backend closed in order while `online` = 1: it goes back to InitWait if the
     /// frontend starts again (Linux blkback `frontend_changed()`, "prepare for reconnect").
     reconnectable: bool,
+    /// Started again after an orderly close: the other end's Closed is the previous
+    /// session's until it is seen starting again (not the peer closing this one).
+    restarted: bool,
 }
 
 impl Device {
@@ -837,6 +840,7 @@ impl<T: Transport> Bus<T> {
             toolstack_closing: false,
             pending: false,
             reconnectable: false,
+            restarted: false,
         };
         dev.set_phase(Phase::Probe, now, &self.cfg);
         self.events.push_back(BusEvent::Adopted {
@@ -1020,7 +1024,13 @@ impl<T: Transport> Bus<T> {
             return Ok(true);
         }
         let other = dev.other;
-        let peer_closing = other.is_some_and(XenbusState::is_closing);
+        if dev.restarted && other.is_some_and(|s| !s.is_closing()) {
+            dev.restarted = false;
+        }
+        // A restarted device waits (bounded by the handshake timeout) for its peer to leave
+        // the previous session's Closed.
+        let stale = dev.restarted && other == Some(XenbusState::Closed);
+        let peer_closing = !stale && other.is_some_and(XenbusState::is_closing);
         match dev.phase {
             Phase::Closed => Ok(false),
             Phase::Probe => {
@@ -1104,8 +1114,8 @@ impl<T: Transport> Bus<T> {
             Phase::Connected => Ok(false),
             Phase::Closing => {
                 let done = match role {
-                    // A front waits for the backend to close (or go).
-                    Role::Front => other.is_none() || peer_closing,
+                    // A front waits for the backend to close (or go); a stale Closed will do.
+                    Role::Front => other.is_none_or(XenbusState::is_closing),
                     // A back waits for the frontend to be Closed (or gone).
                     Role::Back => other.is_none() || other == Some(XenbusState::Closed),
                 };
@@ -1164,6 +1174,7 @@ impl<T: Transport> Bus<T> {
     /// Start a closed device's handshake again with the same driver (its `detach` ran).
     fn restart(&mut self, dev: &mut Device, now: Duration) {
         dev.reconnectable = false;
+        dev.restarted = true;
         dev.detached = false;
         dev.error = None;
         dev.other = None;
