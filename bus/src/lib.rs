@@ -28,6 +28,58 @@
 //! same driver instance is probed again after its `detach`). A device that failed stays Closed
 //! until the toolstack removes and re-adds it.
 //!
+//! # Shutdown
+//! On poweroff and reboot every attached device goes Closing → Closed before the domain
+//! shuts down (as Linux's `xenbus_dev_shutdown()`): [`Bus::close_all`] starts an orderly
+//! close of every device, front and back (non-blocking, idempotent; from then on nothing is
+//! adopted or restarted), and [`Bus::shutdown`] drives it to the end, bounded — it polls until
+//! every device is Closed, waiting between polls through a callback the image gives (the
+//! platform's event wait, or a short sleep), and returns a [`ShutdownSummary`]. A silent or
+//! vanished peer fails its device by the usual path ([`BusConfig::close_timeout`], error
+//! published, Closed); an overall timeout fails whatever is left the same way.
+//!
+//! With the control driver (`xen-control`, which does not depend on this crate, nor this
+//! crate on it): the image's main loop owns the bus and the driver side by side, the driver
+//! using the bus's XenStore client ([`Bus::client`]; the bus takes only its own watch
+//! tokens). The driver, built `with_deferred_shutdown`, reports `Event::ShutdownPending`
+//! after acknowledging the request; the loop runs [`Bus::shutdown`] and then
+//! `Control::finish_shutdown`, which runs the `before_shutdown` hook and `SCHEDOP_shutdown`:
+//!
+//! ```no_run
+//! use core::time::Duration;
+//! use xen_bus::Bus;
+//! use xen_bus::platform::{Clock, Console, Events, Scheduler};
+//! use xen_bus::store::client::Transport;
+//! use xen_control::{Control, Event, Request};
+//!
+//! fn main_loop<T: Transport, P: Clock + Console + Events + Scheduler>(
+//!     bus: &mut Bus<T>,
+//!     platform: &P,
+//! ) {
+//!     let mut ctl = Control::new(|_: Request| {}).with_deferred_shutdown();
+//!     ctl.start(bus.client()).unwrap();
+//!     loop {
+//!         let p = bus.poll_clock(platform).unwrap();
+//!         while let Some(ev) = ctl.poll(bus.client(), platform).unwrap() {
+//!             if let Event::ShutdownPending { .. } = ev {
+//!                 let closed = bus.shutdown(platform, Duration::from_secs(15), |p| {
+//!                     let left = p.next_deadline.unwrap().saturating_sub(platform.now());
+//!                     if let Some(port) = p.port.filter(|_| !p.busy) {
+//!                         let _ = platform.wait(&[port], Some(left));
+//!                         platform.clear(port);
+//!                     }
+//!                 });
+//!                 let _ = closed; // Err: XenStore is gone; shut down anyway
+//!                 ctl.finish_shutdown(platform).unwrap(); // does not return on Xen
+//!                 return;
+//!             }
+//!         }
+//!         // ... wait on p.port until p.next_deadline, as for any poll.
+//! #       let _ = p;
+//!     }
+//! }
+//! ```
+//!
 //! # State changes
 //! Written as Linux's `xenbus_switch_state()` does: in a transaction, only if the node still
 //! exists (never resurrecting a directory the toolstack removed), and not at all when it holds

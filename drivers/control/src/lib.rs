@@ -53,7 +53,7 @@
 //!     xs: &mut Client<T>,
 //!     platform: &P,
 //! ) -> Result<(), ControlError> {
-//!     // The image's bus closes every device here (Closing → Closed).
+//!     // An image with devices defers the shutdown to close them first (see "Shutdown").
 //!     let mut ctl = Control::new(|_request: Request| {});
 //!     ctl.start(xs)?;
 //!     loop {
@@ -68,8 +68,44 @@
 //! }
 //! ```
 //!
-//! Shutdown: the [`BeforeShutdown`] hook runs after the acknowledgement and before
-//! `SCHEDOP_shutdown` (the bus takes every attached device through Closing → Closed there).
+//! # Shutdown
+//! The [`BeforeShutdown`] hook runs after the acknowledgement and before `SCHEDOP_shutdown`.
+//! Every attached device must go Closing → Closed in between (XenBus issue, item 6), which
+//! needs the bus — and in a single-threaded image the main loop owns both the bus and this
+//! driver, the driver polling on the bus's XenStore client (`xen_bus::Bus::client`), so a
+//! hook stored in the driver cannot reach the bus. Hence the deferred mode: a driver built
+//! [`with_deferred_shutdown`](Control::with_deferred_shutdown) acknowledges the request and
+//! reports [`Event::ShutdownPending`] without shutting down; the loop then closes its devices
+//! (`xen_bus::Bus::shutdown`, bounded) and calls [`Control::finish_shutdown`], which runs the
+//! hook and `SCHEDOP_shutdown`. Meanwhile further requests are ignored, as during any
+//! shutdown. This crate does not depend on `xen-bus` (nor it on this one); the xen-bus crate
+//! docs show the loop, and its `tests/shutdown.rs` runs it against `xl shutdown`/`xl reboot`.
+//! Without the deferred mode the hook is called from [`Control::poll`] as before (an image
+//! without devices, or one whose hook owns what it closes).
+//!
+//! ```
+//! use xen_control::{Control, ControlError, Event, Request};
+//! use xen_platform::{Console, Scheduler};
+//! use xen_store::client::{Client, Transport};
+//!
+//! /// `close_devices` stands for `bus.shutdown(..)`.
+//! fn on_request<T: Transport, P: Scheduler + Console>(
+//!     xs: &mut Client<T>,
+//!     platform: &P,
+//!     mut close_devices: impl FnMut(),
+//! ) -> Result<(), ControlError> {
+//!     let mut ctl = Control::new(|_request: Request| {}).with_deferred_shutdown();
+//!     ctl.start(xs)?;
+//!     while let Some(ev) = ctl.poll(xs, platform)? {
+//!         if let Event::ShutdownPending { .. } = ev {
+//!             close_devices();
+//!             ctl.finish_shutdown(platform)?; // SCHEDOP_shutdown: does not return on Xen
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
 //!
 //! Suspend: the acknowledgement, then [`SuspendHook::quiesce`], [`SuspendHook::suspend`]
 //! (by default `SCHEDOP_shutdown(SHUTDOWN_suspend)`, which returns on resume with "cancelled"),
@@ -198,8 +234,10 @@ impl fmt::Display for Request {
 }
 
 /// Called after a poweroff/halt/reboot/crash request was acknowledged and before
-/// `SCHEDOP_shutdown`: the place to take every attached device through Closing → Closed (the
-/// bus implements it) and flush what must be flushed. Closures `FnMut(Request)` are hooks.
+/// `SCHEDOP_shutdown`: the place to flush what must be flushed. Every attached device goes
+/// Closing → Closed before it too; an image whose main loop owns the bus uses
+/// [`Control::with_deferred_shutdown`] for that (crate docs, "Shutdown"), and the hook then
+/// runs from [`Control::finish_shutdown`]. Closures `FnMut(Request)` are hooks.
 pub trait BeforeShutdown {
     /// Prepare for `request` (its [`Request::action`] says which shutdown reason follows).
     fn before_shutdown(&mut self, request: Request);

@@ -2,6 +2,7 @@
 //! and `xl reboot` as libxl does them (write `control/shutdown`, wait for the `""` ack, then
 //! for the domain's shutdown with the right reason), the guest's main loop in a thread; and a
 //! request the guest does not handle, which libxl reports as "guest didn't acknowledge".
+//! Also the deferred shutdown (the bus closes its devices between the ack and the shutdown).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,4 +122,71 @@ fn a_request_the_guest_does_not_handle_is_not_acknowledged() {
         );
     }
     assert_eq!(ts.hv().domain(3).unwrap().shutdown_reason(), None);
+}
+
+/// The deferred shutdown (what an image with a bus uses, see `xen-bus`'s tests/shutdown.rs):
+/// `xl shutdown` is acknowledged and reported as pending, the domain keeps running until the
+/// image calls `finish_shutdown`, which runs the hook and then `SCHEDOP_shutdown`.
+#[test]
+fn deferred_shutdown_waits_for_finish_shutdown() {
+    let ts = Toolstack::new().unwrap();
+    ts.set_timeouts(Timeouts::all(T));
+    let guest = ts.create_domain("ctl", DomainConfig::default()).unwrap();
+    let (domid, dom) = (guest.domid(), guest.domain().clone());
+    let mut xs = guest.xs_client().unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let hook = {
+        let (log, dom) = (log.clone(), dom.clone());
+        move |r: Request| {
+            log.lock().unwrap().push(format!(
+                "before_shutdown {r} (domain shut down: {:?})",
+                dom.shutdown_reason()
+            ))
+        }
+    };
+    let mut ctl = Control::new(hook).with_deferred_shutdown();
+    assert!(ctl.defers_shutdown());
+    ctl.start(&mut xs).unwrap();
+    assert_eq!(ctl.finish_shutdown(&dom).unwrap(), None, "nothing pending");
+    std::thread::scope(|s| {
+        let xl = s.spawn(|| ts.shutdown(domid));
+        let port = xs.transport().event_port().unwrap();
+        let end = Instant::now() + T;
+        let ev = loop {
+            assert!(Instant::now() < end, "no request seen");
+            dom.clear(port);
+            if let Some(ev) = ctl.poll(&mut xs, &dom).unwrap() {
+                break ev;
+            }
+            let _ = dom.wait(&[port], Some(Duration::from_millis(20)));
+        };
+        let (request, reason) = (Request::Poweroff, ShutdownReason::Poweroff);
+        assert_eq!(ev, Event::ShutdownPending { request, reason });
+        assert_eq!(ctl.pending_shutdown(), Some(request));
+        assert_eq!(ctl.shutting_down(), Some(request));
+        // Acknowledged, not shut down, the hook not called yet.
+        let ack = ts.with_xs(|x| {
+            x.try_read(&format!("/local/domain/{domid}/control/shutdown"))
+                .unwrap()
+        });
+        assert_eq!(ack.as_deref(), Some(&b""[..]));
+        assert_eq!(dom.shutdown_reason(), None);
+        assert!(log.lock().unwrap().is_empty());
+        // Polling meanwhile does nothing more.
+        assert_eq!(ctl.poll(&mut xs, &dom).unwrap(), None);
+        assert_eq!(dom.shutdown_reason(), None);
+        // The image closed its devices; now the shutdown.
+        assert_eq!(
+            ctl.finish_shutdown(&dom).unwrap(),
+            Some(Event::Shutdown { request, reason })
+        );
+        assert_eq!(dom.shutdown_reason(), Some(reason));
+        assert_eq!(ctl.pending_shutdown(), None);
+        assert_eq!(ctl.finish_shutdown(&dom).unwrap(), None);
+        xl.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec!["before_shutdown poweroff (domain shut down: None)".to_string()]
+    );
 }
