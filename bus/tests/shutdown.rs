@@ -5,6 +5,13 @@
 //! client — and also polls the backends' buses (from `Bus::shutdown`'s wait callback while
 //! the guest closes its devices), so the order of what happens is deterministic. Every wait
 //! is bounded.
+//!
+//! * `xl shutdown` / `xl reboot` with two vbds backed by dom0: ack `""` → both fronts Closing
+//!   → Closed (backends Closing between, Closed after) → `SCHEDOP_shutdown`;
+//! * a third vbd from a driver domain that hangs: it fails after the guest's close timeout
+//!   (`ETIMEDOUT` published, Closed) and the poweroff is late by that only;
+//! * `Bus::shutdown`'s own bound when the close timeout is longer; `close_all` idempotent,
+//!   nothing adopted or reconnected after it.
 
 mod common;
 
@@ -375,4 +382,80 @@ fn xl_reboot_closes_every_device_before_reboot() {
 #[test]
 fn a_hung_backend_delays_poweroff_by_the_close_timeout_only() {
     run(false, true);
+}
+
+/// The overall bound of `Bus::shutdown`: a silent backend with a close timeout longer than
+/// it is failed (`ETIMEDOUT`, published, Closed) when it runs out. `close_all` is idempotent,
+/// and once it was called nothing new is adopted.
+#[test]
+fn the_shutdown_timeout_bounds_a_long_close_timeout() {
+    let ts = Toolstack::new().unwrap();
+    ts.set_timeouts(Timeouts::all(LIMIT));
+    let logs: Logs = Rc::default();
+    let sd = ts
+        .create_domain("storage", DomainConfig::default().driver_domain())
+        .unwrap();
+    let g = ts.create_domain("guest", DomainConfig::default()).unwrap();
+    let (fe, dom) = (g.domid(), g.domain().clone());
+    let mut back = Bus::with_config(sd.xs_client().unwrap(), sd.domid(), guest_cfg());
+    register_back(&mut back, &logs, "storage");
+    let cfg = BusConfig {
+        close_timeout: Duration::from_secs(30),
+        ..guest_cfg()
+    };
+    let mut bus = Bus::with_config(g.xs_client().unwrap(), fe, cfg);
+    register_front(&mut bus, &logs);
+    let dev = ts
+        .add_vbd(&Vbd::new(fe, sd.domid(), "xvda", "/root/a.img"))
+        .unwrap();
+    let node = format!("device/vbd/{}", dev.devid);
+    let end = Instant::now() + LIMIT;
+    while !bus
+        .device(&node)
+        .is_some_and(|s| s.phase == Phase::Connected)
+    {
+        assert!(Instant::now() < end, "not Connected");
+        back.poll(dom.now()).unwrap();
+        bus.poll(dom.now()).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The storage domain hangs from here on.
+    assert!(!bus.is_closing_all());
+    assert_eq!(bus.close_all(), 1);
+    assert_eq!(bus.close_all(), 1, "idempotent");
+    let t = Duration::from_millis(300);
+    let summary = bus
+        .shutdown(&dom, t, |_| std::thread::sleep(Duration::from_millis(2)))
+        .unwrap();
+    assert!(summary.timed_out, "{summary:?}");
+    assert!(summary.closed.is_empty());
+    assert_eq!(summary.failed.len(), 1);
+    assert_eq!(summary.failed[0].0, node);
+    assert_eq!(summary.failed[0].1.errno, errno::ETIMEDOUT);
+    assert!(summary.elapsed >= t && summary.elapsed < t + Duration::from_secs(2));
+    let st = bus.device(&node).unwrap();
+    assert_eq!((st.phase, st.state), (Phase::Closed, XenbusState::Closed));
+    let mut xs = ts.dom0_client().unwrap();
+    assert_eq!(state(&mut xs, &dev.frontend_path()).as_deref(), Some("6"));
+    let err = xs
+        .try_read(&format!("/local/domain/{fe}/error/{node}/error"))
+        .unwrap()
+        .expect("error published");
+    assert!(
+        err.starts_with(b"110 "),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(bus.close_all(), 0);
+    // Shutting down: a device added now is not adopted.
+    let late = ts
+        .add_vbd(&Vbd::new(fe, sd.domid(), "xvdb", "/root/b.img"))
+        .unwrap();
+    for _ in 0..20 {
+        bus.poll(dom.now()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(bus.device(&format!("device/vbd/{}", late.devid)).is_none());
+    assert_eq!(state(&mut xs, &late.frontend_path()).as_deref(), Some("1"));
+    assert!(!bus.reconnect(&node, dom.now()));
 }
