@@ -1,0 +1,89 @@
+//! A bootable PVH image (see `hello.cfg`): prints a greeting, reads `domid` and `name` from
+//! XenStore, writes `data/hello = "ready"`, then runs the control driver until `xl shutdown`
+//! (or `xl reboot`/`xl destroy`) ends it.
+//!
+//! Build: `cargo build --release -p xenolith-hello` → `target/release/xenolith-hello`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write as _;
+use core::time::Duration;
+
+use xen_control::{Control, Event, Request};
+use xen_platform::xs_ring::XsGuestRing;
+use xen_platform::{Error, Events, Scheduler, ShutdownReason};
+use xen_rt::Xen;
+use xen_store::client::{Client, Store};
+use xen_store::transport::RingTransport;
+
+/// Called by the runtime (xen-rt) once the platform and the heap are up.
+#[no_mangle]
+fn xen_main(xen: &'static Xen) -> ! {
+    let mut out = xen;
+    let _ = writeln!(out, "hello from xenolith");
+    let reason = match run(xen) {
+        Ok(()) => ShutdownReason::Poweroff,
+        Err(e) => {
+            let _ = writeln!(out, "hello: {e}");
+            ShutdownReason::Crash
+        }
+    };
+    let _ = xen.shutdown(reason);
+    loop {
+        xen.yield_now();
+    }
+}
+
+fn run(xen: &'static Xen) -> Result<(), String> {
+    let mut out = xen;
+    let (page, port) = xen.store().ok_or("no xenstore page")?;
+    // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN, identity-mapped), shared
+    // only with xenstored, and this is its only user in the image.
+    let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
+    let mut transport = RingTransport::new(ring, xen, port);
+    transport
+        .connect(Duration::from_secs(5))
+        .map_err(|e| format!("xenstore connect: {e:?}"))?;
+    let mut xs = Client::new(transport);
+
+    let domid = xs
+        .read_string("domid")
+        .map_err(|e| format!("read domid: {e:?}"))?;
+    let name = xs
+        .read_string("name")
+        .map_err(|e| format!("read name: {e:?}"))?;
+    let _ = writeln!(out, "domid = {domid}, name = {name}");
+    xs.write_str("data/hello", "ready")
+        .map_err(|e| format!("write data/hello: {e:?}"))?;
+    let _ = writeln!(out, "wrote data/hello = ready");
+
+    let mut ctl = Control::new(move |req: Request| {
+        let mut out = xen;
+        let _ = writeln!(out, "hello: {} requested, shutting down", req.as_str());
+    });
+    ctl.start(&mut xs)
+        .map_err(|e| format!("control start: {e:?}"))?;
+    let _ = writeln!(out, "waiting for xl shutdown");
+    loop {
+        while let Some(ev) = ctl
+            .poll(&mut xs, xen)
+            .map_err(|e| format!("control: {e:?}"))?
+        {
+            if let Event::Shutdown { .. } = ev {
+                return Ok(()); // not reached on Xen: SCHEDOP_shutdown does not return
+            }
+            let _ = writeln!(out, "hello: {ev:?}");
+        }
+        match xen.wait(&[port], Some(Duration::from_secs(10))) {
+            Ok(p) => {
+                xen.clear(p);
+            }
+            Err(Error::Timeout) => {}
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    }
+}

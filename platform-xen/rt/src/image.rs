@@ -1,0 +1,209 @@
+//! What only a bootable image contains (feature `image`, never in tests): the boot entry and
+//! Xen notes, the Rust side of the entry, `mem*`, the panic handler and the global allocator.
+
+use core::fmt::Write as _;
+
+use xen_platform::abi::hvm::{
+    HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_START_MAGIC_VALUE,
+};
+use xen_platform::{Console, Scheduler, ShutdownReason};
+
+use crate::heap::BumpHeap;
+use crate::hypercall;
+use crate::xen::Xen;
+
+core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
+
+extern "Rust" {
+    /// The image's main function (`#[no_mangle] fn xen_main(xen: &'static Xen) -> !`).
+    fn xen_main(xen: &'static Xen) -> !;
+}
+
+extern "C" {
+    static __image_end: u8;
+}
+
+#[global_allocator]
+static HEAP: BumpHeap = BumpHeap::new();
+
+const PAGE: u64 = 4096;
+/// Heap size if the start info has no memory map (version 0).
+const FALLBACK_HEAP: u64 = 4 << 20;
+
+fn align_up(x: u64) -> u64 {
+    (x + PAGE - 1) & !(PAGE - 1)
+}
+
+/// Where the heap may go: after the image and everything libxenguest placed after it
+/// (hvm_start_info, module list, command line, memory map), up to the end of that RAM region.
+fn heap_range(start_info: u64) -> (u64, u64) {
+    // The linker script defines __image_end; only its address is taken.
+    let image_end = core::ptr::addr_of!(__image_end) as u64;
+    let mut low = image_end;
+    let mut ram_end = None;
+    if start_info != 0 {
+        // SAFETY: ebx at the PVH entry points to hvm_start_info (start_info.h), identity-mapped.
+        let si = unsafe { (start_info as *const HvmStartInfo).read_volatile() };
+        if si.magic == XEN_HVM_START_MAGIC_VALUE {
+            low = low.max(start_info + core::mem::size_of::<HvmStartInfo>() as u64);
+            low = low.max(si.modlist_paddr + 32 * si.nr_modules as u64);
+            if si.cmdline_paddr != 0 {
+                // Command line: NUL-terminated; assume at most a page.
+                low = low.max(si.cmdline_paddr + PAGE);
+            }
+            if si.version >= 1 && si.memmap_paddr != 0 {
+                let n = si.memmap_entries as u64;
+                low = low.max(si.memmap_paddr + 24 * n);
+                for i in 0..n {
+                    // SAFETY: memmap_entries entries at memmap_paddr (start_info.h, version 1).
+                    let e = unsafe {
+                        ((si.memmap_paddr + 24 * i) as *const HvmMemmapTableEntry).read_volatile()
+                    };
+                    if e.type_ == XEN_HVM_MEMMAP_TYPE_RAM
+                        && e.addr <= image_end
+                        && image_end < e.addr + e.size
+                    {
+                        ram_end = Some(e.addr + e.size);
+                    }
+                }
+            }
+        }
+    }
+    let start = align_up(low);
+    let end = ram_end.unwrap_or(start + FALLBACK_HEAP) & !(PAGE - 1);
+    (start, end.max(start))
+}
+
+/// Called by `boot.s` in 64-bit mode on the boot stack, `start_info` = hvm_start_info paddr.
+#[no_mangle]
+extern "C" fn xen_rt_pvh_start(start_info: u64) -> ! {
+    // SAFETY: once, at boot, PVH ring 0, 0-4 GiB identity-mapped by boot.s.
+    let xen = match unsafe { Xen::init(start_info) } {
+        Ok(x) => x,
+        Err(e) => {
+            let x = Xen::get();
+            x.write(b"xen-rt: ");
+            x.write(e.as_bytes());
+            x.write(b"\n");
+            let _ = x.shutdown(ShutdownReason::Crash);
+            halt();
+        }
+    };
+    let (start, end) = heap_range(start_info);
+    // SAFETY: [start, end) is RAM after the image and the start info, used by nothing else.
+    unsafe { HEAP.init(start as usize, end as usize) };
+    let _ = writeln!(
+        &*xen,
+        "xen-rt: PVH, Xen {}.{}, heap {:#x}..{:#x}",
+        hypercall::xen_version(xen.cpuid_base()) >> 16,
+        hypercall::xen_version(xen.cpuid_base()) & 0xffff,
+        start,
+        end
+    );
+    // SAFETY: the image defines xen_main with this signature (crate docs).
+    unsafe { xen_main(xen) }
+}
+
+fn halt() -> ! {
+    loop {
+        Xen::get().yield_now();
+        core::hint::spin_loop();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let x = Xen::get();
+    let _ = writeln!(&*x, "\npanic: {info}");
+    let _ = x.shutdown(ShutdownReason::Crash);
+    halt()
+}
+
+/// The precompiled `core` (built for unwinding) refers to it in unoptimised builds; an image
+/// never unwinds (IMAGES.md).
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
+
+/// As [`rust_eh_personality`]: referenced by unwinding landing pads that never run.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    halt()
+}
+
+// mem*: the linux-gnu `core`/`compiler_builtins` do not provide them (IMAGES.md). Written with
+// `rep movsb`/`rep stosb` so that the compiler cannot turn them back into calls to themselves.
+
+/// `memcpy`.
+///
+/// # Safety
+/// C semantics: `n` bytes valid at both pointers, not overlapping.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: (caller) both ranges valid; rep movsb copies n bytes forward (DF clear, ABI).
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _,
+                         inout("rsi") src => _, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// `memmove`.
+///
+/// # Safety
+/// C semantics: `n` bytes valid at both pointers; they may overlap.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize).wrapping_sub(src as usize) >= n {
+        // dst before src, or no overlap: forward copy is safe.
+        // SAFETY: forwarded from the caller.
+        unsafe { memcpy(dst, src, n) };
+    } else if n > 0 {
+        // SAFETY: (caller) both ranges valid; copy backwards with DF set, restored after.
+        unsafe {
+            core::arch::asm!("std", "rep movsb", "cld",
+                             inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _,
+                             inout("rsi") src.add(n - 1) => _, options(nostack));
+        }
+    }
+    dst
+}
+
+/// `memset`.
+///
+/// # Safety
+/// C semantics: `n` bytes valid at `dst`.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: (caller) the range is valid; rep stosb stores al n times forward.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _,
+                         in("al") c as u8, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// `memcmp`.
+///
+/// # Safety
+/// C semantics: `n` bytes valid at both pointers.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: (caller) i < n, inside both ranges.
+        let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+    }
+    0
+}
+
+/// `bcmp`.
+///
+/// # Safety
+/// As [`memcmp`].
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { memcmp(a, b, n) }
+}

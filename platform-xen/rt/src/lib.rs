@@ -1,0 +1,30 @@
+//! The image runtime of xenolith: what a bootable Xen image needs besides the drivers.
+//!
+//! * [`hypercall`]: CPUID detection of Xen, the hypercall page, the x86_64 hypercall ABI.
+//! * [`xen`]: the real platform, [`Xen`]: event channels over `shared_info` and
+//!   `SCHEDOP_poll`, the PV console ring, the clock (`vcpu_time_info`), shutdown. It implements
+//!   the platform traits `Events`, `Clock`, `Console` and `Scheduler`, enough for the XenStore
+//!   `RingTransport` and the control driver.
+//! * With the `image` feature only (never in host builds or tests): the PVH boot entry and the
+//!   Xen ELF notes (`boot.s`), `memcpy`/`memset`/`memmove`/`memcmp`/`bcmp`, the
+//!   `#[panic_handler]` (console, then `SCHEDOP_shutdown(crash)`) and a bump
+//!   `#[global_allocator]` over the RAM after the image. The image defines
+//!   `#[no_mangle] fn xen_main(xen: &'static Xen) -> !`.
+//!
+//! `link.ld` is the linker script; an image's build script finds it in
+//! `DEP_XEN_RT_LINKER_SCRIPT` (see `examples/hello/build.rs` for the link arguments).
+//!
+//! Everything here compiles on the host (inline asm is only executed in an image); only
+//! the boot path, hypercalls and the pages shared with Xen use `unsafe`.
+#![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+
+pub mod heap;
+pub mod hypercall;
+pub mod xen;
+
+#[cfg(all(feature = "image", not(test)))]
+mod image;
+
+pub use xen::Xen;
+pub use xen_platform as platform;

@@ -1,0 +1,531 @@
+//! The real platform on x86_64 Xen (PVH): [`Xen`].
+//!
+//! * Event channels: 2-level ABI over `shared_info` (xen.h: `evtchn_pending`/`evtchn_mask`,
+//!   one bit per port), which a PVH guest maps with `XENMEM_add_to_physmap`
+//!   (memory.h: `XENMAPSPACE_shared_info`, idx 0). `notify`/`alloc_unbound`/
+//!   `bind_interdomain`/`close`/`unmask` are `EVTCHNOP_*` (event_channel.h). Upcalls stay masked
+//!   (`vcpu_info.evtchn_upcall_mask` = 1, interrupts off): [`Events::wait`] is `SCHEDOP_poll`
+//!   with a timeout (sched.h), after which the pending bits are scanned.
+//! * Clock: Xen system time from `vcpu_info[0].time` (xen.h `vcpu_time_info`: `system_time +
+//!   ((tsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul >> 32`, under the `version`
+//!   seqlock) — the same nanoseconds `SCHEDOP_poll`'s absolute timeout uses. Before
+//!   `shared_info` is mapped (or if Xen never fills it) a TSC count at an assumed 1 GHz is used.
+//! * Console: the PV console ring page (io/console.h `xencons_interface`, `out`/`out_cons`/
+//!   `out_prod`) from `HVM_PARAM_CONSOLE_PFN`/`_EVTCHN`, mirrored to I/O port 0xE9.
+//! * Scheduler: `SCHEDOP_yield`, `SCHEDOP_poll` with no ports as a timed sleep, and
+//!   `SCHEDOP_shutdown` with the reason passed by pointer (sched.h).
+
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use xen_platform::abi::console::{XenconsInterface, XENCONS_OUT_SIZE};
+use xen_platform::abi::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnClose, EvtchnSend, EvtchnUnmask,
+    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
+    EVTCHNOP_UNMASK, EVTCHN_2L_NR_CHANNELS,
+};
+use xen_platform::abi::hvm::{
+    XenHvmParam, HVMOP_GET_PARAM, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
+    HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
+};
+use xen_platform::abi::sched::{
+    SchedPoll, SchedShutdown, SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
+};
+use xen_platform::abi::xen::{
+    GuestHandle, SharedInfo, VcpuInfo, VcpuTimeInfo, HYPERVISOR_EVENT_CHANNEL_OP,
+    HYPERVISOR_HVM_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_SCHED_OP,
+};
+use xen_platform::abi::{DomId, EvtchnPort, DOMID_SELF, PAGE_SHIFT};
+use xen_platform::{Clock, Console, Error, Events, Result, Scheduler, ShutdownReason};
+
+use crate::hypercall::{self, hypercall2};
+
+/// `XENMEM_add_to_physmap` (memory.h).
+pub const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
+/// `XENMAPSPACE_shared_info` (memory.h).
+pub const XENMAPSPACE_SHARED_INFO: u32 = 0;
+
+/// `struct xen_add_to_physmap` (memory.h): domid_t domid; uint16_t size; unsigned int space;
+/// xen_ulong_t idx; xen_pfn_t gpfn. 24 bytes on x86_64.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct XenAddToPhysmap {
+    /// The domain (`DOMID_SELF`).
+    pub domid: DomId,
+    /// Pages (gmfn_range only).
+    pub size: u16,
+    /// `XENMAPSPACE_*`.
+    pub space: u32,
+    /// Index into the space.
+    pub idx: u64,
+    /// Where it appears in our physical address space.
+    pub gpfn: u64,
+}
+const _: () = assert!(core::mem::size_of::<XenAddToPhysmap>() == 24);
+
+/// The page `shared_info` is mapped at (its RAM is given back to Xen by the remap).
+#[repr(C, align(4096))]
+struct SharedInfoPage(core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: after the remap Xen writes this page; we access it only with atomics/volatile.
+unsafe impl Sync for SharedInfoPage {}
+static SHARED_INFO_PAGE: SharedInfoPage = SharedInfoPage(core::cell::UnsafeCell::new([0; 4096]));
+
+const PENDING: usize = core::mem::offset_of!(SharedInfo, evtchn_pending);
+const MASK: usize = core::mem::offset_of!(SharedInfo, evtchn_mask);
+const TIME: usize = core::mem::offset_of!(VcpuInfo, time);
+const UPCALL_MASK: usize = core::mem::offset_of!(VcpuInfo, evtchn_upcall_mask);
+
+/// The real platform. One static instance ([`Xen::get`]), set up once at boot by
+/// [`Xen::init`]; every field is written there and read afterwards.
+#[derive(Debug)]
+pub struct Xen {
+    cpuid_base: AtomicU32,
+    shared_info: AtomicUsize,
+    console_ring: AtomicUsize,
+    console_port: AtomicU32,
+    store_pfn: AtomicU64,
+    store_port: AtomicU32,
+    start_info: AtomicU64,
+}
+
+static XEN: Xen = Xen {
+    cpuid_base: AtomicU32::new(0),
+    shared_info: AtomicUsize::new(0),
+    console_ring: AtomicUsize::new(0),
+    console_port: AtomicU32::new(0),
+    store_pfn: AtomicU64::new(0),
+    store_port: AtomicU32::new(0),
+    start_info: AtomicU64::new(0),
+};
+
+fn rc(ret: i64) -> Result<()> {
+    if ret < 0 {
+        Err(Error::from_xen_errno(ret as i32))
+    } else {
+        Ok(())
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Xen {
+    /// The platform object (uninitialised until [`Xen::init`]: every operation then fails
+    /// with `Unsupported` or does nothing).
+    pub fn get() -> &'static Xen {
+        &XEN
+    }
+
+    /// Set everything up: hypercall page, `shared_info` (upcalls masked), console and
+    /// xenstore parameters. `start_info` is the physical address of `hvm_start_info`.
+    ///
+    /// # Safety
+    /// Only once, at boot, in a PVH guest in ring 0 with 0–4 GiB identity-mapped.
+    pub unsafe fn init(start_info: u64) -> core::result::Result<&'static Xen, &'static str> {
+        let x = &XEN;
+        x.start_info.store(start_info, Ordering::Relaxed);
+        // SAFETY: (caller) PVH, ring 0.
+        let base = unsafe { hypercall::init() }.ok_or("not running on Xen (no CPUID leaves)")?;
+        x.cpuid_base.store(base, Ordering::Relaxed);
+
+        // shared_info at our static page.
+        let page = SHARED_INFO_PAGE.0.get() as usize;
+        let mut xatp = XenAddToPhysmap {
+            domid: DOMID_SELF,
+            size: 0,
+            space: XENMAPSPACE_SHARED_INFO,
+            idx: 0,
+            gpfn: (page >> PAGE_SHIFT) as u64,
+        };
+        // SAFETY: XENMEM_add_to_physmap takes a pointer to xen_add_to_physmap (memory.h);
+        // the page is ours, identity-mapped, and never used for anything else.
+        let r = unsafe {
+            hypercall2(
+                HYPERVISOR_MEMORY_OP,
+                XENMEM_ADD_TO_PHYSMAP,
+                &mut xatp as *mut _ as u64,
+            )
+        };
+        if r == 0 {
+            x.shared_info.store(page, Ordering::Release);
+            // Keep upcalls masked on vCPU 0 for good (red zone: IMAGES.md).
+            x.upcall_mask_byte().store(1, Ordering::SeqCst);
+            // A context switch makes Xen fill vcpu_info[0].time (the clock).
+            x.yield_now();
+        }
+
+        let cons_pfn = x.hvm_param(HVM_PARAM_CONSOLE_PFN).unwrap_or(0);
+        let cons_port = x.hvm_param(HVM_PARAM_CONSOLE_EVTCHN).unwrap_or(0);
+        if cons_pfn != 0 {
+            x.console_port.store(cons_port as u32, Ordering::Relaxed);
+            x.console_ring
+                .store((cons_pfn << PAGE_SHIFT) as usize, Ordering::Release);
+        }
+        let store_pfn = x
+            .hvm_param(HVM_PARAM_STORE_PFN)
+            .map_err(|_| "no STORE_PFN")?;
+        let store_port = x
+            .hvm_param(HVM_PARAM_STORE_EVTCHN)
+            .map_err(|_| "no STORE_EVTCHN")?;
+        x.store_pfn.store(store_pfn, Ordering::Relaxed);
+        x.store_port.store(store_port as u32, Ordering::Relaxed);
+        if r != 0 {
+            return Err("XENMEM_add_to_physmap(shared_info) failed");
+        }
+        Ok(x)
+    }
+
+    /// `HVMOP_get_param` (hvm_op.h, params.h) for `DOMID_SELF`.
+    pub fn hvm_param(&self, index: u32) -> Result<u64> {
+        let mut p = XenHvmParam {
+            domid: DOMID_SELF,
+            pad: 0,
+            index,
+            value: 0,
+        };
+        // SAFETY: HVMOP_get_param takes a pointer to xen_hvm_param (hvm_op.h); `p` lives
+        // across the call.
+        rc(unsafe {
+            hypercall2(
+                HYPERVISOR_HVM_OP,
+                HVMOP_GET_PARAM as u64,
+                &mut p as *mut _ as u64,
+            )
+        })?;
+        Ok(p.value)
+    }
+
+    /// Xen's CPUID base leaf.
+    pub fn cpuid_base(&self) -> u32 {
+        self.cpuid_base.load(Ordering::Relaxed)
+    }
+
+    /// Physical address of `hvm_start_info`.
+    pub fn start_info(&self) -> u64 {
+        self.start_info.load(Ordering::Relaxed)
+    }
+
+    /// The xenstore ring page (`HVM_PARAM_STORE_PFN`, identity-mapped) and its local port.
+    pub fn store(&self) -> Option<(NonNull<u8>, EvtchnPort)> {
+        let pfn = self.store_pfn.load(Ordering::Relaxed);
+        let addr = NonNull::new((pfn << PAGE_SHIFT) as usize as *mut u8)?;
+        Some((addr, self.store_port.load(Ordering::Relaxed)))
+    }
+
+    fn shared(&self) -> Option<usize> {
+        match self.shared_info.load(Ordering::Acquire) {
+            0 => None,
+            a => Some(a),
+        }
+    }
+
+    fn upcall_mask_byte(&self) -> &AtomicU8 {
+        let base = self.shared().expect("shared_info mapped");
+        // SAFETY: vcpu_info[0] is at offset 0 of the mapped shared_info page; the byte is
+        // shared with Xen, hence atomic.
+        unsafe { AtomicU8::from_ptr((base + UPCALL_MASK) as *mut u8) }
+    }
+
+    /// The word of `evtchn_pending` (or `evtchn_mask`) holding `port`, and the port's bit.
+    fn evtchn_word(&self, array: usize, port: EvtchnPort) -> Option<(&AtomicU64, u64)> {
+        if port >= EVTCHN_2L_NR_CHANNELS {
+            return None;
+        }
+        let base = self.shared()?;
+        let word = base + array + (port as usize / 64) * 8;
+        // SAFETY: inside the mapped shared_info page (port < EVTCHN_2L_NR_CHANNELS); the
+        // words are shared with Xen, hence atomic (Xen sets/clears them with locked ops).
+        Some((
+            unsafe { AtomicU64::from_ptr(word as *mut u64) },
+            1 << (port % 64),
+        ))
+    }
+
+    fn evtchn_op<T>(&self, cmd: u32, arg: &mut T) -> Result<()> {
+        // SAFETY: `arg` is the argument structure of `cmd` (event_channel.h), alive across
+        // the call.
+        rc(unsafe {
+            hypercall2(
+                HYPERVISOR_EVENT_CHANNEL_OP,
+                cmd as u64,
+                arg as *mut T as u64,
+            )
+        })
+    }
+
+    fn sched_op<T>(&self, cmd: u32, arg: *mut T) -> i64 {
+        // SAFETY: `arg` is null or the argument structure of `cmd` (sched.h), alive across
+        // the call.
+        unsafe { hypercall2(HYPERVISOR_SCHED_OP, cmd as u64, arg as u64) }
+    }
+
+    /// Xen system time in ns (pvclock), if `shared_info` is mapped and Xen filled it.
+    fn system_time(&self) -> Option<u64> {
+        let base = self.shared()? + TIME;
+        let ptr = base as *const VcpuTimeInfo;
+        loop {
+            // SAFETY: vcpu_info[0].time inside the mapped shared_info page. Xen updates it
+            // under the `version` seqlock (odd while writing): read volatile, retry on change.
+            let v1 = unsafe { core::ptr::addr_of!((*ptr).version).read_volatile() };
+            fence(Ordering::Acquire);
+            // SAFETY: as above.
+            let t = unsafe { ptr.read_volatile() };
+            let tsc = rdtsc();
+            fence(Ordering::Acquire);
+            // SAFETY: as above.
+            let v2 = unsafe { core::ptr::addr_of!((*ptr).version).read_volatile() };
+            if v1 & 1 != 0 || v1 != v2 {
+                core::hint::spin_loop();
+                continue;
+            }
+            if t.tsc_to_system_mul == 0 {
+                return None;
+            }
+            let mut delta = tsc.wrapping_sub(t.tsc_timestamp);
+            if t.tsc_shift >= 0 {
+                delta <<= t.tsc_shift as u32;
+            } else {
+                delta >>= (-t.tsc_shift) as u32;
+            }
+            let ns = ((delta as u128 * t.tsc_to_system_mul as u128) >> 32) as u64;
+            return Some(t.system_time.wrapping_add(ns));
+        }
+    }
+
+    /// Write to the PV console ring (waiting, bounded, for the daemon to make room).
+    fn console_ring_write(&self, mut bytes: &[u8]) {
+        let ring = self.console_ring.load(Ordering::Acquire);
+        if ring == 0 {
+            return;
+        }
+        let port = self.console_port.load(Ordering::Relaxed);
+        let out = ring + core::mem::offset_of!(XenconsInterface, out);
+        // SAFETY: the console page (HVM_PARAM_CONSOLE_PFN, identity-mapped) is shared with
+        // xenconsoled; its indexes are accessed atomically, data bytes with volatile writes.
+        let (cons, prod) = unsafe {
+            (
+                AtomicU32::from_ptr(
+                    (ring + core::mem::offset_of!(XenconsInterface, out_cons)) as *mut u32,
+                ),
+                AtomicU32::from_ptr(
+                    (ring + core::mem::offset_of!(XenconsInterface, out_prod)) as *mut u32,
+                ),
+            )
+        };
+        let mut spins = 0u32;
+        while !bytes.is_empty() {
+            let c = cons.load(Ordering::Acquire);
+            let mut p = prod.load(Ordering::Relaxed);
+            let space = XENCONS_OUT_SIZE - (p.wrapping_sub(c) as usize).min(XENCONS_OUT_SIZE);
+            if space == 0 {
+                let _ = self.notify(port);
+                spins += 1;
+                if spins > 1000 {
+                    return; // daemon gone: drop the rest (best effort)
+                }
+                let _ = self.wait(&[port], Some(Duration::from_millis(1)));
+                self.clear(port);
+                continue;
+            }
+            let n = space.min(bytes.len());
+            for &b in &bytes[..n] {
+                let at = out + (p as usize & (XENCONS_OUT_SIZE - 1));
+                // SAFETY: inside `out` of the shared console page (masked index).
+                unsafe { (at as *mut u8).write_volatile(b) };
+                p = p.wrapping_add(1);
+            }
+            prod.store(p, Ordering::Release);
+            bytes = &bytes[n..];
+            let _ = self.notify(port);
+        }
+    }
+}
+
+impl Events for Xen {
+    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort> {
+        let mut a = EvtchnAllocUnbound {
+            dom: DOMID_SELF,
+            remote_dom: remote,
+            port: 0,
+        };
+        self.evtchn_op(EVTCHNOP_ALLOC_UNBOUND, &mut a)?;
+        Ok(a.port)
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: EvtchnPort) -> Result<EvtchnPort> {
+        let mut b = EvtchnBindInterdomain {
+            remote_dom: remote,
+            _pad0: [0; 2],
+            remote_port,
+            local_port: 0,
+        };
+        self.evtchn_op(EVTCHNOP_BIND_INTERDOMAIN, &mut b)?;
+        Ok(b.local_port)
+    }
+
+    fn notify(&self, port: EvtchnPort) -> Result<()> {
+        self.evtchn_op(EVTCHNOP_SEND, &mut EvtchnSend { port })
+    }
+
+    fn close(&self, port: EvtchnPort) -> Result<()> {
+        self.evtchn_op(EVTCHNOP_CLOSE, &mut EvtchnClose { port })
+    }
+
+    fn mask(&self, port: EvtchnPort) -> Result<()> {
+        let (w, bit) = self.evtchn_word(MASK, port).ok_or(Error::Invalid)?;
+        w.fetch_or(bit, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn unmask(&self, port: EvtchnPort) -> Result<()> {
+        self.evtchn_op(EVTCHNOP_UNMASK, &mut EvtchnUnmask { port })
+    }
+
+    fn is_pending(&self, port: EvtchnPort) -> bool {
+        self.evtchn_word(PENDING, port)
+            .is_some_and(|(w, bit)| w.load(Ordering::SeqCst) & bit != 0)
+    }
+
+    fn clear(&self, port: EvtchnPort) -> bool {
+        self.evtchn_word(PENDING, port)
+            .is_some_and(|(w, bit)| w.fetch_and(!bit, Ordering::SeqCst) & bit != 0)
+    }
+
+    fn wait(&self, ports: &[EvtchnPort], timeout: Option<Duration>) -> Result<EvtchnPort> {
+        let deadline = timeout.map(|t| self.now().saturating_add(t));
+        let ready = |x: &Xen| {
+            ports.iter().copied().find(|&p| {
+                x.is_pending(p)
+                    && x.evtchn_word(MASK, p)
+                        .is_none_or(|(w, bit)| w.load(Ordering::SeqCst) & bit == 0)
+            })
+        };
+        loop {
+            if let Some(p) = ready(self) {
+                return Ok(p);
+            }
+            let now = self.now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout);
+            }
+            // Absolute Xen system time; 0 = no timeout (sched.h). Without pvclock we cannot
+            // express a deadline in Xen's time: wake after a short while and re-check.
+            let abs = match (deadline, self.system_time()) {
+                (Some(d), Some(_)) => d.as_nanos() as u64,
+                (None, _) => 0,
+                (Some(_), None) => {
+                    self.yield_now();
+                    continue;
+                }
+            };
+            let mut list = [0 as EvtchnPort; 16];
+            let n = ports.len().min(list.len());
+            list[..n].copy_from_slice(&ports[..n]);
+            let mut poll = SchedPoll {
+                ports: GuestHandle::new(list.as_mut_ptr()),
+                nr_ports: n as u32,
+                _pad0: [0; 4],
+                timeout: abs,
+            };
+            if self.shared().is_none() {
+                // Cannot see pending bits: one bounded poll, then report what we know.
+                let _ = self.sched_op(SCHEDOP_YIELD, core::ptr::null_mut::<u8>());
+                return if deadline.is_some() {
+                    Err(Error::Timeout)
+                } else {
+                    Err(Error::Unsupported)
+                };
+            }
+            let r = self.sched_op(SCHEDOP_POLL, &mut poll);
+            if r < 0 {
+                return Err(Error::from_xen_errno(r as i32));
+            }
+        }
+    }
+}
+
+impl Clock for Xen {
+    fn now(&self) -> Duration {
+        // Xen system time when available; otherwise the TSC at an assumed 1 GHz.
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let ns = self.system_time().unwrap_or_else(rdtsc);
+        let prev = LAST.fetch_max(ns, Ordering::Relaxed);
+        Duration::from_nanos(ns.max(prev))
+    }
+}
+
+impl Console for Xen {
+    fn write(&self, bytes: &[u8]) {
+        hypercall::debug_port_write(bytes);
+        self.console_ring_write(bytes);
+    }
+}
+
+impl Scheduler for Xen {
+    fn yield_now(&self) {
+        let _ = self.sched_op(SCHEDOP_YIELD, core::ptr::null_mut::<u8>());
+    }
+
+    fn block(&self, timeout: Option<Duration>) {
+        // SCHEDOP_block would unmask upcalls (sched.h): poll on no port until the timeout.
+        let abs = match timeout {
+            Some(t) => self.now().saturating_add(t).as_nanos() as u64,
+            None => 0,
+        };
+        let mut poll = SchedPoll {
+            ports: GuestHandle::null(),
+            nr_ports: 0,
+            _pad0: [0; 4],
+            timeout: abs,
+        };
+        let _ = self.sched_op(SCHEDOP_POLL, &mut poll);
+    }
+
+    fn shutdown(&self, reason: ShutdownReason) -> Result<bool> {
+        let mut arg = SchedShutdown {
+            reason: reason as u32,
+        };
+        // sched.h: SCHEDOP_shutdown takes a pointer to struct sched_shutdown.
+        let r = self.sched_op(SCHEDOP_SHUTDOWN, &mut arg);
+        if r < 0 {
+            return Err(Error::from_xen_errno(r as i32));
+        }
+        // Returns only for suspend: r != 0 means the suspend was cancelled.
+        Ok(r != 0)
+    }
+}
+
+impl core::fmt::Write for &Xen {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        Console::write(*self, s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_headers() {
+        assert_eq!(PENDING, 2048);
+        assert_eq!(MASK, 2560);
+        assert_eq!(TIME, 32);
+        assert_eq!(UPCALL_MASK, 1);
+        assert_eq!(core::mem::offset_of!(XenAddToPhysmap, idx), 8);
+        assert_eq!(core::mem::offset_of!(XenAddToPhysmap, gpfn), 16);
+    }
+
+    #[test]
+    fn uninitialised_platform_fails_cleanly() {
+        let x = Xen::get();
+        assert!(x.store().is_none());
+        assert!(!x.is_pending(1));
+        assert!(!x.clear(1));
+        assert_eq!(x.notify(1), Err(Error::Unsupported));
+        assert_eq!(x.mask(1), Err(Error::Invalid));
+    }
+}
