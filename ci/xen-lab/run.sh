@@ -1,0 +1,229 @@
+#!/bin/bash
+# xenlab: boot a real Xen 4.17 hypervisor + Linux PV dom0 inside QEMU and
+# start PV (and PVH) domUs with `xl create`, disk served by dom0's blkback.
+#
+# Usage: run.sh                      (defaults: TCG, tests linux,pvgrub,pvh)
+#        XENLAB_WORK=<dir> where builds, the kernel and logs go (default /tmp/xen-lab-work)
+# Env:   ACCEL=tcg|kvm   CPU=<qemu -cpu>   TESTS=linux,pvgrub,pvh
+#        XENSTORED=xenstored|oxenstored   TIMEOUT=<seconds for the whole QEMU run>
+#        SMP=2  MEM=3072 (MiB for the QEMU machine)  DOM0_MEM=1024M
+#        XEN_EXTRA="..." extra Xen command-line options
+#        DEBUG=1 (trace the block hotplug script inside dom0)
+#        EXTRA=<dir>: copied to /extra in dom0; its test.sh is run after the
+#               built-in tests (helpers: xl, /boot/domU-vmlinuz ...); it must
+#               write OK to /tmp/extra-result on success
+#        NO_APT=1 (never call apt-get; fail if something is missing)
+# Output: $W/out/serial.log (full serial console), $W/out/serial.ts.log (same,
+#         host-timestamped); last line of stdout: "XENLAB: PASS (...)" or "XENLAB: FAIL (...)".
+#         exit status 0 = PASS (every requested test OK).
+set -u
+SRC=$(cd "$(dirname "$0")" && pwd)
+W=${XENLAB_WORK:-/tmp/xen-lab-work}
+mkdir -p "$W"
+# one run per work directory (builds, the kernel and the logs are shared)
+exec 9>"$W/.lock"
+if ! flock -n 9; then
+    echo "[run.sh] $W is in use by another run; waiting (set XENLAB_WORK to run in parallel)"
+    flock 9
+fi
+B=$W/build
+OUT=$W/out
+ACCEL=${ACCEL:-tcg}
+TESTS=${TESTS:-linux,pvgrub,pvh}
+XENSTORED=${XENSTORED:-xenstored}
+TIMEOUT=${TIMEOUT:-1200}
+SMP=${SMP:-2}
+MEM=${MEM:-3072}
+DOM0_MEM=${DOM0_MEM:-1024M}
+if [ "$ACCEL" = tcg ]; then
+    # plain "max" (with SMAP) makes PV dom0 crash at its first bounce frame under TCG:
+    #   (XEN) d0v0 Unhandled: vec 14, #PF[0001] ... create_bounce_frame
+    # and "max" with RDTSCP makes a PVH domU crash at its first RDTSCP (0f 01 f9):
+    #   (XEN) Insn mismatch: Expected opcode 0xf0031, modrm 0, got nrip_len 0, emul_len 3
+    #   (XEN) SVM Insn len emulation failed (1): d3v0 64bit @ ...: 0f 01 f9 ...
+    CPU=${CPU:-max,-smap,-rdtscp}
+    ACCEL_OPT="tcg,thread=multi"
+else
+    # on a host with working (nested-capable) KVM; NOT this lab machine (kvm_pvm)
+    CPU=${CPU:-host}
+    ACCEL_OPT="$ACCEL"
+fi
+XENVER=4.17
+XENBIN=/usr/lib/xen-$XENVER/bin
+mkdir -p "$B" "$OUT"
+log() { echo "[run.sh $(date +%T)] $*"; }
+die() { echo "[run.sh] ERROR: $*"; echo "XENLAB: FAIL ($*)"; exit 1; }
+T_START=$(date +%s.%N)
+
+########## 1. prerequisites ##########
+need_pkgs=""
+for p in xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER busybox-static grub-xen-host cpio qemu-system-x86 e2fsprogs; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs="$need_pkgs $p"
+done
+if [ -n "$need_pkgs" ]; then
+    [ -n "${NO_APT:-}" ] && die "missing packages:$need_pkgs"
+    log "installing:$need_pkgs"
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need_pkgs && break
+        log "apt-get failed (dpkg lock?), retry $try in 20s"; sleep 20
+    done
+fi
+# Linux kernel: download + unpack the .deb (installing linux-image-amd64 would
+# pull initramfs-tools/udev and upgrade systemd on this host; we only need files)
+KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+[ -n "$KPKG" ] || die "cannot resolve linux-image-amd64"
+KVER=${KPKG#linux-image-}
+KROOT=$W/kroot
+if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
+    log "fetching $KPKG"
+    mkdir -p "$W/debs" && (cd "$W/debs" && apt-get download "$KPKG") || die "apt-get download $KPKG"
+    rm -rf "$KROOT"; mkdir -p "$KROOT"
+    dpkg-deb -x "$W"/debs/${KPKG}_*.deb "$KROOT" || die "unpack $KPKG"
+fi
+VMLINUZ=$KROOT/boot/vmlinuz-$KVER
+MODDIR=$KROOT/lib/modules/$KVER/kernel
+log "kernel $KVER, xen $(dpkg-query -W -f '${Version}' xen-hypervisor-$XENVER-amd64)"
+
+########## 2. Xen image (QEMU multiboot wants it uncompressed) ##########
+zcat /boot/xen-$XENVER-amd64.gz > "$B/xen" || die "no /boot/xen-$XENVER-amd64.gz"
+
+# copy binaries + their shared libraries into a root; canonical (merged-/usr) paths
+copy_bin() { # root file...
+    local r=$1; shift
+    local f l d
+    for f in "$@"; do
+        d=$(readlink -f "$(dirname "$f")")
+        mkdir -p "$r$d"; rm -f "$r$d/$(basename "$f")"; cp -L "$f" "$r$d/" || die "copy $f"
+        ldd "$f" 2>/dev/null | grep -o '/[^ ]*' | while read -r l; do
+            d=$(readlink -f "$(dirname "$l")"); mkdir -p "$r$d"
+            [ -e "$r$d/$(basename "$l")" ] || cp -L "$l" "$r$d/"
+        done
+    done
+}
+skel() { # root
+    local r=$1
+    rm -rf "$r"; mkdir -p "$r"/{usr/bin,usr/sbin,usr/lib,usr/lib64,proc,sys,dev,run,tmp,root,etc,var/lib,var/log,boot,mnt}
+    ln -s usr/bin "$r/bin"; ln -s usr/sbin "$r/sbin"; ln -s usr/lib "$r/lib"; ln -s usr/lib64 "$r/lib64"
+    ln -s ../run "$r/var/run"
+    cp /bin/busybox "$r/usr/bin/busybox"
+    local a
+    for a in $(/bin/busybox --list-full); do
+        [ -e "$r/$a" ] || [ -L "$r/$a" ] || ln -s /usr/bin/busybox "$r/usr/${a#usr/}" 2>/dev/null || true
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"
+    echo 'root:x:0:' > "$r/etc/group"
+}
+mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2" || die "cpio $2"; }
+
+########## 3. domU initramfs ##########
+log "building domU initramfs"
+R=$B/domU-root
+skel "$R"
+cp "$SRC/domU-init" "$R/init"; chmod +x "$R/init"
+cp "$MODDIR/drivers/block/xen-blkfront.ko" "$R/"
+mkcpio "$R" "$B/domU-initrd.img"
+
+########## 4. disk for the PV GRUB test: ext2 with /boot/grub/grub.cfg + kernel + initrd ##########
+log "building pvgrub ext2 disk"
+P=$B/pvgrub-fs
+rm -rf "$P"; mkdir -p "$P/boot/grub"
+cp "$VMLINUZ" "$P/boot/vmlinuz"; cp "$B/domU-initrd.img" "$P/boot/initrd.img"
+cat > "$P/boot/grub/grub.cfg" <<'EOF'
+echo "XENLAB-GRUB: grub.cfg read from ($root)"
+echo "XENLAB-GRUB: loading /boot/vmlinuz + /boot/initrd.img from the PV disk"
+linux /boot/vmlinuz console=hvc0 xenlab_tag=pvgrub
+initrd /boot/initrd.img
+echo "XENLAB-GRUB: booting"
+boot
+EOF
+rm -f "$B/pvgrub-disk.img"
+mke2fs -q -t ext2 -L xenlab -d "$P" "$B/pvgrub-disk.img" 32M || die "mke2fs"
+
+########## 5. dom0 initramfs ##########
+log "building dom0 initramfs"
+R=$B/dom0-root
+skel "$R"
+cp "$SRC/dom0-init" "$R/init"; chmod +x "$R/init"
+mkdir -p "$R/modules"
+for m in drivers/xen/xen-evtchn.ko drivers/xen/xen-privcmd.ko drivers/xen/xenfs/xenfs.ko \
+         drivers/xen/xen-gntdev.ko drivers/xen/xen-gntalloc.ko \
+         drivers/block/xen-blkback/xen-blkback.ko drivers/block/loop.ko; do
+    cp "$MODDIR/$m" "$R/modules/" || die "module $m"
+done
+copy_bin "$R" $XENBIN/xl $XENBIN/xenstored $XENBIN/oxenstored $XENBIN/xenconsoled $XENBIN/xenconsole \
+    $XENBIN/xen-init-dom0 $XENBIN/libxl-save-helper $XENBIN/xenstore-control \
+    /usr/bin/xenstore /usr/bin/bash /usr/sbin/losetup /usr/bin/flock /usr/bin/stat
+# xl aborts in pthread_cancel without libgcc_s (dlopen'ed, so ldd does not list it)
+cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$R/usr/lib/x86_64-linux-gnu/"
+for t in read write exists list ls rm chmod watch; do
+    rm -f "$R/usr/bin/xenstore-$t"; ln -s xenstore "$R/usr/bin/xenstore-$t"
+done
+mkdir -p "$R/etc/xen" "$R/usr/lib/grub-xen" "$R/var/lib/xen" "$R/var/lib/xenstored" "$R/var/log/xen"
+cp -a /etc/xen/scripts /etc/xen/xl.conf /etc/xen/oxenstored.conf "$R/etc/xen/"
+cp /usr/lib/grub-xen/grub-x86_64-xen.bin "$R/usr/lib/grub-xen/"
+cp "$VMLINUZ" "$R/boot/domU-vmlinuz"
+cp "$B/domU-initrd.img" "$R/boot/domU-initrd.img"
+cp "$B/pvgrub-disk.img" "$R/root/pvgrub-disk.img"
+if [ -n "${EXTRA:-}" ]; then
+    [ -d "$EXTRA" ] || die "EXTRA=$EXTRA is not a directory"
+    cp -a "$EXTRA" "$R/extra"
+    case "+${TESTS//,/+}+" in *+extra+*) ;; *) TESTS="$TESTS,extra" ;; esac
+fi
+mkcpio "$R" "$B/dom0-initrd.img"
+ls -la "$B/xen" "$B/dom0-initrd.img" "$B/domU-initrd.img" | sed 's/^/  /'
+T_BUILD=$(date +%s.%N)
+
+########## 6. boot ##########
+# no 'noreboot': if dom0 crashes Xen reboots after 5s and QEMU (-no-reboot) exits
+XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=$DOM0_MEM,max:$DOM0_MEM loglvl=all guest_loglvl=all ${XEN_EXTRA:-}"
+# (no commas: QEMU's multiboot -initrd list is comma separated)
+DOM0_ARGS="console=hvc0 earlyprintk=xen rdinit=/init xenlab_tests=${TESTS//,/+} xenlab_xenstored=$XENSTORED ${DEBUG:+xenlab_debug}"
+log "booting: qemu -accel $ACCEL_OPT -cpu $CPU -smp $SMP -m $MEM (timeout ${TIMEOUT}s)"
+log "xen args: $XEN_ARGS"
+SER=$OUT/serial.log      # raw serial console
+SERTS=$OUT/serial.ts.log # same, each line prefixed with host seconds since QEMU start
+rm -f "$SER" "$SERTS" "$OUT/qemu.log"; : > "$SER"; : > "$SERTS"
+Q0=${EPOCHREALTIME/./}
+set -o pipefail
+timeout "$TIMEOUT" qemu-system-x86_64 \
+    -accel "$ACCEL_OPT" -cpu "$CPU" -smp "$SMP" -m "$MEM" \
+    -machine q35 -display none -no-reboot -nic none \
+    -serial stdio -monitor none \
+    -kernel "$B/xen" -append "$XEN_ARGS" \
+    -initrd "$VMLINUZ $DOM0_ARGS,$B/dom0-initrd.img" \
+    < /dev/null 2> "$OUT/qemu.log" |
+while IFS= read -r line; do
+    line=${line%$'\r'}
+    us=$(( ${EPOCHREALTIME/./} - Q0 ))
+    printf '%s\n' "$line" >> "$SER"
+    printf '[%4d.%03d] %s\n' $((us/1000000)) $(((us/1000)%1000)) "$line" >> "$SERTS"
+    # live progress: our markers only
+    case "$line" in
+        *"Xen version"*|DOM0\[*|\[linux-pv\]\ DOMU*|\[pvgrub\]\ DOMU*|\[linux-pvh\]\ DOMU*|*XENLAB-GRUB*|*Panic*|*PANIC*|*crashed*|*"Insn len emulation failed"*)
+            printf '[+%4d.%03ds] %s\n' $((us/1000000)) $(((us/1000)%1000)) "$line" ;;
+    esac
+done
+QRC=$?
+set +o pipefail
+T_END=$(date +%s.%N)
+cat "$OUT/qemu.log"
+el() { awk "BEGIN{printf \"%.1f\", $2-$1}"; }
+log "qemu exit code $QRC (124 = timeout)"
+log "times: build $(el $T_START $T_BUILD)s, qemu $(el $T_BUILD $T_END)s, total $(el $T_START $T_END)s"
+# wall-clock milestones (seconds since QEMU start)
+at() { grep -a -m1 -E "$1" "$SERTS" | sed 's/^\[ *\([0-9.]*\)\].*/\1/'; }
+log "milestones (s since qemu start):"
+for m in 'Xen version' 'Freed [0-9]+kB init memory' 'DOM0.*init start' 'DOM0.*\$ xl info' \
+         'DOM0.*xl -v create /etc/xen/linux-pv.cfg' '\[linux-pv\] DOMU: booted' '\[linux-pv\] DOMU: RESULT' 'linux-pv domU gone' \
+         'DOM0.*xl create /etc/xen/pvgrub.cfg' 'XENLAB-GRUB: loading' '\[pvgrub\] DOMU: booted' '\[pvgrub\] DOMU: RESULT' 'pvgrub domU gone' \
+         'DOM0.*xl create /etc/xen/linux-pvh.cfg' '\[linux-pvh\] DOMU: booted' '\[linux-pvh\] DOMU: RESULT' 'linux-pvh domU gone' \
+         'XENLAB RESULT' 'Entering ACPI S5'; do
+    t=$(at "$m"); [ -n "$t" ] && printf '  %8s  %s\n' "$t" "$m"
+done
+if grep -aq 'XENLAB RESULT: PASS' "$SER"; then
+    echo "XENLAB: PASS ($(grep -a 'summary:' "$SER" | sed 's/.*summary: *//'))"
+    exit 0
+else
+    echo "XENLAB: FAIL (see $SER; $(grep -a 'summary:' "$SER" | sed 's/.*summary: *//'))"
+    exit 1
+fi
