@@ -1,4 +1,4 @@
-//! A bootable PVH image (see `hello.cfg`): prints a greeting, reads `domid` and `name` from
+//! A bootable image, PVH or 64-bit PV (see `hello.cfg`): prints a greeting, reads `domid` and `name` from
 //! XenStore, writes `data/hello = "ready"`, then runs the control driver until `xl shutdown`
 //! (or `xl reboot`/`xl destroy`) ends it.
 //!

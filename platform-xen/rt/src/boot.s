@@ -95,6 +95,25 @@ xen_pvh_start:
 4:  hlt
     jmp 4b
 
+/* 64-bit PV entry (XEN_ELFNOTE_ENTRY). xen.h start of day: long mode, ring 3, Xen's
+ * page tables mapping the bootstrap region at VIRT_BASE (0) + pseudo-physical address,
+ * rsi = start_info_t, rsp = end of the bootstrap stack, upcalls masked. Xen filled the
+ * hypercall page at domain build (XEN_ELFNOTE_HYPERCALL_PAGE). cr0.TS may be set: clear it
+ * with fpu_taskswitch(0) (hypercall 5) before Rust code uses SSE. */
+    .globl xen_pv_start
+xen_pv_start:
+    cld
+    mov %rsp, %r12                  /* end of Xen's bootstrap stack: the heap starts there */
+    mov %rsi, %r13                  /* start_info_t */
+    lea xen_rt_boot_stack_top(%rip), %rsp
+    xor %edi, %edi
+    call xen_rt_hypercall_page + 5 * 32
+    mov %r13, %rdi
+    mov %r12, %rsi
+    xor %ebp, %ebp
+    call xen_rt_pv_start
+5:  jmp 5b
+
     .section .rodata.boot, "a"
     .balign 16
 xen_rt_boot_gdt:
@@ -145,6 +164,12 @@ xen_rt_boot_stack_top:
     .long 4, 8, 4                   /* XEN_ELFNOTE_PADDR_OFFSET */
     .asciz "Xen"
     .quad 0
+    .long 4, 8, 1                   /* XEN_ELFNOTE_ENTRY (PV, virtual) */
+    .asciz "Xen"
+    .quad xen_pv_start
+    .long 4, 8, 2                   /* XEN_ELFNOTE_HYPERCALL_PAGE (PV, virtual) */
+    .asciz "Xen"
+    .quad xen_rt_hypercall_page
     .long 4, 4, 18                  /* XEN_ELFNOTE_PHYS32_ENTRY */
     .asciz "Xen"
     .long xen_pvh_start

@@ -10,7 +10,7 @@
 //!   argument registers (debug builds do), and the stub's `call` clobbers rcx and r11.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// First leaf of the range Xen's CPUID leaves may start in (cpuid.h).
 pub const XEN_CPUID_FIRST_LEAF: u32 = 0x4000_0000;
@@ -23,13 +23,40 @@ pub const XEN_SIGNATURE: [u32; 3] = [0x566e_6558, 0x6558_4d4d, 0x4d4d_566e];
 /// Address of the filled hypercall page (0: not set up).
 static PAGE: AtomicUsize = AtomicUsize::new(0);
 
+/// How the guest was booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Not set up (host builds, tests).
+    None = 0,
+    /// PVH: ring 0, paging of our own, HVM params.
+    Pvh = 1,
+    /// 64-bit PV: ring 3, Xen's page tables, start_info.
+    Pv = 2,
+}
+
+static MODE: AtomicU8 = AtomicU8::new(Mode::None as u8);
+
+/// The boot mode.
+pub fn mode() -> Mode {
+    match MODE.load(Ordering::Relaxed) {
+        1 => Mode::Pvh,
+        2 => Mode::Pv,
+        _ => Mode::None,
+    }
+}
+
 /// The hypercall page: one page Xen fills with stubs. Lives in .bss; the image maps it
-/// executable (the boot page tables set no NX bit).
+/// executable (the PVH boot page tables set no NX bit; PV: Xen maps the image RWX). Its symbol
+/// is named for `boot.s`: the PV entry calls `fpu_taskswitch` through it and the
+/// `XEN_ELFNOTE_HYPERCALL_PAGE` note points at it (elfnote.h: Xen fills it at build time).
 #[repr(C, align(4096))]
-struct HypercallPage(core::cell::UnsafeCell<[u8; 4096]>);
-// SAFETY: written only by Xen (once, on the MSR write) and then only executed.
+pub struct HypercallPage(core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: written only by Xen (once: MSR write or domain build) and then only executed.
 unsafe impl Sync for HypercallPage {}
-static HYPERCALL_PAGE: HypercallPage = HypercallPage(core::cell::UnsafeCell::new([0; 4096]));
+/// The page.
+#[export_name = "xen_rt_hypercall_page"]
+pub static HYPERCALL_PAGE: HypercallPage = HypercallPage(core::cell::UnsafeCell::new([0; 4096]));
 
 fn cpuid(leaf: u32) -> [u32; 4] {
     let r = core::arch::x86_64::__cpuid(leaf);
@@ -56,7 +83,7 @@ pub fn xen_version(base: u32) -> u32 {
 ///
 /// # Safety
 /// Only in a guest on Xen running in ring 0 (PVH) with identity mapping; executes `wrmsr`.
-pub unsafe fn init() -> Option<u32> {
+pub unsafe fn init_pvh() -> Option<u32> {
     let base = xen_cpuid_base()?;
     let [_pages, msr, _, _] = cpuid(base + 2);
     let addr = HYPERCALL_PAGE.0.get() as usize as u64;
@@ -67,7 +94,19 @@ pub unsafe fn init() -> Option<u32> {
              options(nostack, preserves_flags));
     }
     PAGE.store(addr as usize, Ordering::Release);
+    MODE.store(Mode::Pvh as u8, Ordering::Relaxed);
     Some(base)
+}
+
+/// PV: Xen filled the hypercall page while building the domain (`XEN_ELFNOTE_HYPERCALL_PAGE`).
+/// Returns Xen's CPUID base (CPUID is allowed in ring 3; PV guests see Xen's leaves).
+///
+/// # Safety
+/// Only in a 64-bit PV guest whose image carries the hypercall-page note.
+pub unsafe fn init_pv() -> Option<u32> {
+    PAGE.store(HYPERCALL_PAGE.0.get() as usize, Ordering::Release);
+    MODE.store(Mode::Pv as u8, Ordering::Relaxed);
+    xen_cpuid_base()
 }
 
 /// Whether [`init`] filled the hypercall page.
@@ -119,8 +158,8 @@ pub unsafe fn hypercall2(nr: u32, a1: u64, a2: u64) -> i64 {
 /// Write bytes to I/O port 0xE9: Xen prints what an HVM/PVH guest writes there in its own
 /// log ("(d1) ..."), before any console exists.
 pub fn debug_port_write(bytes: &[u8]) {
-    if !cfg!(feature = "image") || !ready() {
-        return; // not in an image on Xen (on the host `out` would fault)
+    if !cfg!(feature = "image") || mode() != Mode::Pvh {
+        return; // only PVH runs in ring 0 (on the host or in PV `out` would fault)
     }
     for &b in bytes {
         // SAFETY: port 0xE9 is Xen's debug port for HVM/PVH guests; an `out` there has no

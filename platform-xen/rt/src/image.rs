@@ -9,7 +9,6 @@ use xen_platform::abi::hvm::{
 use xen_platform::{Console, Scheduler, ShutdownReason};
 
 use crate::heap::BumpHeap;
-use crate::hypercall;
 use crate::xen::Xen;
 
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
@@ -78,27 +77,43 @@ fn heap_range(start_info: u64) -> (u64, u64) {
 #[no_mangle]
 extern "C" fn xen_rt_pvh_start(start_info: u64) -> ! {
     // SAFETY: once, at boot, PVH ring 0, 0-4 GiB identity-mapped by boot.s.
-    let xen = match unsafe { Xen::init(start_info) } {
-        Ok(x) => x,
-        Err(e) => {
-            let x = Xen::get();
-            x.write(b"xen-rt: ");
-            x.write(e.as_bytes());
-            x.write(b"\n");
-            let _ = x.shutdown(ShutdownReason::Crash);
-            halt();
-        }
-    };
+    let xen = unsafe { Xen::init_pvh(start_info) }.unwrap_or_else(|e| fail(e));
     let (start, end) = heap_range(start_info);
-    // SAFETY: [start, end) is RAM after the image and the start info, used by nothing else.
+    run(xen, "PVH", start, end)
+}
+
+/// Called by `boot.s` from the 64-bit PV entry on the boot stack: `start_info` = rsi at entry
+/// (virtual address of start_info_t), `xen_sp` = rsp at entry (end of the bootstrap stack).
+#[no_mangle]
+extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
+    // SAFETY: once, at boot, 64-bit PV, built from this image (notes in boot.s).
+    let xen = unsafe { Xen::init_pv(start_info) }.unwrap_or_else(|e| fail(e));
+    // xen.h start of day: the bootstrap region ends on a 4 MiB boundary, at least 512 KiB
+    // after the bootstrap stack, and is mapped read-write: that padding is our heap.
+    const MB4: u64 = 4 << 20;
+    let start = align_up(xen_sp);
+    let end = (xen_sp + MB4 - 1) & !(MB4 - 1);
+    run(xen, "PV", start, end)
+}
+
+fn fail(e: &str) -> ! {
+    let x = Xen::get();
+    x.write(b"xen-rt: ");
+    x.write(e.as_bytes());
+    x.write(b"\n");
+    let _ = x.shutdown(ShutdownReason::Crash);
+    halt()
+}
+
+fn run(xen: &'static Xen, mode: &str, start: u64, end: u64) -> ! {
+    // SAFETY: [start, end) is RAM after the image and the boot data, used by nothing else.
     unsafe { HEAP.init(start as usize, end as usize) };
+    let v = xen.version();
     let _ = writeln!(
         &*xen,
-        "xen-rt: PVH, Xen {}.{}, heap {:#x}..{:#x}",
-        hypercall::xen_version(xen.cpuid_base()) >> 16,
-        hypercall::xen_version(xen.cpuid_base()) & 0xffff,
-        start,
-        end
+        "xen-rt: {mode}, Xen {}.{}, heap {start:#x}..{end:#x}",
+        v >> 16,
+        v & 0xffff
     );
     // SAFETY: the image defines xen_main with this signature (crate docs).
     unsafe { xen_main(xen) }

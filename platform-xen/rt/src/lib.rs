@@ -5,8 +5,10 @@
 //!   `SCHEDOP_poll`, the PV console ring, the clock (`vcpu_time_info`), shutdown. It implements
 //!   the platform traits `Events`, `Clock`, `Console` and `Scheduler`, enough for the XenStore
 //!   `RingTransport` and the control driver.
-//! * With the `image` feature only (never in host builds or tests): the PVH boot entry and the
-//!   Xen ELF notes (`boot.s`), `memcpy`/`memset`/`memmove`/`memcmp`/`bcmp`, the
+//! * With the `image` feature only (never in host builds or tests): the boot entries — PVH
+//!   (`XEN_ELFNOTE_PHYS32_ENTRY`, 32-bit, builds its own 0–4 GiB identity map) and 64-bit PV
+//!   (`XEN_ELFNOTE_ENTRY` + `XEN_ELFNOTE_HYPERCALL_PAGE`) in one ELF — and the Xen ELF notes
+//!   (`boot.s`), `memcpy`/`memset`/`memmove`/`memcmp`/`bcmp`, the
 //!   `#[panic_handler]` (console, then `SCHEDOP_shutdown(crash)`) and a bump
 //!   `#[global_allocator]` over the RAM after the image. The image defines
 //!   `#[no_mangle] fn xen_main(xen: &'static Xen) -> !`.

@@ -33,13 +33,19 @@ use xen_platform::abi::sched::{
     SchedPoll, SchedShutdown, SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
 };
 use xen_platform::abi::xen::{
-    GuestHandle, SharedInfo, VcpuInfo, VcpuTimeInfo, HYPERVISOR_EVENT_CHANNEL_OP,
-    HYPERVISOR_HVM_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_SCHED_OP,
+    GuestHandle, SharedInfo, StartInfo, VcpuInfo, VcpuTimeInfo, HYPERVISOR_EVENT_CHANNEL_OP,
+    HYPERVISOR_HVM_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
+    HYPERVISOR_XEN_VERSION,
 };
 use xen_platform::abi::{DomId, EvtchnPort, DOMID_SELF, PAGE_SHIFT};
 use xen_platform::{Clock, Console, Error, Events, Result, Scheduler, ShutdownReason};
 
 use crate::hypercall::{self, hypercall2};
+
+/// `MACH2PHYS_VIRT_START` (arch-x86/xen-x86_64.h): the read-only M2P table of PV guests.
+pub const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
+/// `UVMF_INVLPG` (xen.h): flush only the one TLB entry.
+pub const UVMF_INVLPG: u64 = 2;
 
 /// `XENMEM_add_to_physmap` (memory.h).
 pub const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
@@ -119,16 +125,17 @@ impl Xen {
         &XEN
     }
 
-    /// Set everything up: hypercall page, `shared_info` (upcalls masked), console and
+    /// PVH: set everything up: hypercall page, `shared_info` (upcalls masked), console and
     /// xenstore parameters. `start_info` is the physical address of `hvm_start_info`.
     ///
     /// # Safety
     /// Only once, at boot, in a PVH guest in ring 0 with 0–4 GiB identity-mapped.
-    pub unsafe fn init(start_info: u64) -> core::result::Result<&'static Xen, &'static str> {
+    pub unsafe fn init_pvh(start_info: u64) -> core::result::Result<&'static Xen, &'static str> {
         let x = &XEN;
         x.start_info.store(start_info, Ordering::Relaxed);
         // SAFETY: (caller) PVH, ring 0.
-        let base = unsafe { hypercall::init() }.ok_or("not running on Xen (no CPUID leaves)")?;
+        let base =
+            unsafe { hypercall::init_pvh() }.ok_or("not running on Xen (no CPUID leaves)")?;
         x.cpuid_base.store(base, Ordering::Relaxed);
 
         // shared_info at our static page.
@@ -178,6 +185,68 @@ impl Xen {
         Ok(x)
     }
 
+    /// 64-bit PV: `start_info` is the virtual address of `start_info_t` (xen.h, rsi at
+    /// entry). The image is linked with `VIRT_BASE` 0, so the bootstrap region maps
+    /// pseudo-physical frame `pfn` at virtual `pfn << 12` (xen.h "Start-of-day memory
+    /// layout", items 3–6), including the xenstore and console pages; their MFNs become
+    /// PFNs through the read-only machine-to-phys table at `MACH2PHYS_VIRT_START`
+    /// (arch-x86/xen-x86_64.h). `shared_info` (a machine address in start_info) is mapped
+    /// over our own page with `update_va_mapping`.
+    ///
+    /// # Safety
+    /// Only once, at boot, in a 64-bit PV guest built from this image.
+    pub unsafe fn init_pv(start_info: u64) -> core::result::Result<&'static Xen, &'static str> {
+        let x = &XEN;
+        x.start_info.store(start_info, Ordering::Relaxed);
+        // SAFETY: (caller) PV; Xen filled the hypercall page (HYPERCALL_PAGE note).
+        let base = unsafe { hypercall::init_pv() }.unwrap_or(0);
+        x.cpuid_base.store(base, Ordering::Relaxed);
+        // SAFETY: rsi at the PV entry points to start_info_t, mapped read-write (xen.h).
+        let si = unsafe { (start_info as *const StartInfo).read_volatile() };
+        if !si.magic.starts_with(b"xen-3.0-x86_64") {
+            return Err("bad start_info magic");
+        }
+        let m2p = |mfn: u64| -> u64 {
+            // SAFETY: the M2P table is mapped read-only for every PV guest at
+            // MACH2PHYS_VIRT_START (xen-x86_64.h); `mfn` is a frame Xen gave us.
+            unsafe { ((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)).read_volatile() }
+        };
+
+        let page = SHARED_INFO_PAGE.0.get() as usize;
+        // PTE: machine address | present | writable | accessed | dirty.
+        let pte = (si.shared_info & !0xfff) | 0x63;
+        // SAFETY: update_va_mapping(va, pte, flags) (xen.h, x86_64 argument order); `page`
+        // is our own page, used for nothing else, and becomes shared_info.
+        let r = unsafe {
+            hypercall::hypercall5(
+                HYPERVISOR_UPDATE_VA_MAPPING,
+                page as u64,
+                pte,
+                UVMF_INVLPG,
+                0,
+                0,
+            )
+        };
+        if r == 0 {
+            x.shared_info.store(page, Ordering::Release);
+            x.upcall_mask_byte().store(1, Ordering::SeqCst);
+            x.yield_now();
+        }
+        // SAFETY: start_info is a repr(C) union read of plain integers (domU layout).
+        let (cons_mfn, cons_port) = unsafe { (si.console.dom_u.mfn, si.console.dom_u.evtchn) };
+        if cons_mfn != 0 {
+            x.console_port.store(cons_port, Ordering::Relaxed);
+            x.console_ring
+                .store((m2p(cons_mfn) << PAGE_SHIFT) as usize, Ordering::Release);
+        }
+        x.store_pfn.store(m2p(si.store_mfn), Ordering::Relaxed);
+        x.store_port.store(si.store_evtchn, Ordering::Relaxed);
+        if r != 0 {
+            return Err("update_va_mapping(shared_info) failed");
+        }
+        Ok(x)
+    }
+
     /// `HVMOP_get_param` (hvm_op.h, params.h) for `DOMID_SELF`.
     pub fn hvm_param(&self, index: u32) -> Result<u64> {
         let mut p = XenHvmParam {
@@ -198,7 +267,14 @@ impl Xen {
         Ok(p.value)
     }
 
-    /// Xen's CPUID base leaf.
+    /// Xen's version, `major << 16 | minor` (`xen_version(XENVER_version, NULL)`, version.h).
+    pub fn version(&self) -> u32 {
+        // SAFETY: XENVER_version (0) takes no argument buffer.
+        let r = unsafe { hypercall2(HYPERVISOR_XEN_VERSION, 0, 0) };
+        r.max(0) as u32
+    }
+
+    /// Xen's CPUID base leaf (0 in PV, where CPUID is not intercepted).
     pub fn cpuid_base(&self) -> u32 {
         self.cpuid_base.load(Ordering::Relaxed)
     }
