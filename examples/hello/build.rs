@@ -12,6 +12,9 @@ fn main() {
         "-Wl,--build-id=none",
         "-Wl,-z,noexecstack",
         "-Wl,-z,max-page-size=4096",
+        // The workspace release profile keeps debuginfo (debug = 1, for benches); an image
+        // does not need it in the file Xen loads (the target is <= 256 KiB). Symbols stay.
+        "-Wl,--strip-debug",
     ] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
