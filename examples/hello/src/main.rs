@@ -15,7 +15,7 @@ use core::time::Duration;
 
 use xen_control::{Control, Event, Request};
 use xen_platform::xs_ring::XsGuestRing;
-use xen_platform::{Error, Events, Scheduler, ShutdownReason};
+use xen_platform::{Clock, Error, Events, Scheduler, ShutdownReason};
 use xen_rt::Xen;
 use xen_store::client::{Client, Store};
 use xen_store::transport::RingTransport;
@@ -25,6 +25,16 @@ use xen_store::transport::RingTransport;
 fn xen_main(xen: &'static Xen) -> ! {
     let mut out = xen;
     let _ = writeln!(out, "hello from xenolith");
+    // Self-check of the clock (pvclock) against SCHEDOP_poll's timeout (Xen system time): a
+    // wait on no port runs until its deadline, however often other events wake the vCPU.
+    let t0 = xen.now();
+    let r = xen.wait(&[], Some(Duration::from_millis(100)));
+    let _ = writeln!(
+        out,
+        "clock: now {} ms; a 100 ms wait took {} ms ({r:?})",
+        t0.as_millis(),
+        xen.now().saturating_sub(t0).as_millis()
+    );
     let reason = match run(xen) {
         Ok(()) => ShutdownReason::Poweroff,
         Err(e) => {
