@@ -3,7 +3,7 @@
 //! that tell the toolstack which of them this guest handles.
 //!
 //! # Protocol (facts from Linux `drivers/xen/manage.c`, FreeBSD `sys/dev/xen/control/control.c`
-//! and what libxl 4.17 does, `../shared/XENSTORE-LAYOUT.md`)
+//! and what libxl 4.17 does, `docs/XENSTORE-LAYOUT.md`)
 //!
 //! * The toolstack (`xl shutdown`, `xl reboot`, the suspend half of `xl save`/`migrate`) writes
 //!   a word into `control/shutdown` of the guest's home `/local/domain/<domid>`: `poweroff`,

@@ -4,7 +4,7 @@
 //! xenstored running in dom0 ([`Xenstored::start_sim`]) on a Unix socket in a temporary
 //! directory, and a privileged dom0 client on that socket. Its commands write exactly the
 //! nodes, values and permissions that Xen 4.17's libxl writes (captured on real Xen in the
-//! lab: `shared/XENSTORE-LAYOUT.md`), in the same transactions, so that frontends and
+//! lab: `docs/XENSTORE-LAYOUT.md`), in the same transactions, so that frontends and
 //! backends tested here meet the XenStore a real `xl` would give them.
 //!
 //! | `xl` | here |

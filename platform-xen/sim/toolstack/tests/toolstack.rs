@@ -1,6 +1,6 @@
 //! The toolstack against our xenstored: what `xl create`, block-attach/-detach, shutdown,
 //! reboot and destroy leave in XenStore, node by node and permission by permission, as
-//! `shared/XENSTORE-LAYOUT.md` records them from real Xen 4.17; and the waits, against
+//! `docs/XENSTORE-LAYOUT.md` records them from real Xen 4.17; and the waits, against
 //! scripted peers (threads playing a guest, a frontend, a backend) and against nobody.
 
 use std::thread;
