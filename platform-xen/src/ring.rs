@@ -173,52 +173,44 @@ unsafe fn copy_out_into<T: Pod>(src: *const u8, align: usize, out: &mut MaybeUni
     let dst = out.as_mut_ptr().cast::<u8>();
     let size = size_of::<T>();
     let mut off = 0;
+    // Widest words first; each width only while `off` stays a multiple of it (true: every
+    // wider width is a multiple of the narrower ones) and `width <= align`.
+    // SAFETY (each call): `align` is the caller's guaranteed alignment of `src`, so words of
+    // at most `align` bytes at multiples of their width are aligned; `copy_words` stays below
+    // `size`, and `out` is `size` bytes.
     // x86_64 always has SSE2: one 16-byte load per 16 aligned bytes.
     #[cfg(target_arch = "x86_64")]
     if align >= 16 {
-        use core::arch::x86_64::__m128i;
-        while off + 16 <= size {
-            // SAFETY: as below, with width 16.
-            unsafe {
-                let w = src.add(off).cast::<__m128i>().read_volatile();
-                dst.add(off).cast::<__m128i>().write_unaligned(w);
-            }
-            off += 16;
-        }
+        unsafe { copy_words::<core::arch::x86_64::__m128i>(src, dst, &mut off, size) };
     }
-    // SAFETY (every block below): `off + width <= size`, so both `src + off` and `dst + off` are
-    // in bounds; `off` is a multiple of `width` while `width <= align`, so `src + off` is aligned
-    // for the volatile load; the stores into `out` are unaligned writes.
     if align >= 8 {
-        while off + 8 <= size {
-            unsafe {
-                let w = src.add(off).cast::<u64>().read_volatile();
-                dst.add(off).cast::<u64>().write_unaligned(w);
-            }
-            off += 8;
-        }
+        unsafe { copy_words::<u64>(src, dst, &mut off, size) };
     }
     if align >= 4 {
-        while off + 4 <= size {
-            unsafe {
-                let w = src.add(off).cast::<u32>().read_volatile();
-                dst.add(off).cast::<u32>().write_unaligned(w);
-            }
-            off += 4;
-        }
+        unsafe { copy_words::<u32>(src, dst, &mut off, size) };
     }
     if align >= 2 {
-        while off + 2 <= size {
-            unsafe {
-                let w = src.add(off).cast::<u16>().read_volatile();
-                dst.add(off).cast::<u16>().write_unaligned(w);
-            }
-            off += 2;
-        }
+        unsafe { copy_words::<u16>(src, dst, &mut off, size) };
     }
-    while off < size {
-        unsafe { dst.add(off).write(src.add(off).read_volatile()) };
-        off += 1;
+    unsafe { copy_words::<u8>(src, dst, &mut off, size) };
+}
+
+/// Copy `W`-sized words from `src + off` to `dst + off` (volatile loads, unaligned stores)
+/// while a whole word fits below `size`, advancing `off`.
+///
+/// # Safety
+/// `src` and `dst` valid for `size` bytes; `src + off` aligned for `W` for every `off` reached
+/// (`off` a multiple of `size_of::<W>()` on entry and `src` aligned to it).
+#[inline(always)]
+unsafe fn copy_words<W: Copy>(src: *const u8, dst: *mut u8, off: &mut usize, size: usize) {
+    let width = size_of::<W>();
+    while *off + width <= size {
+        // SAFETY: `off + width <= size` keeps both sides in bounds; alignment per the contract.
+        unsafe {
+            let w = src.add(*off).cast::<W>().read_volatile();
+            dst.add(*off).cast::<W>().write_unaligned(w);
+        }
+        *off += width;
     }
 }
 
