@@ -282,6 +282,15 @@ impl Sring {
         crosses_event(old, new, event)
     }
 
+    /// The first half of `RING_FINAL_CHECK_FOR_{REQUESTS,RESPONSES}`: ask the peer for a
+    /// notification once its producer passes `cons` (`*event = cons + 1; xen_mb()`).
+    #[inline(always)]
+    fn request_notification(&self, event: usize, cons: RingIdx) {
+        self.index(event)
+            .store(cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst); // xen_mb()
+    }
+
     /// The entry for ring index `idx` (`&ring[idx & (RING_SIZE - 1)]`), never out of bounds.
     #[inline(always)]
     fn slot(&self, idx: RingIdx) -> *mut u8 {
@@ -483,10 +492,7 @@ impl<Req: Pod, Rsp: Pod> FrontRing<Req, Rsp> {
         if self.has_unconsumed_responses() {
             return true;
         }
-        self.sring
-            .index(RSP_EVENT)
-            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::SeqCst); // xen_mb()
+        self.sring.request_notification(RSP_EVENT, self.rsp_cons);
         self.has_unconsumed_responses()
     }
 
@@ -641,10 +647,7 @@ impl<Req: Pod, Rsp: Pod> BackRing<Req, Rsp> {
         if self.has_unconsumed_requests() {
             return true;
         }
-        self.sring
-            .index(REQ_EVENT)
-            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::SeqCst); // xen_mb()
+        self.sring.request_notification(REQ_EVENT, self.req_cons);
         self.has_unconsumed_requests()
     }
 
