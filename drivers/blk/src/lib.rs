@@ -1,6 +1,21 @@
-//! blkif: blkfront, blkback and storage backends (filled by the block issue).
+//! blkif: the block-device protocol of `xen/io/blkif.h`.
+//!
+//! - [`abi`]: the wire structs and constants (checked against the C headers by `ci/abi-oracle`).
+//! - [`negotiate`]: pure code that turns XenStore keys into a negotiated configuration, for both ends.
+//! - [`storage`]: the `Storage` trait blkback serves, with `MemDisk` and `Slice`.
+//! - [`back`] (feature `back`): blkback — data path and XenBus glue.
+//! - [`front`] (feature `front`): blkfront — `BlockDevice`, data path and XenBus glue.
 #![no_std]
 
+extern crate alloc;
+
 pub mod abi;
+pub mod negotiate;
+pub mod storage;
+
+#[cfg(feature = "back")]
+pub mod back;
+#[cfg(feature = "front")]
+pub mod front;
 
 pub use xen_platform as platform;
