@@ -1023,7 +1023,8 @@ mod tests {
             vec![7]
         );
         // Refusals: each names what is wrong.
-        let cases: &[(&[(&str, &str)], BackendOffer, &str)] = &[
+        type Refusal<'a> = (&'a [(&'a str, &'a str)], BackendOffer, &'a str);
+        let cases: &[Refusal<'_>] = &[
             (&[("event-channel", "3")], offer(0, 0), "ring-ref"),
             (&[("ring-ref", "1")], offer(0, 0), "event-channel"),
             (
