@@ -170,3 +170,63 @@ pub(crate) fn punch_hole(file: &File, frame: XenPfn) -> bool {
     };
     rc == 0
 }
+
+/// The hypervisor's own view of machine memory: the whole memfd mapped once, shared and
+/// writable, over `max_frames` pages of address space (most of it past the file's current end,
+/// never touched until the file has grown over it). Grant copy goes through it, so a copy is
+/// one `memmove` and no system call, as a hypervisor's direct map makes it.
+pub(crate) struct DirectMap {
+    base: usize,
+    len: usize,
+}
+
+impl DirectMap {
+    pub(crate) fn new(file: &File, max_frames: u64) -> Option<DirectMap> {
+        let len = usize::try_from(max_frames.checked_mul(PAGE_SIZE as u64)?).ok()?;
+        // SAFETY: a new shared mapping of our memfd at an address the kernel picks; it
+        // replaces nothing. MAP_NORESERVE: only address space is taken. Pages past the end of
+        // the file are never accessed (`copy` checks against the file's length).
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(DirectMap {
+            base: p as usize,
+            len,
+        })
+    }
+
+    /// Copy `len` bytes of machine memory from byte offset `src` to `dst`; `file_len` is the
+    /// memfd's current length. False (nothing copied) if either range is outside the file.
+    pub(crate) fn copy(&self, src: usize, dst: usize, len: usize, file_len: usize) -> bool {
+        let limit = file_len.min(self.len);
+        let inside = |off: usize| off.checked_add(len).is_some_and(|end| end <= limit);
+        if !inside(src) || !inside(dst) {
+            return false;
+        }
+        // SAFETY: both ranges lie inside the file and inside our mapping (checked above), and
+        // the mapping lives as long as `self`. The memory is shared with domains that may
+        // write it concurrently (as on Xen, a racing guest sees torn data); raw pointers and
+        // `ptr::copy` (memmove: a copy within one frame may overlap) form no Rust references.
+        unsafe {
+            ptr::copy(
+                (self.base + src) as *const u8,
+                (self.base + dst) as *mut u8,
+                len,
+            )
+        };
+        true
+    }
+}
+
+impl Drop for DirectMap {
+    fn drop(&mut self) {
+        unmap(self.base, self.len);
+    }
+}
