@@ -1,0 +1,655 @@
+//! blkback's data path: one connected ring, its event channel and its storage. Knows nothing
+//! of XenStore.
+//!
+//! Every request is copied out of the ring once ([`BackRing::take_request`]), validated in
+//! full, and either answered at once (`BLKIF_RSP_ERROR` / `BLKIF_RSP_EOPNOTSUPP`) or handed to
+//! the storage without waiting. Requests complete in any order and are answered as they
+//! complete; responses are published with push-and-check-notify.
+//!
+//! [`BackRing::take_request`]: xen_platform::ring::BackRing::take_request
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::mem::size_of;
+
+use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
+use xen_platform::{Error, Platform};
+
+use super::shared::{cast, SegPages, SharedRing};
+use crate::abi::*;
+use crate::storage::{Busy, Completion, IoError, Op, Storage, SECTOR};
+
+/// Sectors in one page: `last_sect` is at most `SECTORS_PER_PAGE - 1`.
+const SECTORS_PER_PAGE: u8 = (PAGE_SIZE / SECTOR as usize) as u8;
+
+/// What a channel enforces (from negotiation and the disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Segments per request (11, or the indirect count offered).
+    pub max_segments: u32,
+    /// `BLKIF_OP_INDIRECT` accepted (`feature-max-indirect-segments` published).
+    pub indirect: bool,
+    /// `BLKIF_OP_FLUSH_DISKCACHE` offered.
+    pub flush: bool,
+    /// `BLKIF_OP_WRITE_BARRIER` offered.
+    pub barrier: bool,
+    /// `BLKIF_OP_DISCARD` offered.
+    pub discard: bool,
+    /// `discard-secure` offered.
+    pub secure_discard: bool,
+    /// The disk is read-only (`mode=r` or the storage's own flag).
+    pub read_only: bool,
+    /// Disk size in 512-byte sectors.
+    pub sectors: u64,
+    /// Logical block size in bytes.
+    pub sector_size: u32,
+}
+
+/// Counters of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelStats {
+    /// Requests taken from the ring.
+    pub requests: u64,
+    /// Responses written.
+    pub responses: u64,
+    /// Requests refused at validation (ERROR or EOPNOTSUPP without reaching the storage).
+    pub refused: u64,
+    /// Ops handed to the storage.
+    pub submitted: u64,
+    /// Most requests held by the storage at once.
+    pub max_in_flight: usize,
+}
+
+/// One granted segment: page `gref`, sectors `first..=last` of it.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    first: u8,
+    last: u8,
+}
+
+impl Seg {
+    fn bytes(&self) -> usize {
+        usize::from(self.last - self.first + 1) * SECTOR as usize
+    }
+    fn offset(&self) -> usize {
+        usize::from(self.first) * SECTOR as usize
+    }
+}
+
+/// A request handed to the storage.
+struct Pending {
+    id: u64,
+    rsp_op: u8,
+    pages: SegPages,
+    segs: Vec<Seg>,
+    /// The data op is done (or there was none): what is left is the flush.
+    flush_after: bool,
+    /// Read: copy the buffer back into the pages at completion.
+    is_read: bool,
+    /// A barrier: nothing after it starts before it completes.
+    barrier: bool,
+}
+
+/// A validated request waiting: for the ring to drain (barrier) or for room in the storage.
+struct Stalled {
+    tag: u64,
+    op: Op,
+    /// Waits until nothing is in flight (a barrier).
+    drain: bool,
+}
+
+/// Why a request is refused.
+type Refusal = i16;
+
+/// A connected blkif ring.
+pub struct Channel<P: Platform> {
+    p: alloc::rc::Rc<P>,
+    fe: DomId,
+    port: EvtchnPort,
+    ring: SharedRing,
+    storage: Box<dyn Storage>,
+    limits: Limits,
+    pending: BTreeMap<u64, Pending>,
+    stalled: Option<Stalled>,
+    next_tag: u64,
+    barrier_in_flight: bool,
+    notify: bool,
+    broken: Option<Error>,
+    stats: ChannelStats,
+}
+
+impl<P: Platform> Channel<P> {
+    /// Map the frontend's ring pages and bind its event channel.
+    pub fn connect(
+        p: alloc::rc::Rc<P>,
+        fe: DomId,
+        refs: &[GrantRef],
+        fe_port: EvtchnPort,
+        storage: Box<dyn Storage>,
+        limits: Limits,
+    ) -> Result<Channel<P>, (Error, Box<dyn Storage>)> {
+        let mut ring = match SharedRing::map(&*p, fe, refs) {
+            Ok(r) => r,
+            Err(e) => return Err((e, storage)),
+        };
+        let port = match p.bind_interdomain(fe, fe_port) {
+            Ok(port) => port,
+            Err(e) => {
+                ring.unmap(&*p);
+                return Err((e, storage));
+            }
+        };
+        Ok(Channel {
+            p,
+            fe,
+            port,
+            ring,
+            storage,
+            limits,
+            pending: BTreeMap::new(),
+            stalled: None,
+            next_tag: 0,
+            barrier_in_flight: false,
+            notify: false,
+            broken: None,
+            stats: ChannelStats::default(),
+        })
+    }
+
+    /// Our end of the event channel.
+    pub fn port(&self) -> EvtchnPort {
+        self.port
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    /// Why the ring stopped being served (a frontend that overflowed it), if it did.
+    pub fn broken(&self) -> Option<Error> {
+        self.broken
+    }
+
+    /// Requests held by the storage (or waiting for it).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The storage's event ports (for an event loop).
+    pub fn storage_ports(&self, out: &mut dyn FnMut(EvtchnPort)) {
+        self.storage.ports(out)
+    }
+
+    /// Do everything possible now: take completions, answer them, take and start new requests.
+    /// Returns whether work remains that no event will announce (the storage holds requests
+    /// and has no ports of its own): poll again soon.
+    pub fn poll(&mut self) -> bool {
+        self.p.clear(self.port);
+        loop {
+            let mut progress = self.take_completions();
+            progress |= self.retry_stalled();
+            progress |= self.take_requests();
+            self.flush_responses();
+            if progress {
+                continue;
+            }
+            // Idle as far as the ring goes: ask for a notification, and look once more.
+            if self.broken.is_none() && self.stalled.is_none() && !self.barrier_in_flight {
+                if let Some(r) = self.ring.ring() {
+                    if r.final_check_for_requests() {
+                        continue;
+                    }
+                }
+            }
+            break;
+        }
+        let mut has_ports = false;
+        self.storage.ports(&mut |_| has_ports = true);
+        !self.pending.is_empty() && !has_ports
+    }
+
+    fn take_completions(&mut self) -> bool {
+        let mut done = Vec::new();
+        self.storage.poll_completions(&mut |c| done.push(c));
+        let any = !done.is_empty();
+        for c in done {
+            self.complete(c);
+        }
+        any
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some(mut pend) = self.pending.remove(&c.tag) else {
+            return; // Not ours (cannot happen: tags are unique per channel).
+        };
+        let status = match c.status {
+            Ok(()) => {
+                if pend.is_read {
+                    let buf = c.buf.unwrap_or_default();
+                    if !scatter(&pend.pages, &pend.segs, &buf) {
+                        self.finish(pend, BLKIF_RSP_ERROR);
+                        return;
+                    }
+                }
+                if pend.flush_after {
+                    // The data is written; now make it durable under the same tag.
+                    pend.flush_after = false;
+                    pend.is_read = false;
+                    pend.pages.unmap(&*self.p);
+                    let tag = c.tag;
+                    self.pending.insert(tag, pend);
+                    self.start(tag, Op::Flush, false);
+                    return;
+                }
+                BLKIF_RSP_OKAY
+            }
+            Err(IoError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
+            Err(_) => BLKIF_RSP_ERROR,
+        };
+        self.finish(pend, status);
+    }
+
+    fn finish(&mut self, mut pend: Pending, status: i16) {
+        pend.pages.unmap(&*self.p);
+        if pend.barrier {
+            self.barrier_in_flight = false;
+        }
+        self.respond(pend.id, pend.rsp_op, status);
+    }
+
+    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+        let Some(r) = self.ring.ring() else {
+            return;
+        };
+        let rsp = BlkifResponse {
+            id,
+            operation,
+            status,
+            ..Default::default()
+        };
+        if r.push_response(rsp).is_ok() {
+            self.stats.responses += 1;
+            self.notify = true;
+        }
+    }
+
+    fn flush_responses(&mut self) {
+        if !core::mem::take(&mut self.notify) {
+            return;
+        }
+        if let Some(r) = self.ring.ring() {
+            if r.push_responses_and_check_notify() {
+                // A dead peer shows up in XenStore; nothing to do about it here.
+                let _ = self.p.notify(self.port);
+            }
+        }
+    }
+
+    /// Hand `op` to the storage (or keep it stalled when the storage is busy).
+    fn start(&mut self, tag: u64, op: Op, drain: bool) {
+        if drain && !self.pending.is_empty_except(tag) {
+            self.stalled = Some(Stalled { tag, op, drain });
+            return;
+        }
+        match self.storage.submit(tag, op) {
+            Ok(()) => {
+                self.stats.submitted += 1;
+                self.stats.max_in_flight = self.stats.max_in_flight.max(self.storage.in_flight());
+            }
+            Err(Busy(op)) => {
+                self.stalled = Some(Stalled {
+                    tag,
+                    op,
+                    drain: false,
+                })
+            }
+        }
+    }
+
+    fn retry_stalled(&mut self) -> bool {
+        let Some(s) = self.stalled.take() else {
+            return false;
+        };
+        if s.drain && !self.pending.is_empty_except(s.tag) {
+            self.stalled = Some(s);
+            return false;
+        }
+        let before = self.stats.submitted;
+        self.start(s.tag, s.op, false);
+        self.stats.submitted != before
+    }
+
+    fn take_requests(&mut self) -> bool {
+        let mut any = false;
+        while self.stalled.is_none() && !self.barrier_in_flight && self.broken.is_none() {
+            let Some(r) = self.ring.ring() else { break };
+            let req = match r.take_request() {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => {
+                    // RING_REQUEST_PROD_OVERFLOW: a frontend that claims more requests than
+                    // the ring holds is not served any more (Linux: "Frontend provided bogus
+                    // ring requests", blkback.c `__do_block_io_op`).
+                    self.broken = Some(e);
+                    break;
+                }
+            };
+            any = true;
+            self.stats.requests += 1;
+            self.dispatch(&req);
+        }
+        any
+    }
+
+    fn refuse(&mut self, id: u64, op: u8, status: Refusal) {
+        self.stats.refused += 1;
+        self.respond(id, op, status);
+    }
+
+    fn dispatch(&mut self, req: &BlkifRequest) {
+        let (id, op) = (req.id, req.operation);
+        let l = self.limits;
+        match op {
+            BLKIF_OP_READ | BLKIF_OP_WRITE => {
+                let n = usize::from(req.nr_segments);
+                if n == 0 || n > BLKIF_MAX_SEGMENTS_PER_REQUEST || n as u32 > l.max_segments {
+                    return self.refuse(id, op, BLKIF_RSP_ERROR);
+                }
+                self.rw(
+                    id,
+                    op,
+                    op == BLKIF_OP_READ,
+                    req.sector_number,
+                    &req.seg[..n],
+                    0,
+                );
+            }
+            BLKIF_OP_WRITE_BARRIER | BLKIF_OP_FLUSH_DISKCACHE => {
+                let offered = if op == BLKIF_OP_FLUSH_DISKCACHE {
+                    l.flush
+                } else {
+                    l.barrier
+                };
+                if !offered {
+                    return self.refuse(id, op, BLKIF_RSP_EOPNOTSUPP);
+                }
+                let n = usize::from(req.nr_segments);
+                if n > BLKIF_MAX_SEGMENTS_PER_REQUEST || n as u32 > l.max_segments {
+                    return self.refuse(id, op, BLKIF_RSP_ERROR);
+                }
+                let flags = if op == BLKIF_OP_WRITE_BARRIER {
+                    DRAIN | FLUSH_AFTER
+                } else {
+                    FLUSH_AFTER
+                };
+                if n == 0 {
+                    // A flush (or barrier) without data: blkif.h lets nr_segments be 0.
+                    if l.read_only {
+                        return self.refuse(id, op, BLKIF_RSP_ERROR);
+                    }
+                    let tag = self.new_tag();
+                    self.pending.insert(
+                        tag,
+                        Pending {
+                            id,
+                            rsp_op: op,
+                            pages: SegPages::none(),
+                            segs: Vec::new(),
+                            flush_after: false,
+                            is_read: false,
+                            barrier: flags & DRAIN != 0,
+                        },
+                    );
+                    if flags & DRAIN != 0 {
+                        self.barrier_in_flight = true;
+                    }
+                    self.start(tag, Op::Flush, flags & DRAIN != 0);
+                } else {
+                    self.rw(id, op, false, req.sector_number, &req.seg[..n], flags);
+                }
+            }
+            BLKIF_OP_DISCARD => {
+                let d: BlkifRequestDiscard = cast(req);
+                if !l.discard {
+                    return self.refuse(id, op, BLKIF_RSP_EOPNOTSUPP);
+                }
+                if l.read_only {
+                    return self.refuse(id, op, BLKIF_RSP_ERROR);
+                }
+                let in_range = d
+                    .sector_number
+                    .checked_add(d.nr_sectors)
+                    .is_some_and(|end| end <= l.sectors);
+                if !in_range {
+                    return self.refuse(id, op, BLKIF_RSP_ERROR);
+                }
+                // BLKIF_DISCARD_SECURE is "ignored if discard-secure=0" (blkif.h).
+                let secure = d.flag & BLKIF_DISCARD_SECURE != 0 && l.secure_discard;
+                let tag = self.new_tag();
+                self.pending.insert(
+                    tag,
+                    Pending {
+                        id,
+                        rsp_op: op,
+                        pages: SegPages::none(),
+                        segs: Vec::new(),
+                        flush_after: false,
+                        is_read: false,
+                        barrier: false,
+                    },
+                );
+                let op = Op::Discard {
+                    sector: d.sector_number,
+                    count: d.nr_sectors,
+                    secure,
+                };
+                self.start(tag, op, false);
+            }
+            BLKIF_OP_INDIRECT if l.indirect => self.indirect(req),
+            // BLKIF_OP_RESERVED_1, INDIRECT when not offered, and anything unknown.
+            _ => self.refuse(id, op, BLKIF_RSP_EOPNOTSUPP),
+        }
+    }
+
+    fn indirect(&mut self, req: &BlkifRequest) {
+        let ind: BlkifRequestIndirect = cast(req);
+        let (id, op) = (ind.id, BLKIF_OP_INDIRECT);
+        // Linux's blkfront checks the response's operation against `indirect_op` and Linux's
+        // blkback answers with it (blkback.c `dispatch_rw_block_io`: pending_req->operation =
+        // indirect_op), so the response carries the inner operation.
+        let rsp_op = ind.indirect_op;
+        if !matches!(ind.indirect_op, BLKIF_OP_READ | BLKIF_OP_WRITE) {
+            return self.refuse(id, op, BLKIF_RSP_ERROR);
+        }
+        let n = usize::from(ind.nr_segments);
+        if n == 0 || n > BLKIF_MAX_INDIRECT_SEGMENTS || n as u32 > self.limits.max_segments {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        }
+        // The indirect pages: mapped read-only, their segments copied out once, unmapped.
+        let npages = indirect_pages(n);
+        let mut pages = match SegPages::map(&*self.p, self.fe, &ind.indirect_grefs[..npages], true)
+        {
+            Ok(m) => m,
+            Err(_) => return self.refuse(id, rsp_op, BLKIF_RSP_ERROR),
+        };
+        let mut raw = vec![0u8; n * size_of::<BlkifRequestSegment>()];
+        let mut ok = true;
+        for (i, chunk) in raw.chunks_mut(PAGE_SIZE).enumerate() {
+            ok &= pages.read(i, 0, chunk);
+        }
+        pages.unmap(&*self.p);
+        if !ok {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        }
+        let segs: Vec<BlkifRequestSegment> = raw
+            .chunks_exact(size_of::<BlkifRequestSegment>())
+            .map(|b| BlkifRequestSegment {
+                gref: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                first_sect: b[4],
+                last_sect: b[5],
+                _pad0: [b[6], b[7]],
+            })
+            .collect();
+        let read = ind.indirect_op == BLKIF_OP_READ;
+        self.rw(id, rsp_op, read, ind.sector_number, &segs, 0);
+    }
+
+    fn new_tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        t
+    }
+
+    /// A read or write of `segs` (already bounded in number) at `sector`.
+    fn rw(
+        &mut self,
+        id: u64,
+        rsp_op: u8,
+        read: bool,
+        sector: u64,
+        segs: &[BlkifRequestSegment],
+        flags: u8,
+    ) {
+        let l = self.limits;
+        if !read && l.read_only {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        }
+        let mut total: u64 = 0;
+        let mut local = Vec::with_capacity(segs.len());
+        let mut refs = Vec::with_capacity(segs.len());
+        for s in segs {
+            if s.first_sect > s.last_sect || s.last_sect >= SECTORS_PER_PAGE {
+                return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+            }
+            let seg = Seg {
+                first: s.first_sect,
+                last: s.last_sect,
+            };
+            total += seg.bytes() as u64 / SECTOR;
+            local.push(seg);
+            refs.push(s.gref);
+        }
+        let in_range = sector
+            .checked_add(total)
+            .is_some_and(|end| end <= l.sectors);
+        let per_block = u64::from(l.sector_size.max(SECTOR as u32)) / SECTOR;
+        // per_block is a power of two (checked at probe).
+        if !in_range || (sector | total) & (per_block - 1) != 0 {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        }
+        // A read writes into the frontend's pages: they must be granted writable.
+        let pages = match SegPages::map(&*self.p, self.fe, &refs, !read) {
+            Ok(p) => p,
+            Err(_) => return self.refuse(id, rsp_op, BLKIF_RSP_ERROR),
+        };
+        let len = (total * SECTOR) as usize;
+        let mut buf = vec![0u8; len];
+        let mut pages = pages;
+        if !read {
+            if !gather(&pages, &local, &mut buf) {
+                pages.unmap(&*self.p);
+                return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+            }
+            // Copied once: the frontend's pages are not needed any more.
+            pages.unmap(&*self.p);
+        }
+        let drain = flags & DRAIN != 0;
+        let tag = self.new_tag();
+        self.pending.insert(
+            tag,
+            Pending {
+                id,
+                rsp_op,
+                pages,
+                segs: local,
+                flush_after: flags & FLUSH_AFTER != 0,
+                is_read: read,
+                barrier: drain,
+            },
+        );
+        if drain {
+            self.barrier_in_flight = true;
+        }
+        let op = if read {
+            Op::Read { sector, buf }
+        } else {
+            Op::Write { sector, buf }
+        };
+        self.start(tag, op, drain);
+    }
+
+    /// Stop: take what the storage finished, answer every other request with
+    /// `BLKIF_RSP_ERROR` (the storage only holds its own buffers, so it may finish them later
+    /// without touching the frontend's memory), publish, unmap every grant, close the port.
+    /// Idempotent.
+    pub fn disconnect(&mut self) {
+        self.take_completions();
+        self.stalled = None;
+        let tags: Vec<u64> = self.pending.keys().copied().collect();
+        for t in tags {
+            if let Some(p) = self.pending.remove(&t) {
+                self.finish(p, BLKIF_RSP_ERROR);
+            }
+        }
+        self.flush_responses();
+        self.ring.unmap(&*self.p);
+        if self.port != 0 {
+            let _ = self.p.close(self.port);
+            self.port = 0;
+        }
+    }
+}
+
+impl<P: Platform> Drop for Channel<P> {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
+
+const DRAIN: u8 = 1;
+const FLUSH_AFTER: u8 = 2;
+
+trait EmptyExcept {
+    fn is_empty_except(&self, tag: u64) -> bool;
+}
+
+impl<V> EmptyExcept for BTreeMap<u64, V> {
+    fn is_empty_except(&self, tag: u64) -> bool {
+        self.keys().all(|&k| k == tag)
+    }
+}
+
+/// Copy the segments' bytes out of the frontend's pages into `buf`, in order.
+fn gather(pages: &SegPages, segs: &[Seg], buf: &mut [u8]) -> bool {
+    let mut at = 0;
+    for (i, s) in segs.iter().enumerate() {
+        let n = s.bytes();
+        let Some(dst) = buf.get_mut(at..at + n) else {
+            return false;
+        };
+        if !pages.read(i, s.offset(), dst) {
+            return false;
+        }
+        at += n;
+    }
+    true
+}
+
+/// Copy `buf` into the segments of the frontend's pages, in order.
+fn scatter(pages: &SegPages, segs: &[Seg], buf: &[u8]) -> bool {
+    let mut at = 0;
+    for (i, s) in segs.iter().enumerate() {
+        let n = s.bytes();
+        let Some(src) = buf.get(at..at + n) else {
+            return false;
+        };
+        if !pages.write(i, s.offset(), src) {
+            return false;
+        }
+        at += n;
+    }
+    true
+}

@@ -1,0 +1,408 @@
+//! blkback: serves [`Storage`](crate::storage::Storage) to frontends over blkif.
+//!
+//! - [`channel`]: the data path (ring, event channel, grants, storage), no XenStore.
+//! - [`shared`]: every access to memory shared with the frontend (the crate's only `unsafe`
+//!   besides the `Pod` impls of the ABI).
+//! - here: the XenBus glue. [`BlkBack`] is what an image keeps: it registers a [`BackDriver`]
+//!   for class `vbd` on a [`Bus`] and serves every connected device in [`BlkBack::poll`]
+//!   (several frontends at once, each with its own storage made by the image's factory).
+//!
+//! Driving: poll the bus and the `BlkBack` in one loop. *Polled mode*: call
+//! [`BlkBack::poll`] again at once. *Event mode*: wait on [`BackPoll::ports`] (plus the bus's
+//! port) and poll again when one fires, or at once when [`BackPoll::busy`].
+
+pub mod channel;
+pub mod shared;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use xen_bus::store::client::XsClientError;
+use xen_bus::store::transport::Transport;
+use xen_bus::{errno, BackDriver, Bus, DeviceCtx, DriverError, DriverResult, Progress};
+use xen_platform::abi::EvtchnPort;
+use xen_platform::{DomId, Platform};
+
+use crate::abi::{
+    BLKIF_MAX_INDIRECT_SEGMENTS, BLKIF_MAX_SEGMENTS_PER_REQUEST, VDISK_CDROM, VDISK_READONLY,
+    VDISK_REMOVABLE,
+};
+use crate::negotiate::{self, BackendOffer, DiscardParams, MAX_RING_PAGE_ORDER};
+use crate::storage::Storage;
+use channel::{Channel, ChannelStats, Limits};
+
+/// What the toolstack asked for, handed to the image's storage factory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The frontend domain.
+    pub frontend_id: DomId,
+    /// The device id (`51712`).
+    pub devid: String,
+    /// `params` (xl's `target=`): what to serve.
+    pub params: String,
+    /// `type` (`phy`, `file`, ...), if written.
+    pub kind: Option<String>,
+    /// `mode=r`.
+    pub read_only: bool,
+}
+
+/// Makes the storage of a device. An error fails the device (published, Closed).
+pub type StorageFactory = Box<dyn FnMut(&DiskSpec) -> Result<Box<dyn Storage>, DriverError>>;
+
+/// What this backend offers, beyond what each storage can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackOptions {
+    /// `max-ring-page-order` (≤ 4).
+    pub max_ring_page_order: u32,
+    /// `feature-max-indirect-segments` (0: no indirect requests; ≤ 4096).
+    pub max_indirect_segments: u32,
+    /// Offer `feature-flush-cache` (writable disks).
+    pub flush: bool,
+    /// Offer `feature-barrier` (writable disks).
+    pub barrier: bool,
+    /// Offer `feature-discard` where the storage discards and the toolstack's
+    /// `discard-enable` is not 0.
+    pub discard: bool,
+}
+
+impl Default for BackOptions {
+    /// What Linux's blkback publishes by default (`docs/XENSTORE-LAYOUT.md`): order 4, 256
+    /// indirect segments, flush, barrier, discard.
+    fn default() -> Self {
+        BackOptions {
+            max_ring_page_order: MAX_RING_PAGE_ORDER,
+            max_indirect_segments: 256,
+            flush: true,
+            barrier: true,
+            discard: true,
+        }
+    }
+}
+
+/// What [`BlkBack::poll`] leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackPoll {
+    /// Poll again soon even without an event (a storage without ports holds requests).
+    pub busy: bool,
+    /// The ports to wait on: every connected ring's, and the storages' own.
+    pub ports: Vec<EvtchnPort>,
+    /// Devices whose frontend broke the ring protocol (not served any more): close them with
+    /// [`Bus::close`].
+    pub broken: Vec<String>,
+}
+
+/// A device's state as [`BlkBack::device`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// Connected (a ring is mapped).
+    pub connected: bool,
+    /// The data path's counters (of the current or last connection).
+    pub stats: ChannelStats,
+    /// What was offered (after probe).
+    pub offer: Option<BackendOffer>,
+}
+
+struct Slot<P: Platform> {
+    channel: Option<Channel<P>>,
+    last_stats: ChannelStats,
+    offer: Option<BackendOffer>,
+}
+
+struct Hub<P: Platform> {
+    platform: Rc<P>,
+    options: BackOptions,
+    factory: StorageFactory,
+    devices: BTreeMap<String, Rc<RefCell<Slot<P>>>>,
+}
+
+/// blkback for every `vbd` this domain serves. Cheap to clone (a shared handle).
+pub struct BlkBack<P: Platform + 'static> {
+    hub: Rc<RefCell<Hub<P>>>,
+}
+
+impl<P: Platform + 'static> Clone for BlkBack<P> {
+    fn clone(&self) -> Self {
+        BlkBack {
+            hub: self.hub.clone(),
+        }
+    }
+}
+
+impl<P: Platform + 'static> BlkBack<P> {
+    /// A backend on `platform`, making each device's storage with `factory`.
+    pub fn new(
+        platform: Rc<P>,
+        options: BackOptions,
+        factory: impl FnMut(&DiskSpec) -> Result<Box<dyn Storage>, DriverError> + 'static,
+    ) -> BlkBack<P> {
+        BlkBack {
+            hub: Rc::new(RefCell::new(Hub {
+                platform,
+                options,
+                factory: Box::new(factory),
+                devices: BTreeMap::new(),
+            })),
+        }
+    }
+
+    /// Serve class `vbd` of `bus`.
+    pub fn register<T: Transport>(&self, bus: &mut Bus<T>) -> Result<(), XsClientError> {
+        let hub = self.hub.clone();
+        bus.register_back("vbd", move |info| {
+            let slot = Rc::new(RefCell::new(Slot {
+                channel: None,
+                last_stats: ChannelStats::default(),
+                offer: None,
+            }));
+            hub.borrow_mut()
+                .devices
+                .insert(info.nodename.clone(), slot.clone());
+            Box::new(VbdBack {
+                hub: hub.clone(),
+                slot,
+                storage: None,
+                offer: None,
+                limits: None,
+            })
+        })
+    }
+
+    /// Serve every connected device as far as possible without waiting.
+    pub fn poll(&self) -> BackPoll {
+        let slots: Vec<(String, Rc<RefCell<Slot<P>>>)> = self
+            .hub
+            .borrow()
+            .devices
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = BackPoll::default();
+        for (name, slot) in slots {
+            let mut s = slot.borrow_mut();
+            let Some(ch) = s.channel.as_mut() else {
+                continue;
+            };
+            out.busy |= ch.poll();
+            out.ports.push(ch.port());
+            ch.storage_ports(&mut |p| out.ports.push(p));
+            if ch.broken().is_some() {
+                out.broken.push(name);
+            }
+            s.last_stats = ch.stats();
+        }
+        out
+    }
+
+    /// A device's report by its nodename (`backend/vbd/<fe>/<id>`).
+    pub fn device(&self, nodename: &str) -> Option<DeviceReport> {
+        let hub = self.hub.borrow();
+        let s = hub.devices.get(nodename)?.borrow();
+        Some(DeviceReport {
+            connected: s.channel.is_some(),
+            stats: s.channel.as_ref().map_or(s.last_stats, |c| c.stats()),
+            offer: s.offer.clone(),
+        })
+    }
+}
+
+/// The [`BackDriver`] of one `vbd`.
+struct VbdBack<P: Platform + 'static> {
+    hub: Rc<RefCell<Hub<P>>>,
+    slot: Rc<RefCell<Slot<P>>>,
+    storage: Option<Box<dyn Storage>>,
+    offer: Option<BackendOffer>,
+    limits: Option<Limits>,
+}
+
+fn text(v: Vec<u8>) -> String {
+    String::from_utf8_lossy(&v)
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+impl<P: Platform + 'static> VbdBack<P> {
+    fn open(&mut self, ctx: &mut DeviceCtx<'_>) -> Result<(), DriverError> {
+        let params = ctx
+            .read("params")?
+            .map(text)
+            .ok_or_else(|| DriverError::new(errno::ENOENT, "reading params: missing"))?;
+        let mode = ctx
+            .read(negotiate::keys::MODE)?
+            .ok_or_else(|| DriverError::new(errno::ENOENT, "reading mode: missing"))?;
+        let mode_ro = negotiate::parse_mode(&mode)?;
+        let spec = DiskSpec {
+            frontend_id: ctx.info.frontend_id,
+            devid: ctx.info.id.clone(),
+            params,
+            kind: ctx.read("type")?.map(text),
+            read_only: mode_ro,
+        };
+        let (opts, storage) = {
+            let mut hub = self.hub.borrow_mut();
+            let s = (hub.factory)(&spec)?;
+            (hub.options, s)
+        };
+        let read_only = mode_ro || storage.read_only();
+        let sector_size = storage.sector_size();
+        if !sector_size.is_power_of_two() || !(512..=4096).contains(&sector_size) {
+            return Err(DriverError::new(
+                errno::EINVAL,
+                format!("storage sector size {sector_size}"),
+            ));
+        }
+        let feat = storage.features();
+        let discard_enable = ctx
+            .read("discard-enable")?
+            .map(text)
+            .is_none_or(|v| v != "0");
+        let discard = (opts.discard && discard_enable && feat.discard && !read_only).then_some(
+            DiscardParams {
+                granularity: if feat.discard_granularity == 0 {
+                    sector_size
+                } else {
+                    feat.discard_granularity
+                },
+                alignment: 0,
+                secure: feat.secure_discard,
+            },
+        );
+        let mut info = 0;
+        if read_only {
+            info |= VDISK_READONLY;
+        }
+        if ctx.read("device-type")?.map(text).as_deref() == Some("cdrom") {
+            info |= VDISK_CDROM;
+        }
+        if ctx.read("removable")?.map(text).as_deref() == Some("1") {
+            info |= VDISK_REMOVABLE;
+        }
+        let indirect = opts
+            .max_indirect_segments
+            .min(BLKIF_MAX_INDIRECT_SEGMENTS as u32);
+        let offer = BackendOffer {
+            max_ring_page_order: opts.max_ring_page_order.min(MAX_RING_PAGE_ORDER),
+            // Only more than 11 is worth announcing (and blkif.h: a backend without
+            // BLKIF_OP_INDIRECT must not write the key).
+            max_indirect_segments: if indirect > BLKIF_MAX_SEGMENTS_PER_REQUEST as u32 {
+                indirect
+            } else {
+                0
+            },
+            flush_cache: opts.flush && !read_only,
+            barrier: opts.barrier && !read_only,
+            discard,
+            persistent: false,
+            sectors: storage.sectors(),
+            sector_size,
+            physical_sector_size: storage.physical_sector_size().max(sector_size),
+            info,
+            max_requests: None,
+            max_request_segments: None,
+            max_request_size: None,
+        };
+        self.limits = Some(Limits {
+            max_segments: BLKIF_MAX_SEGMENTS_PER_REQUEST as u32,
+            indirect: offer.max_indirect_segments > 0,
+            flush: offer.flush_cache,
+            barrier: offer.barrier,
+            discard: offer.discard.is_some(),
+            secure_discard: offer.discard.is_some_and(|d| d.secure),
+            read_only,
+            sectors: offer.sectors,
+            sector_size,
+        });
+        self.storage = Some(storage);
+        self.offer = Some(offer);
+        Ok(())
+    }
+}
+
+impl<P: Platform + 'static> BackDriver for VbdBack<P> {
+    fn probe(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        if self.offer.is_none() {
+            self.open(ctx)?;
+        }
+        let offer = self.offer.clone().expect("opened");
+        for (k, v) in offer.ring_keys() {
+            ctx.write(k, v.as_bytes())?;
+        }
+        self.slot.borrow_mut().offer = Some(offer);
+        Ok(Progress::Done)
+    }
+
+    fn attach(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        // A reconnect after a detach: the previous channel is gone, the storage came back.
+        let offer = self
+            .offer
+            .clone()
+            .ok_or_else(|| DriverError::new(errno::EINVAL, "attach before probe"))?;
+        let cfg = negotiate::negotiate_back(|k| ctx.read_other(k), &offer)?;
+        let Some(storage) = self.storage.take() else {
+            return Err(DriverError::new(errno::EIO, "storage already in use"));
+        };
+        let mut limits = self.limits.expect("opened");
+        limits.max_segments = cfg.max_segments;
+        if !limits.indirect {
+            limits.max_segments = limits
+                .max_segments
+                .min(BLKIF_MAX_SEGMENTS_PER_REQUEST as u32);
+        }
+        let p = self.hub.borrow().platform.clone();
+        let fe = ctx.info.frontend_id;
+        let ch = match Channel::connect(
+            p,
+            fe,
+            &cfg.ring.ring_refs,
+            cfg.ring.event_channel,
+            storage,
+            limits,
+        ) {
+            Ok(ch) => ch,
+            Err((e, storage)) => {
+                self.storage = Some(storage);
+                let en = match e {
+                    xen_platform::Error::NoSuchDomain => errno::ENODEV,
+                    _ => errno::EINVAL,
+                };
+                return Err(DriverError::new(
+                    en,
+                    format!(
+                        "mapping ring {:?} port {}: {e:?}",
+                        cfg.ring.ring_refs, cfg.ring.event_channel
+                    ),
+                ));
+            }
+        };
+        self.slot.borrow_mut().channel = Some(ch);
+        for (k, v) in offer.connect_keys() {
+            if let Err(e) = ctx.write(k, v.as_bytes()) {
+                self.detach(ctx);
+                return Err(e);
+            }
+        }
+        Ok(Progress::Done)
+    }
+
+    fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
+        let mut slot = self.slot.borrow_mut();
+        if let Some(mut ch) = slot.channel.take() {
+            ch.disconnect();
+            slot.last_stats = ch.stats();
+            // The storage is not returned from the channel: a reconnect makes a fresh device
+            // (the bus adopts a device again from Initialising).
+        }
+    }
+}
+
+impl<P: Platform + 'static> Drop for VbdBack<P> {
+    fn drop(&mut self) {
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            hub.devices.retain(|_, s| !Rc::ptr_eq(s, &self.slot));
+        }
+    }
+}
