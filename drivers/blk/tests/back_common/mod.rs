@@ -95,7 +95,12 @@ impl Storage for Gate {
 pub enum DiskKind {
     Mem,
     Gate(Rc<RefCell<GateCtl>>),
+    /// Made by the test.
+    Factory(MakeStorage),
 }
+
+/// A test's own storage factory.
+pub type MakeStorage = Rc<dyn Fn(&DiskSpec) -> Box<dyn Storage>>;
 
 pub struct World {
     pub ts: Toolstack,
@@ -129,6 +134,7 @@ impl World {
                     inner: m,
                     ctl: ctl.clone(),
                 }),
+                DiskKind::Factory(f) => f(spec),
             })
         });
         let cfg = BusConfig {
