@@ -1,0 +1,551 @@
+//! blkfront's XenBus glue: a [`FrontDriver`] for class `vbd`, and [`Blkfront`], the registry
+//! an application gets its connected devices ([`BlkDevice`]) from.
+//!
+//! The handshake (blkif.h, "Startup"; Linux `talk_to_blkback`/`blkback_changed`):
+//! - probe: the request `handle` is the device id (Linux: `simple_strtoul` of the nodename's
+//!   last part);
+//! - at the backend's InitWait, `initialise`: read the ring order the backend offers
+//!   ([`BackendOffer::read_ring_order`]), take the lesser of it and ours
+//!   ([`front_ring_order`]), allocate and grant the ring pages, allocate an unbound port, and
+//!   write [`FrontRing::keys`]; the bus then writes Initialised;
+//! - at the backend's Connected, `attach`: read everything it published
+//!   ([`BackendOffer::read`]), [`negotiate_front`], start the data path; the bus writes
+//!   Connected and the device is usable;
+//! - the backend Closing/Closed, a failure or a detach: every outstanding request completes
+//!   with [`BlkError::Failed`] (a write that was not answered is reported failed, never
+//!   dropped), grants end, the port closes, the ring is freed. Idempotent.
+//!
+//! The keys are written one by one, not in a XenStore transaction: `DeviceCtx` offers no
+//! transaction, and the backend reads them only after our Initialised, which the bus writes
+//! after all of them.
+
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::time::Duration;
+
+use xen_bus::driver::errno;
+use xen_bus::store::client::{Store, Transport, XsClientError};
+use xen_bus::{Bus, DeviceCtx, DeviceInfo, DriverError, DriverResult, FrontDriver, Progress};
+use xen_bus::{DomId, XenbusState};
+use xen_platform::{EvtchnPort, Pages};
+
+use super::ring::{release_ring, setup_ring, DataPath, PlatformRef, RingSetup, WaitMode};
+use super::{BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
+use crate::negotiate::{
+    front_ring_order, negotiate_front, BackendOffer, FrontConfig, FrontLimits, FrontRing,
+    MAX_RING_PAGE_ORDER,
+};
+
+/// Where a device is, as its application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Handshake in progress.
+    Connecting,
+    /// Usable.
+    Connected,
+    /// Closed in order (or not yet started again).
+    Closed,
+    /// Failed: the backend misbehaved or vanished.
+    Failed(&'static str),
+}
+
+struct Inner<H: PlatformRef> {
+    plat: H,
+    limits: FrontLimits,
+    mode: WaitMode,
+    timeout: Duration,
+    backend: DomId,
+    handle: u16,
+    order: u32,
+    setup: Option<RingSetup>,
+    dp: Option<DataPath<H>>,
+    bounce: Option<Buffer>,
+    error_published: bool,
+}
+
+impl<H: PlatformRef> Inner<H> {
+    fn disconnect(&mut self, err: BlkError) {
+        if let Some(s) = self.setup.take() {
+            release_ring(&self.plat, s);
+        }
+        if let Some(dp) = self.dp.as_mut() {
+            dp.shutdown(err);
+        }
+        if let Some(run) = self.bounce.take().and_then(Buffer::into_run) {
+            let _ = self.plat.get().free(run);
+        }
+    }
+
+    fn state(&self) -> DeviceState {
+        match &self.dp {
+            Some(dp) if dp.connected => DeviceState::Connected,
+            Some(dp) => match dp.failure {
+                Some(why) => DeviceState::Failed(why),
+                None => DeviceState::Closed,
+            },
+            None => DeviceState::Connecting,
+        }
+    }
+}
+
+type Shared<H> = Rc<RefCell<Inner<H>>>;
+
+/// blkfront for a [`Bus`]: register it once ([`register`](Self::register)), then take each
+/// connected device with [`device`](Self::device). Cheap to clone (shared registry).
+pub struct Blkfront<H: PlatformRef> {
+    plat: H,
+    limits: FrontLimits,
+    mode: WaitMode,
+    timeout: Duration,
+    devices: Rc<RefCell<BTreeMap<String, Shared<H>>>>,
+}
+
+impl<H: PlatformRef> Clone for Blkfront<H> {
+    fn clone(&self) -> Self {
+        Blkfront {
+            plat: self.plat.clone(),
+            limits: self.limits,
+            mode: self.mode,
+            timeout: self.timeout,
+            devices: self.devices.clone(),
+        }
+    }
+}
+
+impl<H: PlatformRef> core::fmt::Debug for Blkfront<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Blkfront")
+            .field("limits", &self.limits)
+            .field("mode", &self.mode)
+            .field("devices", &self.devices.borrow().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// xenolith blkfront's own limits: a 16-page ring, 256 indirect segments (1 MiB requests,
+/// Linux blkfront's default `max_indirect_segments` is 32; 256 is what Linux blkback offers),
+/// as many requests as the ring holds.
+pub const DEFAULT_LIMITS: FrontLimits = FrontLimits {
+    max_ring_page_order: MAX_RING_PAGE_ORDER,
+    max_indirect_segments: 256,
+    max_requests: 1024,
+};
+
+impl<H: PlatformRef> Blkfront<H> {
+    /// blkfront with [`DEFAULT_LIMITS`], event mode, 30 s blocking timeout.
+    pub fn new(plat: H) -> Self {
+        Blkfront {
+            plat,
+            limits: DEFAULT_LIMITS,
+            mode: WaitMode::Event,
+            timeout: Duration::from_secs(30),
+            devices: Rc::default(),
+        }
+    }
+
+    /// Use `limits` for devices adopted from now on.
+    pub fn with_limits(mut self, limits: FrontLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Wait mode of the blocking calls of devices adopted from now on.
+    pub fn with_mode(mut self, mode: WaitMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Timeout of the blocking calls of devices adopted from now on.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Drive the `vbd` frontends of `bus` with blkfront.
+    pub fn register<T: Transport>(&self, bus: &mut Bus<T>) -> Result<(), XsClientError> {
+        let me = self.clone();
+        bus.register_front("vbd", move |info: &DeviceInfo| {
+            let inner = Rc::new(RefCell::new(Inner {
+                plat: me.plat.clone(),
+                limits: me.limits,
+                mode: me.mode,
+                timeout: me.timeout,
+                backend: info.backend_id,
+                handle: 0,
+                order: 0,
+                setup: None,
+                dp: None,
+                bounce: None,
+                error_published: false,
+            }));
+            me.devices
+                .borrow_mut()
+                .insert(info.nodename.clone(), inner.clone());
+            alloc::boxed::Box::new(Driver { inner })
+        })
+    }
+
+    /// The device at `nodename` (`device/vbd/51712`) if it is connected.
+    pub fn device(&self, nodename: &str) -> Option<BlkDevice<H>> {
+        let inner = self.devices.borrow().get(nodename)?.clone();
+        let ok = inner.borrow().state() == DeviceState::Connected;
+        ok.then(|| BlkDevice {
+            inner,
+            nodename: nodename.to_string(),
+        })
+    }
+
+    /// A device's state (`None`: never adopted).
+    pub fn state(&self, nodename: &str) -> Option<DeviceState> {
+        Some(self.devices.borrow().get(nodename)?.borrow().state())
+    }
+
+    /// Nodenames of the connected devices.
+    pub fn connected(&self) -> Vec<String> {
+        self.devices
+            .borrow()
+            .iter()
+            .filter(|(_, d)| d.borrow().state() == DeviceState::Connected)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Call after [`Bus::poll`]: a device whose data path failed (a misbehaving backend) gets
+    /// its error published in `error/<nodename>/error` (as `xenbus_dev_fatal`) and is closed
+    /// through the bus (Closing, then Closed once the backend closes or the close timeout
+    /// passes). Returns how many devices it closed.
+    pub fn service<T: Transport>(&self, bus: &mut Bus<T>) -> usize {
+        let mut n = 0;
+        for (name, d) in self.devices.borrow().iter() {
+            let mut d = d.borrow_mut();
+            let why = match &d.dp {
+                Some(dp) => dp.failure,
+                None => None,
+            };
+            if let (Some(why), false) = (why, d.error_published) {
+                d.error_published = true;
+                let e = DriverError::new(errno::EPROTO, why);
+                let node = xen_bus::path::error_node(bus.home(), name);
+                let _ = bus.client().write(&node, e.published().as_bytes());
+                bus.close(name);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+struct Driver<H: PlatformRef> {
+    inner: Shared<H>,
+}
+
+fn plat_err(what: &str, e: xen_platform::Error) -> DriverError {
+    DriverError::new(-e.xen_errno(), alloc::format!("{what}: {e:?}"))
+}
+
+impl<H: PlatformRef> FrontDriver for Driver<H> {
+    fn probe(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        let mut i = self.inner.borrow_mut();
+        // Linux blkfront: `info->handle = simple_strtoul(strrchr(nodename, '/') + 1)`.
+        i.handle = ctx.info.id.parse::<u32>().map_or(0, |v| v as u16);
+        i.backend = ctx.info.backend_id;
+        Ok(Progress::Done)
+    }
+
+    fn initialise(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        let mut i = self.inner.borrow_mut();
+        // A previous session (a reconnect): make sure it is down. Its data path stays until
+        // the new one starts, so completions the application has not taken yet are kept.
+        i.disconnect(BlkError::Failed);
+        let offered = BackendOffer::read_ring_order(|k| ctx.read_other(k))?;
+        let order = front_ring_order(offered, &i.limits);
+        let setup =
+            setup_ring(&i.plat, i.backend, order).map_err(|e| plat_err("granting the ring", e))?;
+        let keys = FrontRing {
+            ring_refs: setup.refs.clone(),
+            event_channel: setup.port,
+        }
+        .keys();
+        i.order = order;
+        i.setup = Some(setup);
+        for (k, v) in keys {
+            ctx.write(&k, v.as_bytes())?;
+        }
+        Ok(Progress::Done)
+    }
+
+    fn attach(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
+        let mut i = self.inner.borrow_mut();
+        let offer = BackendOffer::read(|k| ctx.read_other(k))?;
+        let cfg: FrontConfig = negotiate_front(&offer, i.order, &i.limits);
+        let setup = i
+            .setup
+            .take()
+            .ok_or_else(|| DriverError::new(errno::EINVAL, "attach without a ring"))?;
+        let (plat, backend, handle, mode) = (i.plat.clone(), i.backend, i.handle, i.mode);
+        match DataPath::new(plat, backend, handle, setup, cfg, mode) {
+            Ok(mut dp) => {
+                if let Some(old) = i.dp.take() {
+                    dp.done = old.done;
+                }
+                i.dp = Some(dp);
+                i.error_published = false;
+                Ok(Progress::Done)
+            }
+            Err((e, setup)) => {
+                release_ring(&i.plat, setup);
+                Err(DriverError::new(
+                    errno::EINVAL,
+                    alloc::format!("starting the ring: {e}"),
+                ))
+            }
+        }
+    }
+
+    fn other_end_changed(
+        &mut self,
+        _ctx: &mut DeviceCtx<'_>,
+        state: XenbusState,
+    ) -> Result<(), DriverError> {
+        if state.is_closing() {
+            // The backend is going: fail what is in flight now (the bus detaches next).
+            self.inner.borrow_mut().disconnect(BlkError::Failed);
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
+        self.inner.borrow_mut().disconnect(BlkError::Failed);
+    }
+}
+
+/// A connected blkfront device (a handle: clones share the device). Everything fails with
+/// [`BlkError::NotConnected`]/[`BlkError::Failed`] once the device is gone.
+pub struct BlkDevice<H: PlatformRef> {
+    inner: Shared<H>,
+    nodename: String,
+}
+
+impl<H: PlatformRef> Clone for BlkDevice<H> {
+    fn clone(&self) -> Self {
+        BlkDevice {
+            inner: self.inner.clone(),
+            nodename: self.nodename.clone(),
+        }
+    }
+}
+
+impl<H: PlatformRef> core::fmt::Debug for BlkDevice<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BlkDevice")
+            .field("nodename", &self.nodename)
+            .finish()
+    }
+}
+
+impl<H: PlatformRef> BlkDevice<H> {
+    /// Its node relative to our home.
+    pub fn nodename(&self) -> &str {
+        &self.nodename
+    }
+
+    /// The negotiated configuration.
+    pub fn config(&self) -> Option<FrontConfig> {
+        self.inner.borrow().dp.as_ref().map(|d| d.cfg.clone())
+    }
+
+    /// The state.
+    pub fn state(&self) -> DeviceState {
+        self.inner.borrow().state()
+    }
+
+    /// The event channel (for an image's main loop that waits on every port).
+    pub fn port(&self) -> Option<EvtchnPort> {
+        self.inner.borrow().dp.as_ref().and_then(DataPath::port)
+    }
+
+    /// Change how blocking calls wait.
+    pub fn set_mode(&self, mode: WaitMode) {
+        let mut i = self.inner.borrow_mut();
+        i.mode = mode;
+        if let Some(dp) = i.dp.as_mut() {
+            dp.mode = mode;
+        }
+    }
+
+    /// Change the blocking calls' timeout.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.inner.borrow_mut().timeout = timeout;
+    }
+
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut DataPath<H>) -> Result<R, BlkError>,
+    ) -> Result<R, BlkError> {
+        let mut i = self.inner.borrow_mut();
+        match i.dp.as_mut() {
+            Some(dp) => f(dp),
+            None => Err(BlkError::NotConnected),
+        }
+    }
+
+    /// Read or write `len` bytes through the bounce buffer, in chunks.
+    fn bounce(
+        &mut self,
+        write: bool,
+        sector: u64,
+        len: usize,
+        mut copy: impl FnMut(usize, &mut [u8], bool),
+    ) -> Result<(), BlkError> {
+        let ss = self.sector_size() as usize;
+        if ss == 0 || !len.is_multiple_of(ss) {
+            return Err(BlkError::OutOfRange);
+        }
+        let mut i = self.inner.borrow_mut();
+        let timeout = i.timeout;
+        let bounce = i.bounce.take();
+        let dp = i.dp.as_mut().ok_or(BlkError::NotConnected)?;
+        let chunk = dp.max_request_bytes().max(ss).max(64 * 1024) / ss * ss;
+        let mut b = match bounce {
+            Some(b) => b,
+            None => dp.alloc_buffer(chunk)?,
+        };
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk).min(b.capacity() / ss * ss);
+            b.set_len(n)?;
+            if write {
+                copy(done, b.as_mut_slice(), true);
+            }
+            let s = sector + (done / ss) as u64;
+            let req = if write {
+                Request::Write { sector: s, buf: b }
+            } else {
+                Request::Read { sector: s, buf: b }
+            };
+            match dp.run(req, timeout) {
+                Ok(Some(back)) => b = back,
+                Ok(None) => return Err(BlkError::Failed),
+                Err(e) => return Err(e),
+            }
+            if !write {
+                copy(done, b.as_mut_slice(), false);
+            }
+            done += n;
+        }
+        i.bounce = Some(b);
+        Ok(())
+    }
+}
+
+impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
+    fn sector_size(&self) -> u32 {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .map_or(512, DataPath::sector_size)
+    }
+
+    fn sector_count(&self) -> u64 {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .map_or(0, DataPath::sector_count)
+    }
+
+    fn read_only(&self) -> bool {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .is_some_and(|d| d.cfg.readonly)
+    }
+
+    fn max_request_bytes(&self) -> usize {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .map_or(0, DataPath::max_request_bytes)
+    }
+
+    fn alloc_buffer(&mut self, bytes: usize) -> Result<Buffer, BlkError> {
+        let i = self.inner.borrow();
+        let pages = bytes.div_ceil(xen_platform::PAGE_SIZE).max(1);
+        let run = i.plat.get().alloc(pages).map_err(BlkError::Platform)?;
+        Ok(Buffer::from_run(run, bytes))
+    }
+
+    fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError> {
+        match buf.into_run() {
+            Some(run) => self
+                .inner
+                .borrow()
+                .plat
+                .get()
+                .free(run)
+                .map_err(BlkError::Platform),
+            None => Ok(()),
+        }
+    }
+
+    fn submit(&mut self, req: Request, tag: u64) -> Result<(), Rejected> {
+        let mut i = self.inner.borrow_mut();
+        match i.dp.as_mut() {
+            Some(dp) => dp.submit(req, tag, false),
+            None => Err(Rejected {
+                error: BlkError::NotConnected,
+                buffer: match req {
+                    Request::Read { buf, .. } | Request::Write { buf, .. } => Some(buf),
+                    _ => None,
+                },
+            }),
+        }
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(Completion)) -> Result<usize, BlkError> {
+        self.with(|dp| {
+            dp.progress();
+            Ok(dp.deliver(f))
+        })
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<(), BlkError> {
+        self.with(|dp| dp.wait(timeout))
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        let len = buf.len();
+        self.bounce(false, sector, len, |at, b, _| {
+            buf[at..at + b.len()].copy_from_slice(b)
+        })
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError> {
+        if self.read_only() {
+            return Err(BlkError::ReadOnly);
+        }
+        self.bounce(true, sector, data.len(), |at, b, _| {
+            let n = b.len();
+            b.copy_from_slice(&data[at..at + n])
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), BlkError> {
+        let timeout = self.inner.borrow().timeout;
+        self.with(|dp| dp.run(Request::Flush, timeout).map(|_| ()))
+    }
+
+    fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError> {
+        let timeout = self.inner.borrow().timeout;
+        self.with(|dp| {
+            dp.run(Request::Discard { sector, count }, timeout)
+                .map(|_| ())
+        })
+    }
+}

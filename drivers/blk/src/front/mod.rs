@@ -1,0 +1,254 @@
+//! blkfront: the [`BlockDevice`] API, its data path over a blkif ring, and the XenBus glue.
+//!
+//! - [`BlockDevice`]: what an application (or a blkfront-backed storage) uses — sizes,
+//!   non-blocking [`submit`](BlockDevice::submit) + [`poll`](BlockDevice::poll) with many
+//!   requests in flight, and blocking [`read`](BlockDevice::read) / [`write`](BlockDevice::write)
+//!   / [`flush`](BlockDevice::flush) / [`discard`](BlockDevice::discard) built on them.
+//! - [`Buffer`]: page-aligned I/O memory the frontend can grant (from
+//!   [`BlockDevice::alloc_buffer`], or caller memory through [`Buffer::from_raw`]).
+//! - `ring` (private): the data path — shadow table of request ids, direct and indirect
+//!   requests, grants ended in batches, response validation.
+//! - [`Blkfront`]: the XenBus glue ([`xen_bus::FrontDriver`] for class `vbd`) and the registry
+//!   an application gets its connected devices from ([`Blkfront::device`]).
+//! - [`io::BlockIo`]: an `embedded-io` `Read`/`Write`/`Seek` adapter over any [`BlockDevice`].
+
+use core::fmt;
+use core::ptr::NonNull;
+use core::time::Duration;
+
+use xen_platform::{PageRun, PAGE_SIZE};
+
+mod glue;
+pub mod io;
+mod ring;
+
+pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS};
+pub use ring::WaitMode;
+
+/// Why a block operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlkError {
+    /// The backend answered `BLKIF_RSP_ERROR`.
+    Io,
+    /// The operation is not supported by this device (no discard, `BLKIF_RSP_EOPNOTSUPP`).
+    Unsupported,
+    /// A write, flush or discard on a read-only device (refused locally).
+    ReadOnly,
+    /// Sector range outside the device, or a length that is not a whole number of sectors.
+    OutOfRange,
+    /// A buffer that is too small, not page aligned, or not ours to grant.
+    BadBuffer,
+    /// Too many requests outstanding: poll and submit again.
+    Busy,
+    /// The device is not connected (not yet, or closed).
+    NotConnected,
+    /// The device failed (a misbehaving or vanished backend); every outstanding request
+    /// completes with this error.
+    Failed,
+    /// A blocking call did not complete within its timeout.
+    Timeout,
+    /// The platform refused an operation (out of pages or grant entries, ...).
+    Platform(xen_platform::Error),
+}
+
+impl fmt::Display for BlkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One operation for [`BlockDevice::submit`]. Sector numbers are in units of
+/// [`BlockDevice::sector_size`].
+#[derive(Debug)]
+pub enum Request {
+    /// Read `buf.len()` bytes at `sector` into `buf`.
+    Read {
+        /// First sector.
+        sector: u64,
+        /// Where the data goes (its `len()` bytes).
+        buf: Buffer,
+    },
+    /// Write `buf.len()` bytes of `buf` at `sector`.
+    Write {
+        /// First sector.
+        sector: u64,
+        /// The data (its `len()` bytes).
+        buf: Buffer,
+    },
+    /// Make completed writes durable (`BLKIF_OP_FLUSH_DISKCACHE` or `BLKIF_OP_WRITE_BARRIER`
+    /// as negotiated; completes at once when the backend offers neither: it writes through).
+    Flush,
+    /// Discard `count` sectors at `sector` (`BLKIF_OP_DISCARD`, when the backend offers it).
+    Discard {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        count: u64,
+    },
+}
+
+/// A completed request, handed to the callback of [`BlockDevice::poll`].
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given to [`BlockDevice::submit`].
+    pub tag: u64,
+    /// The outcome.
+    pub result: Result<(), BlkError>,
+    /// The request's buffer, given back. `None` for flush and discard — and for a buffer a
+    /// misbehaving backend still maps after answering: the frontend keeps such memory (it is
+    /// never reused while granted) and the device fails.
+    pub buffer: Option<Buffer>,
+}
+
+/// A request [`BlockDevice::submit`] refused, with its buffer given back.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Why.
+    pub error: BlkError,
+    /// The request's buffer, if it had one.
+    pub buffer: Option<Buffer>,
+}
+
+/// A block device with requests in flight.
+///
+/// Non-blocking core: [`submit`](Self::submit) queues a request (split into ring requests of
+/// at most [`max_request_bytes`](Self::max_request_bytes)), [`poll`](Self::poll) reports the
+/// requests that completed. Blocking helpers ([`read`](Self::read), [`write`](Self::write),
+/// [`flush`](Self::flush), [`discard`](Self::discard)) are loops of submit + poll +
+/// [`wait`](Self::wait); completions of other requests that arrive meanwhile are kept for
+/// the next `poll`.
+pub trait BlockDevice {
+    /// Logical sector size in bytes (512 unless the backend says otherwise).
+    fn sector_size(&self) -> u32;
+    /// Size of the device in sectors of [`sector_size`](Self::sector_size).
+    fn sector_count(&self) -> u64;
+    /// Writes, flushes and discards are refused.
+    fn read_only(&self) -> bool;
+    /// The most bytes one ring request carries (larger requests are split).
+    fn max_request_bytes(&self) -> usize;
+    /// Page-aligned zeroed memory of at least `bytes` (rounded up to pages), `len() == bytes`.
+    fn alloc_buffer(&mut self, bytes: usize) -> Result<Buffer, BlkError>;
+    /// Give back a buffer from [`alloc_buffer`](Self::alloc_buffer).
+    fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError>;
+    /// Queue `req`; its completion is reported by [`poll`](Self::poll) with `tag`.
+    fn submit(&mut self, req: Request, tag: u64) -> Result<(), Rejected>;
+    /// Take responses from the ring and report every completed request to `f`. Returns how
+    /// many were reported. Never blocks.
+    fn poll(&mut self, f: &mut dyn FnMut(Completion)) -> Result<usize, BlkError>;
+    /// Wait until a response may have arrived or `timeout` passes: spins once in polled mode,
+    /// waits on the event channel in event mode.
+    fn wait(&mut self, timeout: Duration) -> Result<(), BlkError>;
+    /// Read `buf.len()` bytes (whole sectors) at `sector`. Blocks.
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError>;
+    /// Write `data` (whole sectors) at `sector`. Blocks.
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError>;
+    /// Make completed writes durable. Blocks.
+    fn flush(&mut self) -> Result<(), BlkError>;
+    /// Discard `count` sectors at `sector`. Blocks.
+    fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError>;
+}
+
+/// Page-aligned I/O memory that the frontend grants to the backend while a request runs.
+///
+/// A `Buffer` is moved into [`BlockDevice::submit`] and comes back in its [`Completion`], so
+/// the memory is never touched by the application while the backend may access it.
+pub struct Buffer {
+    addr: NonNull<u8>,
+    cap: usize,
+    len: usize,
+    run: Option<PageRun>,
+}
+
+impl fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buffer")
+            .field("addr", &self.addr)
+            .field("cap", &self.cap)
+            .field("len", &self.len)
+            .field("owned", &self.run.is_some())
+            .finish()
+    }
+}
+
+impl Buffer {
+    /// A buffer over caller memory.
+    ///
+    /// Fails with [`BlkError::BadBuffer`] unless `addr` is page aligned and `cap` a non-zero
+    /// multiple of `PAGE_SIZE`.
+    ///
+    /// # Safety
+    /// `addr..addr + cap` must be valid for reads and writes, owned by this domain (the
+    /// platform's `Pages::frame` translates each page), not accessed through any other
+    /// reference while this `Buffer` exists, and stay valid until the `Buffer` is dropped
+    /// (a buffer a misbehaving backend keeps mapped is never given back, and never dropped).
+    pub unsafe fn from_raw(addr: NonNull<u8>, cap: usize) -> Result<Buffer, BlkError> {
+        if !(addr.as_ptr() as usize).is_multiple_of(PAGE_SIZE)
+            || cap == 0
+            || !cap.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(BlkError::BadBuffer);
+        }
+        Ok(Buffer {
+            addr,
+            cap,
+            len: cap,
+            run: None,
+        })
+    }
+
+    pub(crate) fn from_run(run: PageRun, len: usize) -> Buffer {
+        Buffer {
+            addr: run.addr,
+            cap: run.len(),
+            len,
+            run: Some(run),
+        }
+    }
+
+    pub(crate) fn into_run(self) -> Option<PageRun> {
+        self.run
+    }
+
+    /// Start of the memory (page aligned).
+    pub fn addr(&self) -> NonNull<u8> {
+        self.addr
+    }
+
+    /// Bytes of memory.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes a request transfers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `len()` is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Set the bytes a request transfers (at most the capacity).
+    pub fn set_len(&mut self, len: usize) -> Result<(), BlkError> {
+        if len > self.cap {
+            return Err(BlkError::BadBuffer);
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The first `len()` bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the buffer owns `cap >= len` valid bytes (from_raw's contract or a PageRun
+        // of ours) and no grant of it is live while the application holds it (grants end
+        // before a Completion gives it back), so no peer writes it meanwhile.
+        unsafe { core::slice::from_raw_parts(self.addr.as_ptr(), self.len) }
+    }
+
+    /// The first `len()` bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice; `&mut self` makes the borrow exclusive.
+        unsafe { core::slice::from_raw_parts_mut(self.addr.as_ptr(), self.len) }
+    }
+}

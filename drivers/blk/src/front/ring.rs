@@ -1,0 +1,972 @@
+//! The blkfront data path: the ring, the shadow table of request ids, grants, responses.
+//!
+//! Knows nothing of XenStore: the glue hands it a granted ring ([`RingSetup`]) and the
+//! negotiated [`FrontConfig`].
+//!
+//! A backend is not trusted. Every response is checked before anything is done with it, as
+//! Linux's `blkif_interrupt`/`blkif_get_final_status` do since "xen-blkfront: don't trust the
+//! backend response data" (2021): the id must name a request in flight (else an unknown or
+//! duplicate id), the operation must be that request's, the status one of `BLKIF_RSP_*`, and
+//! the response producer may not claim more responses than requests are outstanding
+//! (`RING_RESPONSE_PROD_OVERFLOW`, checked by `FrontRing::take_response`). Any violation fails
+//! the device: every outstanding request completes with [`BlkError::Failed`], grants are
+//! ended, nothing panics and nothing indexes outside a table.
+
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Deref;
+use core::ptr::NonNull;
+use core::time::Duration;
+
+use xen_platform::ring::FrontRing;
+use xen_platform::{
+    Clock, DomId, Error, Events, EvtchnPort, GrantRef, Grants, PageRun, Pages, Platform, Scheduler,
+    PAGE_SIZE,
+};
+
+use super::{BlkError, Buffer, Completion, Rejected, Request};
+use crate::abi::{
+    indirect_pages, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
+    BlkifResponse, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+};
+use crate::negotiate::{FlushMode, FrontConfig};
+
+/// blkif sector numbers, `first_sect` and `last_sect` are in 512-byte units (blkif.h: we do
+/// not write `feature-large-sector-size`).
+const WIRE_SECTOR: usize = 512;
+
+/// A handle to the platform: anything that derefs to one and can be cloned into every device
+/// (`&'static Xen` in an image, `Rc<Domain>`/`Arc<Domain>` in the simulator).
+pub trait PlatformRef: Clone + 'static {
+    /// The platform.
+    type P: Platform + ?Sized;
+    /// Borrow it.
+    fn get(&self) -> &Self::P;
+}
+
+impl<H> PlatformRef for H
+where
+    H: Deref + Clone + 'static,
+    H::Target: Platform,
+{
+    type P = H::Target;
+    fn get(&self) -> &H::Target {
+        self
+    }
+}
+
+/// How blocking calls wait for responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Spin on the ring (lowest latency; the event channel is never waited on).
+    Polled,
+    /// Ask for a notification (`RING_FINAL_CHECK_FOR_RESPONSES`) and wait on the event channel
+    /// with `Events::wait`.
+    Event,
+}
+
+/// The ring pages the frontend granted and the port it allocated (before the backend's
+/// Connected).
+#[derive(Debug)]
+pub(crate) struct RingSetup {
+    pub run: PageRun,
+    pub refs: Vec<GrantRef>,
+    pub port: EvtchnPort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush(u8),
+    Discard { count512: u64 },
+}
+
+#[derive(Debug)]
+struct OpState {
+    tag: u64,
+    internal: bool,
+    kind: Kind,
+    buf: Option<Buffer>,
+    sector512: u64,
+    parts: u32,
+    next_part: u32,
+    in_flight: u32,
+    result: Result<(), BlkError>,
+    /// Grants of the buffer the backend did not let go of: the buffer is kept.
+    stuck: Vec<GrantRef>,
+}
+
+#[derive(Debug, Default)]
+struct Shadow {
+    in_use: bool,
+    op: usize,
+    operation: u8,
+    /// Every grant of this request: data pages, then indirect pages.
+    refs: Vec<GrantRef>,
+    /// Data grants (the first `data_refs` of `refs`).
+    data_refs: usize,
+    /// This id's indirect pages (allocated on first use, kept).
+    indirect: Option<PageRun>,
+    /// An indirect page is still mapped by the backend: the id is never used again.
+    retired: bool,
+}
+
+/// An operation finished (completion not yet handed out).
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub internal: bool,
+    pub completion: Completion,
+}
+
+/// The data path of one connected device.
+pub(crate) struct DataPath<H: PlatformRef> {
+    plat: H,
+    backend: DomId,
+    handle: u16,
+    pub cfg: FrontConfig,
+    pub mode: WaitMode,
+    ring: FrontRing<BlkifRequest, BlkifResponse>,
+    ring_run: Option<PageRun>,
+    ring_refs: Vec<GrantRef>,
+    port: Option<EvtchnPort>,
+    shadow: Vec<Shadow>,
+    free_ids: Vec<u32>,
+    ops: Vec<Option<OpState>>,
+    free_ops: Vec<usize>,
+    queue: VecDeque<usize>,
+    pub done: VecDeque<Done>,
+    /// Memory a backend still maps: grants retried by every poll; pages freed once ended.
+    quarantine: Vec<(Vec<GrantRef>, Option<PageRun>)>,
+    /// Why the device failed (a misbehaving backend); `None` while healthy.
+    pub failure: Option<&'static str>,
+    pub connected: bool,
+}
+
+impl<H: PlatformRef> core::fmt::Debug for DataPath<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DataPath")
+            .field("cfg", &self.cfg)
+            .field("ring", &self.ring)
+            .field("connected", &self.connected)
+            .field("failure", &self.failure)
+            .finish()
+    }
+}
+
+fn wire_op(kind: Kind) -> u8 {
+    match kind {
+        Kind::Read => BLKIF_OP_READ,
+        Kind::Write => BLKIF_OP_WRITE,
+        Kind::Flush(op) => op,
+        Kind::Discard { .. } => BLKIF_OP_DISCARD,
+    }
+}
+
+/// Put a discard or indirect request in a ring slot: blkif.h's ring holds
+/// `union { blkif_request; blkif_request_discard; blkif_request_indirect; }` under the type of
+/// the first member, so the other two are carried in its bytes.
+fn as_ring_request<T: xen_platform::abi::Pod>(v: &T) -> BlkifRequest {
+    const { assert!(core::mem::size_of::<T>() <= core::mem::size_of::<BlkifRequest>()) };
+    let mut out = BlkifRequest::default();
+    // SAFETY: both types are Pod (every byte pattern valid, no padding bytes), `T` is no
+    // larger than `BlkifRequest` (asserted above), and the regions are distinct locals.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (v as *const T).cast::<u8>(),
+            (&mut out as *mut BlkifRequest).cast::<u8>(),
+            core::mem::size_of::<T>(),
+        );
+    }
+    out
+}
+
+/// Why building a ring request stopped.
+enum BuildErr {
+    /// Out of grant entries or pages for now: try again when requests complete.
+    Later(Error),
+    /// This operation cannot be issued.
+    Op(BlkError),
+}
+
+impl<H: PlatformRef> DataPath<H> {
+    pub fn new(
+        plat: H,
+        backend: DomId,
+        handle: u16,
+        setup: RingSetup,
+        cfg: FrontConfig,
+        mode: WaitMode,
+    ) -> Result<Self, (BlkError, RingSetup)> {
+        let bytes = setup.run.len();
+        // SAFETY: the run is `bytes` bytes of our own zeroed pages, granted to the backend
+        // only, referenced by nothing else, and kept (in `ring_run`) until the ring is
+        // dropped in `shutdown`.
+        let ring = match unsafe { FrontRing::new(setup.run.addr, bytes) } {
+            Ok(r) => r,
+            Err(e) => return Err((BlkError::Platform(e), setup)),
+        };
+        let n = cfg.max_requests.min(ring.size()) as usize;
+        let mut shadow = Vec::with_capacity(n);
+        shadow.resize_with(n, Shadow::default);
+        Ok(DataPath {
+            plat,
+            backend,
+            handle,
+            cfg,
+            mode,
+            ring,
+            ring_run: Some(setup.run),
+            ring_refs: setup.refs,
+            port: Some(setup.port),
+            shadow,
+            free_ids: (0..n as u32).rev().collect(),
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            queue: VecDeque::new(),
+            done: VecDeque::new(),
+            quarantine: Vec::new(),
+            failure: None,
+            connected: true,
+        })
+    }
+
+    pub fn port(&self) -> Option<EvtchnPort> {
+        self.port
+    }
+
+    fn p(&self) -> &H::P {
+        self.plat.get()
+    }
+
+    /// Bytes per ring request.
+    pub fn max_request_bytes(&self) -> usize {
+        self.cfg.max_request_bytes()
+    }
+
+    /// Logical sector size.
+    pub fn sector_size(&self) -> u32 {
+        self.cfg.sector_size
+    }
+
+    /// Size in logical sectors (`sectors` is in 512-byte units).
+    pub fn sector_count(&self) -> u64 {
+        self.cfg.sectors / (u64::from(self.cfg.sector_size) / WIRE_SECTOR as u64).max(1)
+    }
+
+    fn outstanding(&self) -> usize {
+        self.ops.len() - self.free_ops.len()
+    }
+
+    /// Queue a request (see [`super::BlockDevice::submit`]).
+    pub fn submit(&mut self, req: Request, tag: u64, internal: bool) -> Result<(), Rejected> {
+        let (kind, sector, buf) = match req {
+            Request::Read { sector, buf } => (Kind::Read, sector, Some(buf)),
+            Request::Write { sector, buf } => (Kind::Write, sector, Some(buf)),
+            Request::Flush => match self.cfg.flush {
+                FlushMode::FlushCache => (Kind::Flush(BLKIF_OP_FLUSH_DISKCACHE), 0, None),
+                FlushMode::Barrier => (Kind::Flush(BLKIF_OP_WRITE_BARRIER), 0, None),
+                FlushMode::None => (Kind::Flush(0), 0, None),
+            },
+            Request::Discard { sector, count } => (
+                Kind::Discard {
+                    count512: count.saturating_mul(self.wire_per_sector()),
+                },
+                sector,
+                None,
+            ),
+        };
+        let reject = |error, buffer| Err(Rejected { error, buffer });
+        if !self.connected {
+            let e = if self.failure.is_some() {
+                BlkError::Failed
+            } else {
+                BlkError::NotConnected
+            };
+            return reject(e, buf);
+        }
+        if self.cfg.readonly && kind != Kind::Read {
+            return reject(BlkError::ReadOnly, buf);
+        }
+        if self.outstanding() >= self.shadow.len().max(1) * 2 {
+            return reject(BlkError::Busy, buf);
+        }
+        let ss = self.cfg.sector_size as usize;
+        let (count, parts) = match (kind, &buf) {
+            (Kind::Read | Kind::Write, Some(b)) => {
+                if b.is_empty()
+                    || !b.len().is_multiple_of(ss)
+                    || !(b.addr().as_ptr() as usize).is_multiple_of(PAGE_SIZE)
+                {
+                    return reject(BlkError::BadBuffer, buf);
+                }
+                let per = self.max_request_bytes().max(PAGE_SIZE);
+                ((b.len() / ss) as u64, b.len().div_ceil(per) as u32)
+            }
+            (Kind::Discard { .. }, _) => {
+                if self.cfg.discard.is_none() {
+                    return reject(BlkError::Unsupported, buf);
+                }
+                (0, 1)
+            }
+            (Kind::Flush(0), _) => {
+                // Neither flush nor barrier: the backend writes through; nothing to do.
+                self.done.push_back(Done {
+                    internal,
+                    completion: Completion {
+                        tag,
+                        result: Ok(()),
+                        buffer: None,
+                    },
+                });
+                return Ok(());
+            }
+            _ => (0, 1),
+        };
+        // Range check in logical sectors (discard: its count).
+        let count = match kind {
+            Kind::Discard { count512 } => count512 / self.wire_per_sector(),
+            _ => count,
+        };
+        if !matches!(kind, Kind::Flush(_)) {
+            let end = sector.checked_add(count);
+            if count == 0 || end.is_none_or(|e| e > self.sector_count()) {
+                return reject(BlkError::OutOfRange, buf);
+            }
+        }
+        let op = OpState {
+            tag,
+            internal,
+            kind,
+            buf,
+            sector512: sector.saturating_mul(self.wire_per_sector()),
+            parts,
+            next_part: 0,
+            in_flight: 0,
+            result: Ok(()),
+            stuck: Vec::new(),
+        };
+        let i = match self.free_ops.pop() {
+            Some(i) => {
+                self.ops[i] = Some(op);
+                i
+            }
+            None => {
+                self.ops.push(Some(op));
+                self.ops.len() - 1
+            }
+        };
+        self.queue.push_back(i);
+        self.issue();
+        Ok(())
+    }
+
+    fn wire_per_sector(&self) -> u64 {
+        (u64::from(self.cfg.sector_size) / WIRE_SECTOR as u64).max(1)
+    }
+
+    /// Put queued parts on the ring while ids and slots last; notify if the ring says so.
+    fn issue(&mut self) {
+        let mut pushed = false;
+        while let Some(&opi) = self.queue.front() {
+            if !self.connected || self.ring.is_full() {
+                break;
+            }
+            let Some(id) = self.free_ids.pop() else { break };
+            match self.build(opi, id) {
+                Ok(req) => {
+                    // Cannot fail: the ring is not full.
+                    let _ = self.ring.push_request(req);
+                    pushed = true;
+                    let op = self.ops[opi].as_mut().expect("queued op exists");
+                    op.next_part += 1;
+                    op.in_flight += 1;
+                    if op.next_part >= op.parts {
+                        self.queue.pop_front();
+                    }
+                }
+                Err(BuildErr::Later(e)) => {
+                    self.free_ids.push(id);
+                    if self.free_ids.len() == self.shadow.len() {
+                        // Nothing in flight will free anything: fail this operation.
+                        self.queue.pop_front();
+                        self.fail_op(opi, BlkError::Platform(e));
+                        continue;
+                    }
+                    break;
+                }
+                Err(BuildErr::Op(e)) => {
+                    self.free_ids.push(id);
+                    self.queue.pop_front();
+                    self.fail_op(opi, e);
+                }
+            }
+        }
+        if pushed && self.ring.push_requests_and_check_notify() {
+            self.notify();
+        }
+    }
+
+    fn notify(&mut self) {
+        if let Some(port) = self.port {
+            if self.p().notify(port) == Err(Error::PeerGone) {
+                self.fail("the backend closed its event channel");
+            }
+        }
+    }
+
+    /// An op that never reached the ring (or whose remaining parts cannot be issued): record
+    /// the error; complete it when nothing of it is in flight.
+    fn fail_op(&mut self, opi: usize, e: BlkError) {
+        if let Some(op) = self.ops[opi].as_mut() {
+            op.result = Err(e);
+            op.parts = op.next_part;
+            if op.in_flight == 0 {
+                self.finish(opi);
+            }
+        }
+    }
+
+    fn end_refs(&self, refs: &[GrantRef], failed: &mut Vec<GrantRef>) {
+        if refs.is_empty() {
+            return;
+        }
+        self.p().end_batch(refs, &mut |r, _| failed.push(r));
+    }
+
+    /// Build the ring request for the next part of op `opi` under id `id`.
+    fn build(&mut self, opi: usize, id: u32) -> Result<BlkifRequest, BuildErr> {
+        let op = self.ops[opi].as_ref().expect("queued op exists");
+        let kind = op.kind;
+        let operation = wire_op(kind);
+        let sh = &mut self.shadow[id as usize];
+        match kind {
+            Kind::Flush(o) => {
+                sh.in_use = true;
+                sh.op = opi;
+                sh.operation = o;
+                sh.data_refs = 0;
+                Ok(BlkifRequest {
+                    operation: o,
+                    nr_segments: 0,
+                    handle: self.handle,
+                    id: u64::from(id),
+                    sector_number: 0,
+                    ..BlkifRequest::default()
+                })
+            }
+            Kind::Discard { count512 } => {
+                sh.in_use = true;
+                sh.op = opi;
+                sh.operation = BLKIF_OP_DISCARD;
+                sh.data_refs = 0;
+                let d = BlkifRequestDiscard {
+                    operation: BLKIF_OP_DISCARD,
+                    flag: 0,
+                    handle: self.handle,
+                    _pad0: [0; 4],
+                    id: u64::from(id),
+                    sector_number: op.sector512,
+                    nr_sectors: count512,
+                };
+                Ok(as_ring_request(&d))
+            }
+            Kind::Read | Kind::Write => {
+                let buf = op.buf.as_ref().ok_or(BuildErr::Op(BlkError::BadBuffer))?;
+                let per = self.cfg.max_request_bytes().max(PAGE_SIZE);
+                let off = op.next_part as usize * per;
+                let len = buf.len().saturating_sub(off).min(per);
+                let nseg = len.div_ceil(PAGE_SIZE);
+                let base = buf.addr();
+                let sector = op.sector512 + (off / WIRE_SECTOR) as u64;
+                // The backend only reads our buffer for a write: grant it read-only
+                // (Linux blkfront: `rq_data_dir(req) == WRITE` as the readonly flag).
+                let readonly = kind == Kind::Write;
+                let mut refs = Vec::with_capacity(nseg + 1);
+                let mut segs = Vec::with_capacity(nseg);
+                let plat = self.plat.clone();
+                let p = plat.get();
+                let backend = self.backend;
+                let undo = |refs: &Vec<GrantRef>| {
+                    p.end_batch(refs, &mut |_, _| {});
+                };
+                for i in 0..nseg {
+                    let at = off + i * PAGE_SIZE;
+                    // SAFETY: `at < buf.len() <= capacity`: inside the buffer's memory.
+                    let addr = unsafe { NonNull::new_unchecked(base.as_ptr().add(at)) };
+                    let frame = match p.frame(addr) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            undo(&refs);
+                            return Err(BuildErr::Op(BlkError::Platform(e)));
+                        }
+                    };
+                    match p.grant(backend, frame, readonly) {
+                        Ok(r) => refs.push(r),
+                        Err(e) => {
+                            undo(&refs);
+                            return Err(BuildErr::Later(e));
+                        }
+                    }
+                    let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+                    segs.push(BlkifRequestSegment {
+                        gref: refs[i],
+                        first_sect: 0,
+                        last_sect: (bytes / WIRE_SECTOR - 1) as u8,
+                        _pad0: [0; 2],
+                    });
+                }
+                let data_refs = refs.len();
+                let req = if nseg <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+                    let mut r = BlkifRequest {
+                        operation,
+                        nr_segments: nseg as u8,
+                        handle: self.handle,
+                        id: u64::from(id),
+                        sector_number: sector,
+                        ..BlkifRequest::default()
+                    };
+                    r.seg[..nseg].copy_from_slice(&segs);
+                    r
+                } else {
+                    // BLKIF_OP_INDIRECT: the segments go in indirect pages, granted read-only.
+                    let pages = indirect_pages(nseg);
+                    if pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST {
+                        undo(&refs);
+                        return Err(BuildErr::Op(BlkError::OutOfRange));
+                    }
+                    if sh.indirect.is_none() {
+                        let want = indirect_pages(self.cfg.max_segments as usize).max(1);
+                        match p.alloc(want) {
+                            Ok(run) => sh.indirect = Some(run),
+                            Err(e) => {
+                                undo(&refs);
+                                return Err(BuildErr::Later(e));
+                            }
+                        }
+                    }
+                    let run = sh.indirect.as_ref().expect("allocated above");
+                    if run.pages < pages {
+                        undo(&refs);
+                        return Err(BuildErr::Op(BlkError::OutOfRange));
+                    }
+                    // SAFETY: the run is `run.len()` bytes of our own pages; this id is free,
+                    // so no grant of them is live (a page the backend kept mapped retired
+                    // its id) and nothing else references them.
+                    let mem =
+                        unsafe { core::slice::from_raw_parts_mut(run.addr.as_ptr(), run.len()) };
+                    for (i, s) in segs.iter().enumerate() {
+                        let e = &mut mem[i * 8..i * 8 + 8];
+                        e[..4].copy_from_slice(&s.gref.to_ne_bytes());
+                        e[4] = s.first_sect;
+                        e[5] = s.last_sect;
+                        e[6] = 0;
+                        e[7] = 0;
+                    }
+                    let mut grefs = [0; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+                    for (i, g) in grefs.iter_mut().enumerate().take(pages) {
+                        let frame = match p.frame(run.page(i)) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                undo(&refs);
+                                return Err(BuildErr::Op(BlkError::Platform(e)));
+                            }
+                        };
+                        match p.grant(backend, frame, true) {
+                            Ok(r) => {
+                                refs.push(r);
+                                *g = r;
+                            }
+                            Err(e) => {
+                                undo(&refs);
+                                return Err(BuildErr::Later(e));
+                            }
+                        }
+                    }
+                    as_ring_request(&BlkifRequestIndirect {
+                        operation: BLKIF_OP_INDIRECT,
+                        indirect_op: operation,
+                        nr_segments: nseg as u16,
+                        _pad0: [0; 4],
+                        id: u64::from(id),
+                        sector_number: sector,
+                        handle: self.handle,
+                        _pad1: [0; 2],
+                        indirect_grefs: grefs,
+                        _pad2: [0; 4],
+                    })
+                };
+                sh.in_use = true;
+                sh.op = opi;
+                sh.operation = if nseg <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+                    operation
+                } else {
+                    BLKIF_OP_INDIRECT
+                };
+                sh.refs = refs;
+                sh.data_refs = data_refs;
+                Ok(req)
+            }
+        }
+    }
+
+    /// Take every response, end their grants in one batch, complete their operations, and
+    /// issue what is queued. A misbehaving backend fails the device.
+    pub fn progress(&mut self) {
+        self.retry_quarantine();
+        if !self.connected {
+            return;
+        }
+        let mut finished: Vec<(u32, i16)> = Vec::new();
+        let mut batch: Vec<GrantRef> = Vec::new();
+        let mut bad: Option<&'static str> = None;
+        loop {
+            let rsp = match self.ring.take_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    if self.mode == WaitMode::Event && self.ring.final_check_for_responses() {
+                        continue;
+                    }
+                    break;
+                }
+                Err(_) => {
+                    bad = Some("response producer overflow");
+                    break;
+                }
+            };
+            let Some(sh) = usize::try_from(rsp.id)
+                .ok()
+                .and_then(|i| self.shadow.get_mut(i))
+            else {
+                bad = Some("response with an unknown id");
+                break;
+            };
+            if !sh.in_use {
+                bad = Some("response for a request not in flight (duplicate id)");
+                break;
+            }
+            if rsp.operation != sh.operation {
+                bad = Some("response operation does not match the request");
+                break;
+            }
+            if !matches!(
+                rsp.status,
+                BLKIF_RSP_OKAY | BLKIF_RSP_ERROR | BLKIF_RSP_EOPNOTSUPP
+            ) {
+                bad = Some("response with an invalid status");
+                break;
+            }
+            sh.in_use = false;
+            batch.extend_from_slice(&sh.refs);
+            finished.push((rsp.id as u32, rsp.status));
+        }
+        // One end_batch per batch of responses (gnttab_end_foreign_access_references).
+        let mut failed = Vec::new();
+        self.end_refs(&batch, &mut failed);
+        for (id, status) in finished {
+            self.complete_part(id, status, &failed);
+        }
+        if let Some(why) = bad {
+            self.fail(why);
+            return;
+        }
+        self.issue();
+    }
+
+    fn complete_part(&mut self, id: u32, status: i16, failed: &[GrantRef]) {
+        let sh = &mut self.shadow[id as usize];
+        let refs = core::mem::take(&mut sh.refs);
+        let opi = sh.op;
+        let (data, ind) = refs.split_at(sh.data_refs.min(refs.len()));
+        if ind.iter().any(|r| failed.contains(r)) {
+            sh.retired = true;
+            let stuck: Vec<GrantRef> = ind.iter().copied().filter(|r| failed.contains(r)).collect();
+            self.quarantine.push((stuck, None));
+        } else {
+            self.free_ids.push(id);
+        }
+        let stuck: Vec<GrantRef> = data
+            .iter()
+            .copied()
+            .filter(|r| failed.contains(r))
+            .collect();
+        let Some(op) = self.ops.get_mut(opi).and_then(Option::as_mut) else {
+            return;
+        };
+        op.in_flight = op.in_flight.saturating_sub(1);
+        if !stuck.is_empty() {
+            op.stuck.extend(stuck);
+            op.result = Err(BlkError::Failed);
+            if self.failure.is_none() {
+                self.failure = Some("the backend kept a granted page mapped after answering");
+            }
+        }
+        match status {
+            BLKIF_RSP_OKAY => {}
+            BLKIF_RSP_EOPNOTSUPP => {
+                // Linux blkfront: a flush or barrier answered EOPNOTSUPP turns the feature off.
+                if matches!(op.kind, Kind::Flush(_)) {
+                    self.cfg.flush = FlushMode::None;
+                }
+                if op.result.is_ok() {
+                    op.result = Err(BlkError::Unsupported);
+                }
+            }
+            _ => {
+                if op.result.is_ok() {
+                    op.result = Err(BlkError::Io);
+                }
+            }
+        }
+        if op.in_flight == 0 && op.next_part >= op.parts {
+            self.finish(opi);
+        }
+    }
+
+    fn finish(&mut self, opi: usize) {
+        let Some(mut op) = self.ops.get_mut(opi).and_then(Option::take) else {
+            return;
+        };
+        self.free_ops.push(opi);
+        let mut buffer = op.buf.take();
+        if !op.stuck.is_empty() {
+            let run = buffer.take().and_then(Buffer::into_run);
+            self.quarantine.push((core::mem::take(&mut op.stuck), run));
+        }
+        self.done.push_back(Done {
+            internal: op.internal,
+            completion: Completion {
+                tag: op.tag,
+                result: op.result,
+                buffer,
+            },
+        });
+    }
+
+    fn retry_quarantine(&mut self) {
+        if self.quarantine.is_empty() {
+            return;
+        }
+        let q = core::mem::take(&mut self.quarantine);
+        for (refs, run) in q {
+            let mut failed = Vec::new();
+            self.end_refs(&refs, &mut failed);
+            if failed.is_empty() {
+                if let Some(run) = run {
+                    let _ = self.p().free(run);
+                }
+            } else {
+                self.quarantine.push((failed, run));
+            }
+        }
+    }
+
+    /// The backend misbehaved: fail the device.
+    pub fn fail(&mut self, why: &'static str) {
+        if self.failure.is_none() {
+            self.failure = Some(why);
+        }
+        self.shutdown(BlkError::Failed);
+    }
+
+    /// Disconnect (idempotent): every outstanding request completes with `err`, grants end,
+    /// the port closes, the ring and indirect pages are freed (kept while still mapped).
+    pub fn shutdown(&mut self, err: BlkError) {
+        if !self.connected {
+            self.retry_quarantine();
+            return;
+        }
+        self.connected = false;
+        let mut batch = Vec::new();
+        let mut in_flight = Vec::new();
+        for (id, sh) in self.shadow.iter_mut().enumerate() {
+            if sh.in_use {
+                sh.in_use = false;
+                batch.extend_from_slice(&sh.refs);
+                in_flight.push(id as u32);
+            }
+        }
+        let mut failed = Vec::new();
+        self.end_refs(&batch, &mut failed);
+        for opi in 0..self.ops.len() {
+            if let Some(op) = self.ops[opi].as_mut() {
+                op.result = Err(err);
+                op.parts = op.next_part;
+            }
+        }
+        for id in in_flight {
+            self.complete_part(id, BLKIF_RSP_ERROR, &failed);
+        }
+        for opi in 0..self.ops.len() {
+            if self.ops[opi].is_some() {
+                self.finish(opi);
+            }
+        }
+        self.queue.clear();
+        if let Some(port) = self.port.take() {
+            let _ = self.p().close(port);
+        }
+        let mut failed = Vec::new();
+        let refs = core::mem::take(&mut self.ring_refs);
+        self.end_refs(&refs, &mut failed);
+        let run = self.ring_run.take();
+        if failed.is_empty() {
+            if let Some(run) = run {
+                let _ = self.p().free(run);
+            }
+        } else {
+            self.quarantine.push((failed, run));
+        }
+        for sh in &mut self.shadow {
+            if let Some(run) = sh.indirect.take() {
+                if sh.retired {
+                    // Its grant is in quarantine: leak the page rather than reuse it.
+                    let _leaked = run; // never freed: not ours to reuse
+                } else {
+                    let _ = self.plat.get().free(run);
+                }
+            }
+        }
+        self.retry_quarantine();
+    }
+
+    /// Wait for a response (see [`super::BlockDevice::wait`]).
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), BlkError> {
+        if !self.connected {
+            return Err(if self.failure.is_some() {
+                BlkError::Failed
+            } else {
+                BlkError::NotConnected
+            });
+        }
+        match (self.mode, self.port) {
+            (WaitMode::Event, Some(port)) => {
+                if self.ring.final_check_for_responses() {
+                    return Ok(());
+                }
+                match self.p().wait(&[port], Some(timeout)) {
+                    Ok(_) => {
+                        self.p().clear(port);
+                        Ok(())
+                    }
+                    Err(Error::Timeout) => Ok(()),
+                    Err(Error::PeerGone) => {
+                        self.fail("the backend closed its event channel");
+                        Err(BlkError::Failed)
+                    }
+                    Err(e) => Err(BlkError::Platform(e)),
+                }
+            }
+            _ => {
+                self.p().yield_now();
+                Ok(())
+            }
+        }
+    }
+
+    /// Run one request to completion (blocking helpers). `Ok(buffer)` on success.
+    pub fn run(&mut self, req: Request, timeout: Duration) -> Result<Option<Buffer>, BlkError> {
+        const TAG: u64 = u64::MAX;
+        if let Err(r) = self.submit(req, TAG, true) {
+            if let Some(b) = r.buffer {
+                if let Some(run) = b.into_run() {
+                    let _ = self.p().free(run);
+                }
+            }
+            return Err(r.error);
+        }
+        let deadline = self.p().now().saturating_add(timeout);
+        loop {
+            self.progress();
+            if let Some(i) = self.done.iter().position(|d| d.internal) {
+                let d = self.done.remove(i).expect("index found");
+                return match d.completion.result {
+                    Ok(()) => Ok(d.completion.buffer),
+                    Err(e) => {
+                        if let Some(run) = d.completion.buffer.and_then(Buffer::into_run) {
+                            let _ = self.p().free(run);
+                        }
+                        Err(e)
+                    }
+                };
+            }
+            let now = self.p().now();
+            if now >= deadline {
+                return Err(BlkError::Timeout);
+            }
+            self.wait((deadline - now).min(Duration::from_millis(100)))?;
+        }
+    }
+
+    /// Hand out completions; internal ones (of a blocking call that timed out) are dropped.
+    pub fn deliver(&mut self, f: &mut dyn FnMut(Completion)) -> usize {
+        let mut n = 0;
+        while let Some(d) = self.done.pop_front() {
+            if d.internal {
+                if let Some(run) = d.completion.buffer.and_then(Buffer::into_run) {
+                    let _ = self.p().free(run);
+                }
+                continue;
+            }
+            f(d.completion);
+            n += 1;
+        }
+        n
+    }
+
+    /// A fresh buffer of our own pages.
+    pub fn alloc_buffer(&self, bytes: usize) -> Result<Buffer, BlkError> {
+        let pages = bytes.div_ceil(PAGE_SIZE).max(1);
+        let run = self.p().alloc(pages).map_err(BlkError::Platform)?;
+        Ok(Buffer::from_run(run, bytes))
+    }
+}
+
+/// Grant `pages` fresh ring pages to `backend` and allocate an unbound port for it.
+pub(crate) fn setup_ring<H: PlatformRef>(
+    plat: &H,
+    backend: DomId,
+    order: u32,
+) -> Result<RingSetup, Error> {
+    let p = plat.get();
+    let pages = 1usize << order;
+    let run = p.alloc(pages)?;
+    let mut refs = vec![];
+    for i in 0..pages {
+        let granted = p
+            .frame(run.page(i))
+            .and_then(|f| p.grant(backend, f, false));
+        match granted {
+            Ok(r) => refs.push(r),
+            Err(e) => {
+                p.end_batch(&refs, &mut |_, _| {});
+                let _ = p.free(run);
+                return Err(e);
+            }
+        }
+    }
+    match p.alloc_unbound(backend) {
+        Ok(port) => Ok(RingSetup { run, refs, port }),
+        Err(e) => {
+            p.end_batch(&refs, &mut |_, _| {});
+            let _ = p.free(run);
+            Err(e)
+        }
+    }
+}
+
+/// Undo a [`setup_ring`] that never became a [`DataPath`].
+pub(crate) fn release_ring<H: PlatformRef>(plat: &H, s: RingSetup) {
+    let p = plat.get();
+    let _ = p.close(s.port);
+    let mut failed = 0;
+    p.end_batch(&s.refs, &mut |_, _| failed += 1);
+    if failed == 0 {
+        let _ = p.free(s.run);
+    } else {
+        let _leaked = s.run; // never freed: not ours to reuse
+    }
+}

@@ -1,0 +1,202 @@
+//! blkfront against a hostile or dying backend: responses with an unknown id, a duplicate
+//! id, a garbage status, a response producer that overflows the ring; a backend domain
+//! destroyed mid-I/O; a backend that closes with writes in flight. In every case the device
+//! fails cleanly — every outstanding request completes with an error, the error is
+//! published, the frontend closes — and nothing panics or hangs.
+
+mod front_common;
+
+use std::time::{Duration, Instant};
+
+use front_common::*;
+use xen_blk::front::{BlkError, BlockDevice, Completion, DeviceState, Request, WaitMode};
+
+const DISK: usize = 4 << 20;
+
+/// Submit `n` 4 KiB reads at sectors 0, 8, ...
+fn submit_reads<D: BlockDevice>(dev: &mut D, n: u64) {
+    for i in 0..n {
+        let b = dev.alloc_buffer(4096).unwrap();
+        dev.submit(
+            Request::Read {
+                sector: i * 8,
+                buf: b,
+            },
+            i,
+        )
+        .unwrap();
+    }
+}
+
+/// Poll the bus and the device until `n` completions, bounded.
+fn collect<D: BlockDevice>(s: &mut Setup, dev: &mut D, n: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let end = Instant::now() + LIMIT;
+    while out.len() < n {
+        assert!(
+            Instant::now() < end,
+            "only {} of {n} completed; state {:?}",
+            out.len(),
+            s.state()
+        );
+        s.poll();
+        let _ = dev.poll(&mut |c| out.push(c));
+        let _ = dev.wait(Duration::from_millis(2));
+    }
+    out
+}
+
+fn hostile(b: Behaviour, requests: u64, why: &str, ok_first: bool) {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let _be = s.backend(BackKeys::from_offer(&modern_offer()), DISK, b);
+    let mut dev = s.connect();
+    submit_reads(&mut dev, requests);
+    let mut done = collect(&mut s, &mut dev, requests as usize);
+    done.sort_by_key(|c| c.tag);
+    for (i, c) in done.iter().enumerate() {
+        if ok_first && i == 0 {
+            assert_eq!(c.result, Ok(()), "the request answered correctly completes");
+        } else {
+            assert_eq!(c.result, Err(BlkError::Failed), "request {i}");
+        }
+    }
+    match s.state() {
+        Some(DeviceState::Failed(w)) => assert!(w.contains(why), "{w:?} vs {why:?}"),
+        other => panic!("not failed: {other:?}"),
+    }
+    // The error is published as xenbus_dev_fatal does, and the frontend closes.
+    s.until("error published", |s| s.error().is_some());
+    let err = s.error().unwrap();
+    assert!(err.starts_with("71 ") && err.contains(why), "{err}");
+    s.until("frontend Closed", |s| {
+        s.fe_key("state").as_deref() == Some("6")
+    });
+    // Nothing more goes to the backend; blocking calls fail at once.
+    assert_eq!(dev.read(0, &mut [0u8; 512]), Err(BlkError::Failed));
+    assert!(s.front.device(XVDA).is_none());
+}
+
+#[test]
+fn unknown_id_fails_the_device() {
+    hostile(Behaviour::UnknownId, 2, "unknown id", false);
+}
+
+#[test]
+fn duplicate_id_fails_the_device() {
+    hostile(Behaviour::DuplicateId, 2, "duplicate id", true);
+}
+
+#[test]
+fn garbage_status_fails_the_device() {
+    hostile(Behaviour::GarbageStatus, 3, "invalid status", false);
+}
+
+#[test]
+fn response_producer_overflow_fails_the_device() {
+    hostile(Behaviour::ProdOverflow, 2, "overflow", false);
+}
+
+#[test]
+fn backend_domain_destroyed_mid_io_fails_pending_requests() {
+    for mode in [WaitMode::Event, WaitMode::Polled] {
+        let mut s = Setup::new(mode, true, false);
+        let be = s.backend(
+            BackKeys::from_offer(&modern_offer()),
+            DISK,
+            Behaviour::Honest,
+        );
+        let mut dev = s.connect();
+        dev.write(0, &pattern(8192, 1)).unwrap();
+        be.set(Behaviour::Stall);
+        submit_reads(&mut dev, 4);
+        let end = Instant::now() + LIMIT;
+        while be.taken.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+            assert!(Instant::now() < end);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let storage = s.storage.as_ref().unwrap().domid();
+        s.ts.destroy(storage).unwrap();
+        let t = Instant::now();
+        let done = collect(&mut s, &mut dev, 4);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(done.iter().all(|c| c.result == Err(BlkError::Failed)));
+        assert!(
+            matches!(
+                s.state(),
+                Some(DeviceState::Failed(_) | DeviceState::Closed)
+            ),
+            "{:?}",
+            s.state()
+        );
+        // A blocking call on the dead device fails at once, it does not hang.
+        let t = Instant::now();
+        assert!(dev.read(0, &mut [0u8; 512]).is_err());
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn blocking_call_on_a_silent_backend_times_out() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let _be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Stall,
+    );
+    let mut dev = s.connect();
+    dev.set_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(dev.read(0, &mut [0u8; 4096]), Err(BlkError::Timeout));
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn backend_closing_fails_unanswered_writes_and_keeps_answered_ones() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Honest,
+    );
+    let mut dev = s.connect();
+    // Two writes acknowledged.
+    dev.write(0, &pattern(4096, 1)).unwrap();
+    dev.write(8, &pattern(4096, 2)).unwrap();
+    // Three more in flight, never answered.
+    be.set(Behaviour::Stall);
+    for i in 0..3u64 {
+        let mut b = dev.alloc_buffer(4096).unwrap();
+        b.as_mut_slice()
+            .copy_from_slice(&pattern(4096, 10 + i as u8));
+        dev.submit(
+            Request::Write {
+                sector: 64 + i * 8,
+                buf: b,
+            },
+            i,
+        )
+        .unwrap();
+    }
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The backend goes Closing (as libxl's detach writes it).
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.write(&format!("{}/state", s.backend_path), b"5")
+            .unwrap()
+    });
+    let done = collect(&mut s, &mut dev, 3);
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|c| c.result == Err(BlkError::Failed)));
+    s.until("frontend Closed", |s| {
+        s.fe_key("state").as_deref() == Some("6")
+    });
+    assert_eq!(s.state(), Some(DeviceState::Closed));
+    // The acknowledged writes are on the disk.
+    let disk = be.disk.lock().unwrap();
+    assert_eq!(&disk[..4096], &pattern(4096, 1)[..]);
+    assert_eq!(&disk[4096..8192], &pattern(4096, 2)[..]);
+}
