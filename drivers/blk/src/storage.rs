@@ -222,7 +222,7 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
 }
 
 /// Checks `op` against a storage of `sectors` sectors, block size `sector_size`, read-only or
-/// not, doing `features`: what every storage must refuse. Returns the sector range touched.
+/// not, doing `features`: what every storage must refuse (`Ok`: the op may be carried out).
 pub fn check_op(
     op: &Op,
     sectors: u64,

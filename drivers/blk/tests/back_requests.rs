@@ -790,3 +790,75 @@ fn overflowing_frontend_is_reported_broken() {
         broken
     });
 }
+
+#[test]
+fn frontend_closes_and_reconnects_to_the_same_disk() {
+    let (mut w, g, mut f) = default_world();
+    let fe = g.domid();
+    let (_a, ga) = f.page(0x42, true);
+    assert_eq!(
+        status_of(&mut w, &mut f, rw(BLKIF_OP_WRITE, 1, 64, &[(ga, 0, 7)])),
+        BLKIF_RSP_OKAY
+    );
+    // Closing → the backend follows; Closed → the backend closes (online=1: reconnectable).
+    f.set_state(5);
+    w.run_until("backend Closing", |w| {
+        w.backend_state(fe).as_deref() == Some("5")
+    });
+    f.set_state(6);
+    w.run_until("backend Closed", |w| {
+        w.backend_state(fe).as_deref() == Some("6")
+    });
+    assert!(
+        !w.back.device(&w.be_node(fe)).unwrap().connected,
+        "ring unmapped"
+    );
+    // Back to Initialising: the backend probes again with the same storage.
+    f.set_state(1);
+    w.run_until("backend InitWait again", |w| {
+        w.backend_state(fe).as_deref() == Some("2")
+    });
+    let RawFront { xs, .. } = f;
+    let mut f = RawFront::start_with(&g, xs, w.sd.domid(), RingStyle::Order(1));
+    w.run_until("Connected again", |w| {
+        w.backend_state(fe).as_deref() == Some("4")
+    });
+    let (r, gr) = f.page(0, false);
+    assert_eq!(
+        status_of(&mut w, &mut f, rw(BLKIF_OP_READ, 2, 64, &[(gr, 0, 7)])),
+        BLKIF_RSP_OKAY
+    );
+    assert!(f.read_page(&r).iter().all(|&x| x == 0x42), "the same disk");
+    assert_eq!(w.specs.borrow().len(), 1, "the storage was made once");
+}
+
+#[test]
+fn event_mode_notifications_both_ways() {
+    use std::time::Duration;
+    use xen_platform::Events;
+    let (w, _g, mut f) = default_world();
+    // Idle: the backend asked for a notification (req_event) and reports its port.
+    let ports = w.back.poll().ports;
+    assert_eq!(ports.len(), 1);
+    let sd = w.sd.domain().clone();
+    sd.clear(ports[0]);
+    // The frontend's push must notify (the backend is waiting), and the wait must see it.
+    let (_p, gr) = f.page(0, false);
+    f.ring
+        .push_request(rw(BLKIF_OP_READ, 7, 0, &[(gr, 0, 7)]))
+        .unwrap();
+    assert!(
+        f.ring.push_requests_and_check_notify(),
+        "backend asked for an event"
+    );
+    f.dom.notify(f.port).unwrap();
+    assert_eq!(sd.wait(&ports, Some(Duration::from_secs(5))), Ok(ports[0]));
+    let out = w.back.poll();
+    assert!(
+        !out.busy,
+        "a storage that completes at once leaves nothing to poll for"
+    );
+    // The response came with an event on the frontend's port (rsp_event was armed).
+    assert!(f.dom.is_pending(f.port));
+    assert_eq!(f.response(7).unwrap().status, BLKIF_RSP_OKAY);
+}

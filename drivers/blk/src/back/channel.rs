@@ -121,7 +121,9 @@ pub struct Channel<P: Platform> {
 }
 
 impl<P: Platform> Channel<P> {
-    /// Map the frontend's ring pages and bind its event channel.
+    /// Map the frontend's ring pages and bind its event channel. Tags given to the storage
+    /// start at `first_tag`: a storage reused after a [`take_storage`](Self::take_storage) may
+    /// still report ops of the previous connection, and their tags must not be reused.
     pub fn connect(
         p: alloc::rc::Rc<P>,
         fe: DomId,
@@ -129,6 +131,7 @@ impl<P: Platform> Channel<P> {
         fe_port: EvtchnPort,
         storage: Box<dyn Storage>,
         limits: Limits,
+        first_tag: u64,
     ) -> Result<Channel<P>, (Error, Box<dyn Storage>)> {
         let mut ring = match SharedRing::map(&*p, fe, refs) {
             Ok(r) => r,
@@ -150,7 +153,7 @@ impl<P: Platform> Channel<P> {
             limits,
             pending: BTreeMap::new(),
             stalled: None,
-            next_tag: 0,
+            next_tag: first_tag,
             barrier_in_flight: false,
             notify: false,
             broken: None,
@@ -600,6 +603,38 @@ impl<P: Platform> Channel<P> {
             let _ = self.p.close(self.port);
             self.port = 0;
         }
+    }
+}
+
+/// What a channel holds after [`Channel::take_storage`]: nothing.
+struct Detached;
+
+impl Storage for Detached {
+    fn sectors(&self) -> u64 {
+        0
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn submit(&mut self, tag: u64, op: Op) -> Result<(), Busy> {
+        let _ = tag;
+        Err(Busy(op))
+    }
+    fn poll_completions(&mut self, _done: &mut dyn FnMut(Completion)) -> usize {
+        0
+    }
+    fn in_flight(&self) -> usize {
+        0
+    }
+}
+
+impl<P: Platform> Channel<P> {
+    /// After [`disconnect`](Self::disconnect): the storage back (for a reconnect) and the
+    /// first tag the next connection must use.
+    pub fn take_storage(&mut self) -> (Box<dyn Storage>, u64) {
+        self.disconnect();
+        let s = core::mem::replace(&mut self.storage, Box::new(Detached));
+        (s, self.next_tag)
     }
 }
 

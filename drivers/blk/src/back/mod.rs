@@ -168,6 +168,7 @@ impl<P: Platform + 'static> BlkBack<P> {
                 storage: None,
                 offer: None,
                 limits: None,
+                next_tag: 0,
             })
         })
     }
@@ -217,6 +218,8 @@ struct VbdBack<P: Platform + 'static> {
     storage: Option<Box<dyn Storage>>,
     offer: Option<BackendOffer>,
     limits: Option<Limits>,
+    /// The first storage tag of the next connection (tags are never reused).
+    next_tag: u64,
 }
 
 fn text(v: Vec<u8>) -> String {
@@ -361,6 +364,7 @@ impl<P: Platform + 'static> BackDriver for VbdBack<P> {
             cfg.ring.event_channel,
             storage,
             limits,
+            self.next_tag,
         ) {
             Ok(ch) => ch,
             Err((e, storage)) => {
@@ -391,10 +395,13 @@ impl<P: Platform + 'static> BackDriver for VbdBack<P> {
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
         let mut slot = self.slot.borrow_mut();
         if let Some(mut ch) = slot.channel.take() {
-            ch.disconnect();
+            // Every request answered, every grant unmapped, the port closed; the storage kept
+            // for a reconnect (the bus restarts a backend whose frontend comes back while
+            // `online` is 1, with this same driver).
+            let (storage, next_tag) = ch.take_storage();
             slot.last_stats = ch.stats();
-            // The storage is not returned from the channel: a reconnect makes a fresh device
-            // (the bus adopts a device again from Initialising).
+            self.storage = Some(storage);
+            self.next_tag = next_tag;
         }
     }
 }

@@ -241,6 +241,11 @@ impl RawFront {
     /// Grant the ring, write its keys (and the state `Initialised`). Does not wait for
     /// InitWait: call after it if the test wants the usual order.
     pub fn start(g: &Guest, be: DomId, style: RingStyle) -> RawFront {
+        RawFront::start_with(g, g.xs_client().unwrap(), be, style)
+    }
+
+    /// [`start`](Self::start) with the guest's client (one per guest).
+    pub fn start_with(g: &Guest, mut xs: GuestClient, be: DomId, style: RingStyle) -> RawFront {
         let dom = g.domain().clone();
         let pages = match style {
             RingStyle::Single => 1,
@@ -256,7 +261,6 @@ impl RawFront {
         // (both in this struct; the run is never freed while the ring is used).
         let ring = unsafe { FrontRing::new(run.addr, pages * PAGE_SIZE) }.unwrap();
         let port = dom.alloc_unbound(be).unwrap();
-        let mut xs = g.xs_client().unwrap();
         let front_path = format!("/local/domain/{}/device/vbd/51712", g.domid());
         let mut w = |k: &str, v: String| {
             xs.write(&format!("{front_path}/{k}"), v.as_bytes())
@@ -344,6 +348,12 @@ impl RawFront {
         self.collect();
         let i = self.responses.iter().position(|r| r.id == id)?;
         Some(self.responses.remove(i))
+    }
+
+    /// Write our state.
+    pub fn set_state(&mut self, state: u32) {
+        let p = format!("{}/state", self.front_path);
+        self.xs.write(&p, state.to_string().as_bytes()).unwrap();
     }
 
     pub fn ring_pages(&self) -> &PageRun {
