@@ -1,91 +1,242 @@
-//! A bump allocator over one run of RAM: the image's `#[global_allocator]` (with the `image`
-//! feature) and a simple page source. Memory is never given back (a freed block is leaked
-//! unless it was the last one handed out): enough for an image that allocates at start and
-//! then runs in steady state.
+//! The image's `#[global_allocator]` (with the `image` feature): a first-fit free-list
+//! allocator. Free blocks form a list sorted by address, each block's header (size, next)
+//! stored in the block itself; freeing inserts in order and merges with both neighbours, so
+//! memory is reused. When no block fits, the heap asks its `grow` function (the page
+//! allocator, in images) for more pages.
+//!
+//! Blocks are multiples of 16 bytes, 16-aligned (the size of a free-block header), and the
+//! size of a freed block is recomputed from its `Layout` exactly as at allocation.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// A lock-free bump allocator over `[next, end)`.
-#[derive(Debug)]
-pub struct BumpHeap {
-    next: AtomicUsize,
-    end: AtomicUsize,
+use crate::sync::SpinLock;
+
+const UNIT: usize = 16;
+
+/// Header of a free block, at its start.
+#[repr(C)]
+struct Free {
+    size: usize,
+    next: usize,
 }
 
-impl Default for BumpHeap {
+#[derive(Debug)]
+struct Inner {
+    /// Address of the first free block (0: none).
+    head: usize,
+    /// Bytes in free blocks.
+    free: usize,
+}
+
+/// Where more memory comes from: `grow(bytes)` returns a fresh region `[start, end)` of at
+/// least `bytes`, owned by the heap from then on.
+pub type Grow = fn(usize) -> Option<(usize, usize)>;
+
+/// A free-list allocator.
+#[derive(Debug)]
+pub struct Heap {
+    inner: SpinLock<Inner>,
+    grow: Option<Grow>,
+}
+
+impl Default for Heap {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
-impl BumpHeap {
-    /// An empty heap: every allocation fails until [`BumpHeap::init`].
-    pub const fn new() -> Self {
-        BumpHeap {
-            next: AtomicUsize::new(0),
-            end: AtomicUsize::new(0),
+fn round(layout: Layout) -> (usize, usize) {
+    let size = layout.size().max(1).div_ceil(UNIT) * UNIT;
+    (size, layout.align().max(UNIT))
+}
+
+impl Heap {
+    /// An empty heap that grows with `grow` (`None`: only what [`Heap::add`] gives it).
+    pub const fn new(grow: Option<Grow>) -> Self {
+        Heap {
+            inner: SpinLock::new(Inner { head: 0, free: 0 }),
+            grow,
         }
     }
 
-    /// Hand the heap the memory `[start, end)`.
+    /// Give the heap the memory `[start, end)` (rounded inwards to 16 bytes).
     ///
     /// # Safety
-    /// The range must be RAM that nothing else uses, for the rest of the program.
-    pub unsafe fn init(&self, start: usize, end: usize) {
-        self.end.store(end, Ordering::SeqCst);
-        self.next.store(start, Ordering::SeqCst);
+    /// The range must be writable RAM that nothing else uses, for the rest of the program.
+    pub unsafe fn add(&self, start: usize, end: usize) {
+        let s = start.div_ceil(UNIT) * UNIT;
+        let e = end & !(UNIT - 1);
+        if e > s {
+            // SAFETY: (caller) the range is ours now; insert takes it as a free block.
+            self.inner.with(|i| unsafe { i.insert(s, e - s) });
+        }
     }
 
-    /// Bytes left.
-    pub fn remaining(&self) -> usize {
-        self.end
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.next.load(Ordering::Relaxed))
+    /// Bytes currently free (in the list).
+    pub fn free_bytes(&self) -> usize {
+        self.inner.with(|i| i.free)
+    }
+
+    /// Number of free blocks (fragmentation).
+    pub fn free_blocks(&self) -> usize {
+        // SAFETY: the list only holds blocks the heap owns.
+        self.inner.with(|i| unsafe { i.blocks() })
     }
 
     /// Allocate `layout`; `None` when out of memory.
     pub fn alloc_raw(&self, layout: Layout) -> Option<usize> {
-        let end = self.end.load(Ordering::Acquire);
-        let mut cur = self.next.load(Ordering::Relaxed);
-        loop {
-            if cur == 0 {
-                return None;
-            }
-            let start = cur.checked_add(layout.align() - 1)? & !(layout.align() - 1);
-            let new = start.checked_add(layout.size())?;
-            if new > end {
-                return None;
-            }
-            match self
-                .next
-                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(start),
-                Err(c) => cur = c,
-            }
+        let (size, align) = round(layout);
+        // SAFETY: the list only holds blocks the heap owns.
+        if let Some(a) = self.inner.with(|i| unsafe { i.take(size, align) }) {
+            return Some(a);
         }
+        let (s, e) = (self.grow?)(size + align)?;
+        // SAFETY: `grow` hands over a region the heap owns from now on (its contract).
+        unsafe { self.add(s, e) };
+        // SAFETY: as above.
+        self.inner.with(|i| unsafe { i.take(size, align) })
     }
 
-    /// Give back `[ptr, ptr+size)` if it is the last block handed out.
-    pub fn free_raw(&self, ptr: usize, size: usize) {
-        let _ = self
-            .next
-            .compare_exchange(ptr + size, ptr, Ordering::AcqRel, Ordering::Relaxed);
+    /// Free a block from [`Heap::alloc_raw`] with the same layout.
+    ///
+    /// # Safety
+    /// `ptr` must come from `alloc_raw(layout)` of this heap and not be freed yet.
+    pub unsafe fn free_raw(&self, ptr: usize, layout: Layout) {
+        let (size, _) = round(layout);
+        // SAFETY: (caller) the block is ours again.
+        self.inner.with(|i| unsafe { i.insert(ptr, size) });
     }
 }
 
-// SAFETY: alloc returns blocks inside the range given to `init` (exclusively ours by its
-// contract), aligned as asked, never handed out twice (the bump pointer only moves past
-// them, or back over the last block when that block is freed).
-unsafe impl GlobalAlloc for BumpHeap {
+impl Inner {
+    /// # Safety
+    /// `at` must be a free block of the heap (16-aligned, ≥ 16 bytes).
+    unsafe fn hdr(at: usize) -> *mut Free {
+        at as *mut Free
+    }
+
+    /// # Safety
+    /// Every block on the list is owned by the heap.
+    unsafe fn blocks(&self) -> usize {
+        let (mut n, mut b) = (0, self.head);
+        while b != 0 {
+            n += 1;
+            // SAFETY: (caller) b is a free block.
+            b = unsafe { (*Self::hdr(b)).next };
+        }
+        n
+    }
+
+    /// Set the `next` link of `prev` (0: the head) to `to`.
+    ///
+    /// # Safety
+    /// `prev` is 0 or a free block.
+    unsafe fn link(&mut self, prev: usize, to: usize) {
+        if prev == 0 {
+            self.head = to;
+        } else {
+            // SAFETY: (caller) prev is a free block.
+            unsafe { (*Self::hdr(prev)).next = to };
+        }
+    }
+
+    /// First fit: carve `size` bytes aligned to `align` out of a free block.
+    ///
+    /// # Safety
+    /// Every block on the list is owned by the heap.
+    unsafe fn take(&mut self, size: usize, align: usize) -> Option<usize> {
+        let (mut prev, mut b) = (0usize, self.head);
+        while b != 0 {
+            // SAFETY: (caller) b is a free block: its header is readable.
+            let Free { size: bs, next } = unsafe { Self::hdr(b).read() };
+            let start = b.checked_add(align - 1)? & !(align - 1);
+            let end = start.checked_add(size)?;
+            if end <= b + bs {
+                // The gap before `start` stays free (a multiple of 16, so ≥ 16 if non-zero),
+                // as does the tail after `end`.
+                let mut after = next;
+                if end < b + bs {
+                    // SAFETY: [end, b+bs) is part of the free block, 16-aligned, ≥ 16 bytes.
+                    unsafe {
+                        Self::hdr(end).write(Free {
+                            size: b + bs - end,
+                            next,
+                        })
+                    };
+                    after = end;
+                }
+                if start > b {
+                    // SAFETY: b is still a free block, now of start - b bytes.
+                    unsafe {
+                        Self::hdr(b).write(Free {
+                            size: start - b,
+                            next: after,
+                        })
+                    };
+                } else {
+                    // SAFETY: prev is 0 or a free block.
+                    unsafe { self.link(prev, after) };
+                }
+                self.free -= size;
+                return Some(start);
+            }
+            prev = b;
+            b = next;
+        }
+        None
+    }
+
+    /// Put `[at, at+size)` on the list in address order, merging with its neighbours.
+    ///
+    /// # Safety
+    /// The block is owned by the heap and not on the list; every block on the list is owned.
+    unsafe fn insert(&mut self, at: usize, size: usize) {
+        let (mut prev, mut b) = (0usize, self.head);
+        while b != 0 && b < at {
+            prev = b;
+            // SAFETY: (caller) b is a free block.
+            b = unsafe { (*Self::hdr(b)).next };
+        }
+        debug_assert!(
+            b == 0 || at + size <= b,
+            "heap: freed block overlaps a free one"
+        );
+        self.free += size;
+        let (start, mut len, mut next) = (at, size, b);
+        if b != 0 && at + size == b {
+            // SAFETY: b is a free block; it merges into ours.
+            let f = unsafe { Self::hdr(b).read() };
+            len += f.size;
+            next = f.next;
+        }
+        if prev != 0 {
+            // SAFETY: prev is a free block.
+            let p = unsafe { &mut *Self::hdr(prev) };
+            if prev + p.size == at {
+                p.size += len;
+                p.next = next;
+                return;
+            }
+        }
+        // SAFETY: [start, start+len) is ours (the freed block, plus b if merged).
+        unsafe { Self::hdr(start).write(Free { size: len, next }) };
+        // SAFETY: prev is 0 or a free block.
+        unsafe { self.link(prev, start) };
+    }
+}
+
+// SAFETY: alloc returns blocks inside regions given to the heap (exclusively its own by the
+// contracts of `add` and `grow`), aligned as asked and never handed out twice: a block is
+// either on the free list or allocated, and the list's blocks never overlap.
+unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.alloc_raw(layout)
             .map_or(core::ptr::null_mut(), |a| a as *mut u8)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        self.free_raw(ptr as usize, layout.size());
+        // SAFETY: (GlobalAlloc contract) ptr came from alloc(layout) and is freed once.
+        unsafe { self.free_raw(ptr as usize, layout) }
     }
 }
 
@@ -93,26 +244,105 @@ unsafe impl GlobalAlloc for BumpHeap {
 mod tests {
     use super::*;
 
+    #[repr(C, align(4096))]
+    struct Arena([u8; 64 * 1024]);
+
+    fn heap_over(arena: &mut Arena) -> (Heap, usize, usize) {
+        let h = Heap::new(None);
+        let s = arena.0.as_mut_ptr() as usize;
+        let e = s + arena.0.len();
+        // SAFETY: test: the arena is ours and outlives the heap's use.
+        unsafe { h.add(s, e) };
+        (h, s, e)
+    }
+
     #[test]
-    fn bumps_aligns_and_runs_out() {
-        let h = BumpHeap::new();
-        assert!(h
-            .alloc_raw(Layout::from_size_align(8, 8).unwrap())
-            .is_none());
-        // SAFETY: test: the numbers are never dereferenced.
-        unsafe { h.init(0x1001, 0x3000) };
+    fn reuses_and_merges_freed_blocks() {
+        let mut arena = Box::new(Arena([0; 64 * 1024]));
+        let (h, s, e) = heap_over(&mut arena);
+        let l = |n, a| Layout::from_size_align(n, a).unwrap();
+        let a = h.alloc_raw(l(10, 1)).unwrap();
+        let b = h.alloc_raw(l(100, 8)).unwrap();
+        let c = h.alloc_raw(l(4096, 4096)).unwrap();
+        assert_eq!(a, s);
+        assert_eq!(b, s + 16);
+        assert_eq!(c % 4096, 0);
+        assert_eq!(h.free_blocks(), 2, "gap before the aligned block, tail");
+        // SAFETY: each pointer came from alloc_raw with this layout.
+        unsafe { h.free_raw(b, l(100, 8)) };
+        assert_eq!(
+            h.alloc_raw(l(112, 16)).unwrap(),
+            b,
+            "the freed block is reused"
+        );
+        // SAFETY: as above.
+        unsafe {
+            h.free_raw(b, l(112, 16));
+            h.free_raw(a, l(10, 1));
+            h.free_raw(c, l(4096, 4096));
+        }
+        assert_eq!(h.free_blocks(), 1, "everything merged back");
+        assert_eq!(h.free_bytes(), e - s);
+        assert!(h.alloc_raw(l(e - s + 1, 1)).is_none());
+        assert_eq!(h.alloc_raw(l(e - s, 16)), Some(s));
+    }
+
+    #[test]
+    fn random_alloc_free_never_overlaps_and_merges_back() {
+        let mut arena = Box::new(Arena([0; 64 * 1024]));
+        let (h, s, e) = heap_over(&mut arena);
+        let mut live: Vec<(usize, Layout)> = Vec::new();
+        let mut x = 12345u64;
+        let mut rnd = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        for _ in 0..20_000 {
+            if rnd(3) != 0 || live.is_empty() {
+                let size = 1 + rnd(700) as usize;
+                let align = 1 << rnd(8);
+                let lay = Layout::from_size_align(size, align).unwrap();
+                if let Some(p) = h.alloc_raw(lay) {
+                    assert_eq!(p % align, 0);
+                    assert!(p >= s && p + size <= e);
+                    for &(q, ql) in &live {
+                        assert!(p + size <= q || q + ql.size() <= p, "overlap");
+                    }
+                    live.push((p, lay));
+                }
+            } else {
+                let i = rnd(live.len() as u64) as usize;
+                let (p, lay) = live.swap_remove(i);
+                // SAFETY: p came from alloc_raw(lay) and is freed once.
+                unsafe { h.free_raw(p, lay) };
+            }
+        }
+        for (p, lay) in live {
+            // SAFETY: as above.
+            unsafe { h.free_raw(p, lay) };
+        }
+        assert_eq!(h.free_blocks(), 1);
+        assert_eq!(h.free_bytes(), e - s);
+    }
+
+    #[test]
+    fn grows_from_its_page_source() {
+        fn grow(n: usize) -> Option<(usize, usize)> {
+            let pages = n.div_ceil(4096).max(4);
+            let v: &'static mut [u8] = Box::leak(vec![0u8; pages * 4096 + 16].into_boxed_slice());
+            let s = v.as_mut_ptr() as usize;
+            Some((s, s + v.len()))
+        }
+        let h = Heap::new(Some(grow));
         let a = h
-            .alloc_raw(Layout::from_size_align(16, 16).unwrap())
+            .alloc_raw(Layout::from_size_align(5000, 8).unwrap())
             .unwrap();
-        assert_eq!(a, 0x1010);
         let b = h
-            .alloc_raw(Layout::from_size_align(4096, 4096).unwrap())
+            .alloc_raw(Layout::from_size_align(64, 64).unwrap())
             .unwrap();
-        assert_eq!(b, 0x2000);
-        assert!(h
-            .alloc_raw(Layout::from_size_align(1, 1).unwrap())
-            .is_none());
-        h.free_raw(b, 4096);
-        assert_eq!(h.remaining(), 0x1000);
+        assert_ne!(a, b);
+        assert_eq!(b % 64, 0);
     }
 }

@@ -8,7 +8,9 @@ use xen_platform::abi::hvm::{
 };
 use xen_platform::{Console, Scheduler, ShutdownReason};
 
-use crate::heap::BumpHeap;
+use crate::gnttab::{GRANT_FRAMES, MAP_SLOTS};
+use crate::heap::Heap;
+use crate::memory::{heap_grow, pvh_hole, MemmapEntry, PAGES};
 use crate::xen::Xen;
 
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
@@ -19,27 +21,38 @@ extern "Rust" {
 }
 
 extern "C" {
+    static __image_start: u8;
     static __image_end: u8;
 }
 
+/// The heap takes its memory from the page allocator, 16 pages (or more) at a time.
 #[global_allocator]
-static HEAP: BumpHeap = BumpHeap::new();
+static HEAP: Heap = Heap::new(Some(heap_grow));
 
 const PAGE: u64 = 4096;
-/// Heap size if the start info has no memory map (version 0).
-const FALLBACK_HEAP: u64 = 4 << 20;
+/// RAM assumed after the image if the start info has no memory map (version 0).
+const FALLBACK_RAM: u64 = 4 << 20;
+/// The grant table's and the mapping window's frames (PVH hole, PV reserved pages).
+const GRANT_PAGES: u64 = (GRANT_FRAMES + MAP_SLOTS) as u64;
+/// PVH: the hole for them must end below this (0-4 GiB is identity-mapped; leave the
+/// special pages, LAPIC and IO-APIC just under 4 GiB alone).
+const HOLE_LIMIT: u64 = 0xF000_0000;
+/// Memory-map entries looked at (libxl writes a handful).
+const MAX_MEMMAP: usize = 32;
 
 fn align_up(x: u64) -> u64 {
     (x + PAGE - 1) & !(PAGE - 1)
 }
 
-/// Where the heap may go: after the image and everything libxenguest placed after it
-/// (hvm_start_info, module list, command line, memory map), up to the end of that RAM region.
-fn heap_range(start_info: u64) -> (u64, u64) {
+/// PVH: the RAM for the page allocator — after the image and everything libxenguest placed
+/// after it (hvm_start_info, module list, command line, memory map), up to the end of that
+/// RAM region — and the memory map.
+fn pvh_ram(start_info: u64, map: &mut [MemmapEntry; MAX_MEMMAP]) -> (u64, u64, usize) {
     // The linker script defines __image_end; only its address is taken.
     let image_end = core::ptr::addr_of!(__image_end) as u64;
     let mut low = image_end;
     let mut ram_end = None;
+    let mut n_map = 0;
     if start_info != 0 {
         // SAFETY: ebx at the PVH entry points to hvm_start_info (start_info.h), identity-mapped.
         let si = unsafe { (start_info as *const HvmStartInfo).read_volatile() };
@@ -58,6 +71,10 @@ fn heap_range(start_info: u64) -> (u64, u64) {
                     let e = unsafe {
                         ((si.memmap_paddr + 24 * i) as *const HvmMemmapTableEntry).read_volatile()
                     };
+                    if n_map < MAX_MEMMAP {
+                        map[n_map] = (e.addr, e.size, e.type_);
+                        n_map += 1;
+                    }
                     if e.type_ == XEN_HVM_MEMMAP_TYPE_RAM
                         && e.addr <= image_end
                         && image_end < e.addr + e.size
@@ -69,8 +86,8 @@ fn heap_range(start_info: u64) -> (u64, u64) {
         }
     }
     let start = align_up(low);
-    let end = ram_end.unwrap_or(start + FALLBACK_HEAP) & !(PAGE - 1);
-    (start, end.max(start))
+    let end = ram_end.unwrap_or(start + FALLBACK_RAM) & !(PAGE - 1);
+    (start, end.max(start), n_map)
 }
 
 /// Called by `boot.s` in 64-bit mode on the boot stack, `start_info` = hvm_start_info paddr.
@@ -78,8 +95,17 @@ fn heap_range(start_info: u64) -> (u64, u64) {
 extern "C" fn xen_rt_pvh_start(start_info: u64) -> ! {
     // SAFETY: once, at boot, PVH ring 0, 0-4 GiB identity-mapped by boot.s.
     let xen = unsafe { Xen::init_pvh(start_info) }.unwrap_or_else(|e| fail(e));
-    let (start, end) = heap_range(start_info);
-    run(xen, "PVH", start, end)
+    let mut map = [(0, 0, 0); MAX_MEMMAP];
+    let (start, end, n_map) = pvh_ram(start_info, &mut map);
+    // SAFETY: [start, end) is RAM after the image and the boot data, used by nothing else.
+    unsafe { PAGES.init(start as usize, end as usize) };
+    let grants = match pvh_hole(&map[..n_map], end, GRANT_PAGES, HOLE_LIMIT) {
+        // SAFETY: the hole's frames are in no memory-map entry and above RAM (pvh_hole),
+        // below HOLE_LIMIT, so identity-mapped by boot.s.
+        Some(pfn) => unsafe { xen.init_grants_pvh(pfn) }.map(|n| (n, pfn << 12)),
+        None => Err(xen_platform::Error::NoSpace),
+    };
+    run(xen, "PVH", start, end, grants)
 }
 
 /// Called by `boot.s` from the 64-bit PV entry on the boot stack: `start_info` = rsi at entry
@@ -89,11 +115,18 @@ extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
     // SAFETY: once, at boot, 64-bit PV, built from this image (notes in boot.s).
     let xen = unsafe { Xen::init_pv(start_info) }.unwrap_or_else(|e| fail(e));
     // xen.h start of day: the bootstrap region ends on a 4 MiB boundary, at least 512 KiB
-    // after the bootstrap stack, and is mapped read-write: that padding is our heap.
+    // after the bootstrap stack, and is mapped read-write: that padding holds the grant
+    // table and the mapping window (pages whose L1 tables exist), then the page allocator.
     const MB4: u64 = 4 << 20;
-    let start = align_up(xen_sp);
+    let table = align_up(xen_sp);
+    let window = table + GRANT_FRAMES as u64 * PAGE;
+    let start = table + GRANT_PAGES * PAGE;
     let end = (xen_sp + MB4 - 1) & !(MB4 - 1);
-    run(xen, "PV", start, end)
+    // SAFETY: [start, end) is bootstrap padding, used by nothing else.
+    unsafe { PAGES.init(start as usize, end as usize) };
+    // SAFETY: [table, start) is bootstrap padding too (mapped, L1 tables present), for good.
+    let grants = unsafe { xen.init_grants_pv(table as usize, window as usize) }.map(|n| (n, table));
+    run(xen, "PV", start, end, grants)
 }
 
 fn fail(e: &str) -> ! {
@@ -105,16 +138,34 @@ fn fail(e: &str) -> ! {
     halt()
 }
 
-fn run(xen: &'static Xen, mode: &str, start: u64, end: u64) -> ! {
-    // SAFETY: [start, end) is RAM after the image and the boot data, used by nothing else.
-    unsafe { HEAP.init(start as usize, end as usize) };
+fn run(
+    xen: &'static Xen,
+    mode: &str,
+    start: u64,
+    end: u64,
+    grants: xen_platform::Result<(usize, u64)>,
+) -> ! {
+    xen.set_frame_low(core::ptr::addr_of!(__image_start) as usize);
     let v = xen.version();
+    let (_, pages) = PAGES.usage();
     let _ = writeln!(
         &*xen,
-        "xen-rt: {mode}, Xen {}.{}, heap {start:#x}..{end:#x}",
+        "xen-rt: {mode}, Xen {}.{}, RAM {start:#x}..{end:#x} ({pages} pages for Pages + heap)",
         v >> 16,
         v & 0xffff
     );
+    match grants {
+        Ok((n, at)) => {
+            let _ = writeln!(
+                &*xen,
+                "xen-rt: grant table v1: {n} frames at {at:#x}, mapping window {:#x}",
+                at + GRANT_FRAMES as u64 * PAGE
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(&*xen, "xen-rt: no grant table: {e}");
+        }
+    }
     // SAFETY: the image defines xen_main with this signature (crate docs).
     unsafe { xen_main(xen) }
 }

@@ -3,14 +3,16 @@
 //! * [`hypercall`]: CPUID detection of Xen, the hypercall page, the x86_64 hypercall ABI.
 //! * [`xen`]: the real platform, [`Xen`]: event channels over `shared_info` and
 //!   `SCHEDOP_poll`, the PV console ring, the clock (`vcpu_time_info`), shutdown. It implements
-//!   the platform traits `Events`, `Clock`, `Console` and `Scheduler`, enough for the XenStore
-//!   `RingTransport` and the control driver.
+//!   every platform trait (`Platform`): `Events`, `Clock`, `Console`, `Scheduler` there,
+//!   `Grants`/`GrantMapper` in [`gnttab`] (grant table v1), `Pages` in [`memory`].
+//! * [`pages`]: the page allocator; [`heap`]: the free-list `#[global_allocator]` that grows
+//!   from it; [`sync`]: the spin lock around shared state.
 //! * With the `image` feature only (never in host builds or tests): the boot entries — PVH
 //!   (`XEN_ELFNOTE_PHYS32_ENTRY`, 32-bit, builds its own 0–4 GiB identity map) and 64-bit PV
 //!   (`XEN_ELFNOTE_ENTRY` + `XEN_ELFNOTE_HYPERCALL_PAGE`) in one ELF — and the Xen ELF notes
 //!   (`boot.s`), `memcpy`/`memset`/`memmove`/`memcmp`/`bcmp`, the
-//!   `#[panic_handler]` (console, then `SCHEDOP_shutdown(crash)`) and a bump
-//!   `#[global_allocator]` over the RAM after the image. The image defines
+//!   `#[panic_handler]` (console, then `SCHEDOP_shutdown(crash)`), the memory setup (page
+//!   allocator, grant table, mapping window) and the `#[global_allocator]`. The image defines
 //!   `#[no_mangle] fn xen_main(xen: &'static Xen) -> !`.
 //!
 //! `link.ld` is the linker script; an image's build script finds it in
@@ -21,8 +23,12 @@
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
+pub mod gnttab;
 pub mod heap;
 pub mod hypercall;
+pub mod memory;
+pub mod pages;
+pub mod sync;
 pub mod xen;
 
 #[cfg(all(feature = "image", not(test)))]

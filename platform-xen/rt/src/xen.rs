@@ -12,6 +12,9 @@
 //!   `shared_info` is mapped (or if Xen never fills it) a TSC count at an assumed 1 GHz is used.
 //! * Console: the PV console ring page (io/console.h `xencons_interface`, `out`/`out_cons`/
 //!   `out_prod`) from `HVM_PARAM_CONSOLE_PFN`/`_EVTCHN`, mirrored to I/O port 0xE9.
+//!   At most [`MAX_POLL_PORTS`] (128) ports go into one poll; with more, the wait wakes every
+//!   millisecond to scan the others.
+//! * Grants, grant mapping and pages: [`crate::gnttab`], [`crate::memory`].
 //! * Scheduler: `SCHEDOP_yield`, `SCHEDOP_poll` with no ports as a timed sleep, and
 //!   `SCHEDOP_shutdown` with the reason passed by pointer (sched.h).
 
@@ -46,6 +49,9 @@ use crate::hypercall::{self, hypercall2};
 pub const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
 /// `UVMF_INVLPG` (xen.h): flush only the one TLB entry.
 pub const UVMF_INVLPG: u64 = 2;
+
+/// Most ports one `SCHEDOP_poll` takes (Xen's `do_poll` returns -EINVAL above 128).
+pub const MAX_POLL_PORTS: usize = 128;
 
 /// `XENMEM_add_to_physmap` (memory.h).
 pub const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
@@ -239,6 +245,7 @@ impl Xen {
             x.console_ring
                 .store((m2p(cons_mfn) << PAGE_SHIFT) as usize, Ordering::Release);
         }
+        crate::memory::set_p2m(si.mfn_list as usize, si.nr_pages as usize);
         x.store_pfn.store(m2p(si.store_mfn), Ordering::Relaxed);
         x.store_port.store(si.store_evtchn, Ordering::Relaxed);
         if r != 0 {
@@ -497,9 +504,22 @@ impl Events for Xen {
                     continue;
                 }
             };
-            let mut list = [0 as EvtchnPort; 16];
+            // SCHEDOP_poll takes at most 128 ports (Xen common/sched/core.c do_poll: "Fairly
+            // arbitrary limit", -EINVAL above). With more, poll the first 128 and wake every
+            // millisecond to scan the others' pending bits.
+            let mut list = [0 as EvtchnPort; MAX_POLL_PORTS];
             let n = ports.len().min(list.len());
             list[..n].copy_from_slice(&ports[..n]);
+            let abs = if ports.len() > MAX_POLL_PORTS {
+                let soon = now.saturating_add(Duration::from_millis(1)).as_nanos() as u64;
+                if abs == 0 {
+                    soon
+                } else {
+                    abs.min(soon)
+                }
+            } else {
+                abs
+            };
             let mut poll = SchedPoll {
                 ports: GuestHandle::new(list.as_mut_ptr()),
                 nr_ports: n as u32,
