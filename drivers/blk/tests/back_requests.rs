@@ -862,3 +862,31 @@ fn event_mode_notifications_both_ways() {
     assert!(f.dom.is_pending(f.port));
     assert_eq!(f.response(7).unwrap().status, BLKIF_RSP_OKAY);
 }
+
+#[test]
+fn no_mapping_is_held_while_the_storage_works() {
+    use xen_platform::Grants;
+    let ctl = Rc::new(RefCell::new(GateCtl {
+        closed: true,
+        ..Default::default()
+    }));
+    let (mut w, _g, mut f) = connected(
+        BackOptions::default(),
+        DiskKind::Gate(ctl.clone()),
+        RingStyle::Single,
+        |v| v,
+    );
+    let (_p, gr) = f.page(0, false);
+    f.push(&[rw(BLKIF_OP_READ, 1, 0, &[(gr, 0, 7)])]);
+    w.run_until("submitted", |_| !ctl.borrow().log.is_empty());
+    // The read's page is not mapped by the backend while the storage holds the read: the
+    // frontend can even end its grant (then the read cannot be delivered: ERROR).
+    f.dom.end(gr).unwrap();
+    ctl.borrow_mut().closed = false;
+    w.run_until("answered", |_| {
+        f.collect();
+        !f.responses.is_empty()
+    });
+    assert_eq!(f.response(1).unwrap().status, BLKIF_RSP_ERROR);
+    still_serves(&mut w, &mut f);
+}

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
-use xen_platform::{Error, Platform};
+use xen_platform::{Error, GrantMapper, Platform, MAX_MULTI_MAP};
 
 use super::shared::{cast, SegPages, SharedRing};
 use crate::abi::*;
@@ -65,6 +65,7 @@ pub struct ChannelStats {
 /// One granted segment: page `gref`, sectors `first..=last` of it.
 #[derive(Debug, Clone, Copy)]
 struct Seg {
+    gref: GrantRef,
     first: u8,
     last: u8,
 }
@@ -82,7 +83,7 @@ impl Seg {
 struct Pending {
     id: u64,
     rsp_op: u8,
-    pages: SegPages,
+    /// A read's segments, written at completion (no mapping is held while the storage works).
     segs: Vec<Seg>,
     /// The data op is done (or there was none): what is left is the flush.
     flush_after: bool,
@@ -232,7 +233,7 @@ impl<P: Platform> Channel<P> {
             Ok(()) => {
                 if pend.is_read {
                     let buf = c.buf.unwrap_or_default();
-                    if !scatter(&pend.pages, &pend.segs, &buf) {
+                    if !scatter(&*self.p, self.fe, &pend.segs, &buf) {
                         self.finish(pend, BLKIF_RSP_ERROR);
                         return;
                     }
@@ -241,7 +242,6 @@ impl<P: Platform> Channel<P> {
                     // The data is written; now make it durable under the same tag.
                     pend.flush_after = false;
                     pend.is_read = false;
-                    pend.pages.unmap(&*self.p);
                     let tag = c.tag;
                     self.pending.insert(tag, pend);
                     self.start(tag, Op::Flush, false);
@@ -255,8 +255,7 @@ impl<P: Platform> Channel<P> {
         self.finish(pend, status);
     }
 
-    fn finish(&mut self, mut pend: Pending, status: i16) {
-        pend.pages.unmap(&*self.p);
+    fn finish(&mut self, pend: Pending, status: i16) {
         if pend.barrier {
             self.barrier_in_flight = false;
         }
@@ -399,7 +398,6 @@ impl<P: Platform> Channel<P> {
                         Pending {
                             id,
                             rsp_op: op,
-                            pages: SegPages::none(),
                             segs: Vec::new(),
                             flush_after: false,
                             is_read: false,
@@ -437,7 +435,6 @@ impl<P: Platform> Channel<P> {
                     Pending {
                         id,
                         rsp_op: op,
-                        pages: SegPages::none(),
                         segs: Vec::new(),
                         flush_after: false,
                         is_read: false,
@@ -522,18 +519,17 @@ impl<P: Platform> Channel<P> {
         }
         let mut total: u64 = 0;
         let mut local = Vec::with_capacity(segs.len());
-        let mut refs = Vec::with_capacity(segs.len());
         for s in segs {
             if s.first_sect > s.last_sect || s.last_sect >= SECTORS_PER_PAGE {
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
             }
             let seg = Seg {
+                gref: s.gref,
                 first: s.first_sect,
                 last: s.last_sect,
             };
             total += seg.bytes() as u64 / SECTOR;
             local.push(seg);
-            refs.push(s.gref);
         }
         let in_range = sector
             .checked_add(total)
@@ -543,21 +539,15 @@ impl<P: Platform> Channel<P> {
         if !in_range || (sector | total) & (per_block - 1) != 0 {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
-        // A read writes into the frontend's pages: they must be granted writable.
-        let pages = match SegPages::map(&*self.p, self.fe, &refs, !read) {
-            Ok(p) => p,
-            Err(_) => return self.refuse(id, rsp_op, BLKIF_RSP_ERROR),
-        };
         let len = (total * SECTOR) as usize;
         let mut buf = vec![0u8; len];
-        let mut pages = pages;
         if !read {
-            if !gather(&pages, &local, &mut buf) {
-                pages.unmap(&*self.p);
+            // Copied once, before the storage sees it; a grant not given (or not to us) is
+            // refused here. A read's pages are mapped writable only at completion: a grant
+            // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
+            if !gather(&*self.p, self.fe, &local, &mut buf) {
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
             }
-            // Copied once: the frontend's pages are not needed any more.
-            pages.unmap(&*self.p);
         }
         let drain = flags & DRAIN != 0;
         let tag = self.new_tag();
@@ -566,8 +556,7 @@ impl<P: Platform> Channel<P> {
             Pending {
                 id,
                 rsp_op,
-                pages,
-                segs: local,
+                segs: if read { local } else { Vec::new() },
                 flush_after: flags & FLUSH_AFTER != 0,
                 is_read: read,
                 barrier: drain,
@@ -657,34 +646,61 @@ impl<V> EmptyExcept for BTreeMap<u64, V> {
     }
 }
 
-/// Copy the segments' bytes out of the frontend's pages into `buf`, in order.
-fn gather(pages: &SegPages, segs: &[Seg], buf: &mut [u8]) -> bool {
+/// Copy the segments' bytes out of the frontend's pages into `buf`, in order: up to 16 pages
+/// mapped (read-only) at a time with one `map_multi`, copied, unmapped with one
+/// `unmap_multi`, so a request never holds more than 16 mappings (a real platform maps foreign
+/// pages into a small window) and no mapping outlives the copy.
+fn gather(p: &impl GrantMapper, fe: DomId, segs: &[Seg], buf: &mut [u8]) -> bool {
     let mut at = 0;
-    for (i, s) in segs.iter().enumerate() {
-        let n = s.bytes();
-        let Some(dst) = buf.get_mut(at..at + n) else {
+    for chunk in segs.chunks(MAX_MULTI_MAP) {
+        let refs: Vec<GrantRef> = chunk.iter().map(|s| s.gref).collect();
+        let Ok(mut pages) = SegPages::map(p, fe, &refs, true) else {
             return false;
         };
-        if !pages.read(i, s.offset(), dst) {
+        let mut ok = true;
+        for (i, s) in chunk.iter().enumerate() {
+            let n = s.bytes();
+            let copied = buf
+                .get_mut(at..at + n)
+                .is_some_and(|dst| pages.read(i, s.offset(), dst));
+            if !copied {
+                ok = false;
+                break;
+            }
+            at += n;
+        }
+        pages.unmap(p);
+        if !ok {
             return false;
         }
-        at += n;
     }
     true
 }
 
-/// Copy `buf` into the segments of the frontend's pages, in order.
-fn scatter(pages: &SegPages, segs: &[Seg], buf: &[u8]) -> bool {
+/// Copy `buf` into the segments of the frontend's pages, in order, 16 pages (mapped writable)
+/// at a time, as [`gather`].
+fn scatter(p: &impl GrantMapper, fe: DomId, segs: &[Seg], buf: &[u8]) -> bool {
     let mut at = 0;
-    for (i, s) in segs.iter().enumerate() {
-        let n = s.bytes();
-        let Some(src) = buf.get(at..at + n) else {
+    for chunk in segs.chunks(MAX_MULTI_MAP) {
+        let refs: Vec<GrantRef> = chunk.iter().map(|s| s.gref).collect();
+        let Ok(mut pages) = SegPages::map(p, fe, &refs, false) else {
             return false;
         };
-        if !pages.write(i, s.offset(), src) {
+        let mut ok = true;
+        for (i, s) in chunk.iter().enumerate() {
+            let n = s.bytes();
+            match buf.get(at..at + n) {
+                Some(src) if pages.write(i, s.offset(), src) => at += n,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        pages.unmap(p);
+        if !ok {
             return false;
         }
-        at += n;
     }
     true
 }

@@ -60,9 +60,9 @@ impl SharedRing {
     }
 }
 
-/// Granted pages of one request, mapped in chunks of up to 16 (one `map_multi` each, so grants
-/// are mapped and unmapped in batches). Page `i` of the request is page `i % 16` of chunk
-/// `i / 16`.
+/// Granted pages, mapped in chunks of up to 16 (one `map_multi` each, so grants are mapped
+/// and unmapped in batches). Page `i` is page `i % 16` of chunk `i / 16`. The data path maps
+/// at most 16 at a time, for the length of one copy.
 pub struct SegPages {
     chunks: Vec<MultiMapping>,
     readonly: bool,
@@ -89,14 +89,6 @@ impl SegPages {
             }
         }
         Ok(SegPages { chunks, readonly })
-    }
-
-    /// No pages (requests without data).
-    pub fn none() -> SegPages {
-        SegPages {
-            chunks: Vec::new(),
-            readonly: true,
-        }
     }
 
     fn page_ptr(&self, page: usize, off: usize, len: usize) -> Option<*mut u8> {
