@@ -456,13 +456,15 @@ impl<P: Platform> Channel<P> {
 
     fn indirect(&mut self, req: &BlkifRequest) {
         let ind: BlkifRequestIndirect = cast(req);
-        let (id, op) = (ind.id, BLKIF_OP_INDIRECT);
-        // Linux's blkfront checks the response's operation against `indirect_op` and Linux's
-        // blkback answers with it (blkback.c `dispatch_rw_block_io`: pending_req->operation =
-        // indirect_op), so the response carries the inner operation.
+        let id = ind.id;
+        // Linux's blkback answers with the inner operation (blkback.c `dispatch_rw_block_io`:
+        // `req_operation = ... indirect_op`), and Linux's blkfront refuses anything else
+        // ("response has wrong operation", blkif_interrupt, since 2021), so the response
+        // carries `indirect_op`, not BLKIF_OP_INDIRECT as blkif.h's "copied from request" reads.
         let rsp_op = ind.indirect_op;
         if !matches!(ind.indirect_op, BLKIF_OP_READ | BLKIF_OP_WRITE) {
-            return self.refuse(id, op, BLKIF_RSP_ERROR);
+            // Linux answers "Invalid indirect operation" with the inner op too.
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
         let n = usize::from(ind.nr_segments);
         if n == 0 || n > BLKIF_MAX_INDIRECT_SEGMENTS || n as u32 > self.limits.max_segments {
