@@ -214,6 +214,31 @@ fn expect_err<T>(what: &str, r: Result<T, Error>, want: Error) -> Result<(), Str
 fn granter(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     let peer = peer(xen, xs)?;
     say(xen, &format!("A: peer B is domain {peer}"));
+    // A 4 MiB run: beyond a PV guest's bootstrap region (xen-rt maps the rest of RAM).
+    let big = xen
+        .alloc(1024)
+        .map_err(|e| format!("Pages::alloc(1024): {e}"))?;
+    fill(big.page(0), |j| j as u32);
+    fill(big.page(1023), |j| !(j as u32));
+    if check(big.page(1023), 0, WORDS, |j| !(j as u32)).is_some() {
+        return Err(String::from(
+            "4 MiB run: last page does not hold what was written",
+        ));
+    }
+    let last = xen
+        .frame(big.page(1023))
+        .map_err(|e| format!("frame: {e}"))?;
+    say(
+        xen,
+        &format!(
+            "A: Pages::alloc(1024) at {:p}..{:p}, last frame {last:#x}, written and read back",
+            big.addr,
+            // SAFETY: one past the run's end, not dereferenced.
+            unsafe { big.addr.add(big.len()) }
+        ),
+    );
+    xen.free(big)
+        .map_err(|e| format!("Pages::free(1024): {e}"))?;
     let run = xen.alloc(4).map_err(|e| format!("Pages::alloc(4): {e}"))?;
     let mut refs = [0 as GrantRef; 4];
     for (i, r) in refs.iter_mut().enumerate() {

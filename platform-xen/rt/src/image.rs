@@ -6,11 +6,12 @@ use core::fmt::Write as _;
 use xen_platform::abi::hvm::{
     HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_START_MAGIC_VALUE,
 };
+use xen_platform::abi::xen::StartInfo;
 use xen_platform::{Console, Scheduler, ShutdownReason};
 
 use crate::gnttab::{GRANT_FRAMES, MAP_SLOTS};
 use crate::heap::Heap;
-use crate::memory::{heap_grow, pvh_hole, MemmapEntry, PAGES};
+use crate::memory::{heap_grow, pv_map_ram, pvh_hole, MemmapEntry, PAGES, PV_MAP_LIMIT};
 use crate::xen::Xen;
 
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
@@ -121,9 +122,33 @@ extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
     let table = align_up(xen_sp);
     let window = table + GRANT_FRAMES as u64 * PAGE;
     let start = table + GRANT_PAGES * PAGE;
-    let end = (xen_sp + MB4 - 1) & !(MB4 - 1);
-    // SAFETY: [start, end) is bootstrap padding, used by nothing else.
-    unsafe { PAGES.init(start as usize, end as usize) };
+    let pad_end = ((xen_sp + MB4 - 1) & !(MB4 - 1)) as usize;
+    // SAFETY: rsi at the PV entry points to start_info_t (xen.h); init_pv checked its magic.
+    let si = unsafe { (start_info as *const StartInfo).read_volatile() };
+    // The rest of RAM: mapped 2 MiB at a time, L1 tables in pages of ours.
+    let mut l1s = [0usize; PV_MAP_LIMIT / (2 << 20)];
+    let spare = pad_end - PAGE as usize;
+    // SAFETY: once, at boot, PV; the spare page (the padding's last) and the frames above
+    // the bootstrap region are ours and unused; init_pv set the p2m list.
+    let (top, n_l1, err) = unsafe {
+        pv_map_ram(
+            si.pt_base as usize,
+            pad_end,
+            si.nr_pages as usize,
+            spare,
+            &mut l1s,
+        )
+    };
+    // SAFETY: [start, top) is bootstrap padding and RAM mapped just now, used by nothing
+    // else; the L1 tables in it are reserved below.
+    unsafe { PAGES.init(start as usize, top) };
+    for &l1 in &l1s[..n_l1] {
+        PAGES.reserve(l1, 1);
+    }
+    if let Some(e) = err {
+        let _ = writeln!(&*xen, "xen-rt: RAM above {top:#x} not mapped: {e}");
+    }
+    let end = top as u64;
     // SAFETY: [table, start) is bootstrap padding too (mapped, L1 tables present), for good.
     let grants = unsafe { xen.init_grants_pv(table as usize, window as usize) }.map(|n| (n, table));
     run(xen, "PV", start, end, grants)

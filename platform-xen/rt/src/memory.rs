@@ -6,10 +6,16 @@
 //!   (identity mapping).
 //! * PV: Xen maps only the bootstrap region (xen.h "Start-of-day memory layout"): the image,
 //!   start info, p2m list, page tables, stack, then padding up to a 4 MiB boundary (at least
-//!   512 KiB). The page allocator gets that padding, minus the grant table's and the mapping
-//!   window's pages; the domain's other pages (up to `nr_pages`) are not mapped and not used
-//!   (mapping them needs new L1 page tables: not done). A frame to grant is the MFN,
-//!   `mfn_list[addr >> 12]` (the p2m list of start_info).
+//!   512 KiB). [`pv_map_ram`] maps the domain's other pages (up to `nr_pages`, below 1 GiB) at
+//!   virtual = pseudo-physical address, as the bootstrap region is, 2 MiB at a time: it fills
+//!   an L1 table in a page of ours, makes that page read-only (`update_va_mapping`) and points
+//!   the bootstrap L2 entry at it (`mmu_update`, `MMU_NORMAL_PT_UPDATE`; xen.h: page-table
+//!   pages must be mapped read-only, Xen validates the L1 when the L2 entry is written). The
+//!   first L1 is the padding's last page, the others are consecutive pages at the start of
+//!   the first chunk mapped (so the rest of RAM stays contiguous); they are reserved in the
+//!   page allocator, which gets the padding (minus the grant
+//!   table's and the mapping window's pages) and all the mapped RAM. A frame to grant is the
+//!   MFN, `mfn_list[addr >> 12]` (the p2m list of start_info).
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -63,6 +69,132 @@ pub fn heap_grow(bytes: usize) -> Option<(usize, usize)> {
         .map(|a| (a, n.max(16)))
         .or_else(|| PAGES.alloc(n).map(|a| (a, n)))?;
     Some((a.0, a.0 + a.1 * PAGE_SIZE))
+}
+
+/// `struct mmu_update` (xen.h): `ptr` = machine address of the entry | `MMU_*`, `val`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MmuUpdate {
+    /// Machine address of the page-table entry, low 2 bits `MMU_*`.
+    pub ptr: u64,
+    /// The new entry.
+    pub val: u64,
+}
+/// `MMU_NORMAL_PT_UPDATE` (xen.h).
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+const PTE_PRESENT: u64 = 1;
+/// PV mappings of RAM: present | writable | accessed | dirty (Xen adds `_PAGE_USER` for a
+/// 64-bit PV kernel, which runs in ring 3).
+const PTE_RW: u64 = 0x63;
+/// Present | accessed: a page-table page's own mapping.
+const PTE_RO: u64 = 0x21;
+/// An L2 entry: present | writable | user | accessed | dirty.
+const PDE: u64 = 0x67;
+const M2: usize = 2 << 20;
+/// [`pv_map_ram`] maps below this (one L2 table: L4[0], L3[0]).
+pub const PV_MAP_LIMIT: usize = 1 << 30;
+
+/// The virtual address of the page-table page an entry points to (PV: through the M2P; page
+/// tables live in the bootstrap region, mapped at virtual = pseudo-physical address).
+fn table_va(entry: u64) -> usize {
+    (mfn_to_pfn((entry & PTE_ADDR) >> 12) as usize) << 12
+}
+
+/// PV: map the pseudo-physical frames from `from` (2 MiB-aligned) up to `nr_pages` (at most
+/// [`PV_MAP_LIMIT`]) at virtual = pseudo-physical address, skipping 2 MiB chunks that are
+/// mapped already (the bootstrap region). `spare_l1` is a free, mapped page of ours for the
+/// first L1 table; the addresses of the L1 pages used go to `l1s`. Returns the end of the
+/// mapped RAM and the number of L1 pages, and the error that stopped it early, if any.
+///
+/// # Safety
+/// Once, at boot, in PV; `pt_base` is `start_info.pt_base`; `spare_l1` and the frames from
+/// `from` are ours and unused; the p2m list is set ([`set_p2m`]).
+pub unsafe fn pv_map_ram(
+    pt_base: usize,
+    from: usize,
+    nr_pages: usize,
+    spare_l1: usize,
+    l1s: &mut [usize],
+) -> (usize, usize, Option<Error>) {
+    let top = (nr_pages * PAGE_SIZE).min(PV_MAP_LIMIT);
+    // SAFETY: the bootstrap page tables are mapped read-only in the bootstrap region (xen.h
+    // start of day, item 6); L4[0] and L3[0] cover the region, so they are present.
+    let l2 = unsafe {
+        let l3 = table_va((pt_base as *const u64).read_volatile());
+        table_va((l3 as *const u64).read_volatile())
+    } as *const u64;
+    let l2_mfn = match pfn_to_mfn(l2 as usize >> 12) {
+        Some(m) => m,
+        None => return (from, 0, Some(Error::Invalid)),
+    };
+    let (mut mapped, mut n, mut next_l1) = (from, 0, spare_l1);
+    let mut first_chunk: Option<usize> = None;
+    let mut va = from;
+    while va < top {
+        let idx = va / M2;
+        // SAFETY: entry idx < 512 of the (read-only mapped) L2 table.
+        if unsafe { l2.add(idx).read_volatile() } & PTE_PRESENT != 0 {
+            va += M2; // bootstrap region: mapped already
+            mapped = va.min(top);
+            continue;
+        }
+        if n == l1s.len() {
+            return (mapped, n, Some(Error::NoSpace));
+        }
+        let Some(l1_mfn) = pfn_to_mfn(next_l1 >> 12) else {
+            return (mapped, n, Some(Error::Invalid));
+        };
+        for i in 0..512 {
+            let pfn = va / PAGE_SIZE + i;
+            let pte = pfn_to_mfn(pfn).map_or(0, |m| (m << 12) | PTE_RW);
+            // SAFETY: next_l1 is a mapped, writable page of ours that nothing else uses.
+            unsafe { (next_l1 as *mut u64).add(i).write_volatile(pte) };
+        }
+        // SAFETY: update_va_mapping(va, pte, flags) of our own page: read-only from now on,
+        // as Xen requires of a page-table page.
+        let r = unsafe {
+            hypercall::hypercall5(
+                xen_platform::abi::xen::HYPERVISOR_UPDATE_VA_MAPPING,
+                next_l1 as u64,
+                (l1_mfn << 12) | PTE_RO,
+                crate::xen::UVMF_INVLPG,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            return (mapped, n, Some(Error::from_xen_errno(r as i32)));
+        }
+        let mut req = MmuUpdate {
+            ptr: ((l2_mfn << 12) + idx as u64 * 8) | MMU_NORMAL_PT_UPDATE,
+            val: (l1_mfn << 12) | PDE,
+        };
+        // SAFETY: mmu_update(reqs, count, done, foreigndom) (xen.h): one request, alive
+        // across the call; Xen validates the new L1 table before installing it.
+        let r = unsafe {
+            hypercall::hypercall5(
+                xen_platform::abi::xen::HYPERVISOR_MMU_UPDATE,
+                &mut req as *mut _ as u64,
+                1,
+                0,
+                xen_platform::abi::DOMID_SELF as u64,
+                0,
+            )
+        };
+        if r < 0 {
+            return (mapped, n, Some(Error::from_xen_errno(r as i32)));
+        }
+        l1s[n] = next_l1;
+        n += 1;
+        // The other L1 tables: consecutive pages from the start of the first chunk mapped
+        // (mapped now; at most 511 more chunks below 1 GiB), so the rest stays contiguous.
+        let base = *first_chunk.get_or_insert(va);
+        next_l1 = base + (n - 1) * PAGE_SIZE;
+        va += M2;
+        mapped = va.min(top);
+    }
+    (mapped, n, None)
 }
 
 /// A memory-map entry: `(addr, size, type)`.

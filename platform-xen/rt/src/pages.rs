@@ -135,6 +135,25 @@ impl PageAlloc {
         })
     }
 
+    /// Mark `n` free pages at `addr` as in use for good (pages the allocator's range covers but
+    /// something else owns, e.g. page tables). `false` (nothing reserved) if any is not free.
+    pub fn reserve(&self, addr: usize, n: usize) -> bool {
+        self.inner.with(|i| {
+            if addr < i.base || !addr.is_multiple_of(PAGE) || n == 0 {
+                return false;
+            }
+            let first = (addr - i.base) / PAGE;
+            if first + n > i.pages || (first..first + n).any(|q| i.get(q)) {
+                return false;
+            }
+            for q in first..first + n {
+                i.set(q, true);
+            }
+            i.used += n;
+            true
+        })
+    }
+
     /// Free `n` pages at `addr`. `false` (and nothing freed) if they are not `n` allocated
     /// pages of this allocator.
     pub fn free(&self, addr: usize, n: usize) -> bool {
@@ -213,5 +232,9 @@ mod tests {
         assert_eq!(a.alloc(1).unwrap(), base + 2 * PAGE);
         assert_eq!(a.alloc(1), None);
         assert!(a.contains(base) && !a.contains(end));
+        assert!(!a.reserve(base, 1), "in use");
+        assert!(a.free(base, 1));
+        assert!(a.reserve(base, 1));
+        assert_eq!(a.alloc(1), None);
     }
 }
