@@ -80,6 +80,7 @@ pub struct MmuUpdate {
     /// The new entry.
     pub val: u64,
 }
+const _: () = assert!(core::mem::size_of::<MmuUpdate>() == 16);
 /// `MMU_NORMAL_PT_UPDATE` (xen.h).
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
