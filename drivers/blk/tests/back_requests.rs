@@ -890,3 +890,37 @@ fn no_mapping_is_held_while_the_storage_works() {
     assert_eq!(f.response(1).unwrap().status, BLKIF_RSP_ERROR);
     still_serves(&mut w, &mut f);
 }
+
+#[test]
+fn buffered_bytes_are_bounded_requests_wait_on_the_ring() {
+    let ctl = Rc::new(RefCell::new(GateCtl {
+        closed: true,
+        ..Default::default()
+    }));
+    let (mut w, _g, mut f) = connected(
+        BackOptions::default(),
+        DiskKind::Gate(ctl.clone()),
+        RingStyle::Order(1),
+        |v| v,
+    );
+    // 12 indirect reads of 256 pages (1 MiB) each: only 8 MiB are taken at once.
+    let (page, gr) = f.page(0, false);
+    let (ip, igr) = f.page(0, true);
+    f.write_page(&ip, 0, &seg_bytes(&[(gr, 0, 7); 256]));
+    let reqs: Vec<BlkifRequest> = (0..12)
+        .map(|i| indirect_req(BLKIF_OP_READ, i, 0, 256, &[igr]))
+        .collect();
+    f.push(&reqs);
+    w.run_until("8 submitted", |_| ctl.borrow().log.len() == 8);
+    for _ in 0..50 {
+        w.poll();
+    }
+    assert_eq!(ctl.borrow().log.len(), 8, "the rest waits on the ring");
+    ctl.borrow_mut().closed = false;
+    w.run_until("all answered", |_| {
+        f.collect();
+        f.responses.len() == 12
+    });
+    assert!(f.responses.iter().all(|r| r.status == BLKIF_RSP_OKAY));
+    assert_eq!(f.read_page(&page)[0], disk_byte(255 * 4096));
+}

@@ -91,6 +91,8 @@ struct Pending {
     is_read: bool,
     /// A barrier: nothing after it starts before it completes.
     barrier: bool,
+    /// Bytes of buffer the request holds (counted in [`Channel::buffered`]).
+    bytes: usize,
 }
 
 /// A validated request waiting: for the ring to drain (barrier) or for room in the storage.
@@ -116,6 +118,8 @@ pub struct Channel<P: Platform> {
     stalled: Option<Stalled>,
     next_tag: u64,
     barrier_in_flight: bool,
+    /// Bytes of data buffers held by requests in flight.
+    buffered: usize,
     notify: bool,
     broken: Option<Error>,
     stats: ChannelStats,
@@ -156,6 +160,7 @@ impl<P: Platform> Channel<P> {
             stalled: None,
             next_tag: first_tag,
             barrier_in_flight: false,
+            buffered: 0,
             notify: false,
             broken: None,
             stats: ChannelStats::default(),
@@ -200,8 +205,9 @@ impl<P: Platform> Channel<P> {
             if progress {
                 continue;
             }
-            // Idle as far as the ring goes: ask for a notification, and look once more.
-            if self.broken.is_none() && self.stalled.is_none() && !self.barrier_in_flight {
+            // Idle as far as the ring goes: ask for a notification, and look once more (only
+            // when requests would be taken: otherwise a completion moves things on).
+            if self.may_take() {
                 if let Some(r) = self.ring.ring() {
                     if r.final_check_for_requests() {
                         continue;
@@ -256,6 +262,7 @@ impl<P: Platform> Channel<P> {
     }
 
     fn finish(&mut self, pend: Pending, status: i16) {
+        self.buffered -= pend.bytes;
         if pend.barrier {
             self.barrier_in_flight = false;
         }
@@ -324,9 +331,21 @@ impl<P: Platform> Channel<P> {
         self.stats.submitted != before
     }
 
+    /// Whether new requests are taken from the ring now: not while one waits for the storage
+    /// or a barrier is in flight, never again after an overflow, and not while
+    /// [`MAX_BUFFERED`] bytes are held — buffers are ours (copy-once), so a frontend could
+    /// otherwise make us hold ring size × 1 MiB; its requests wait on the ring instead (each
+    /// is at most 1 MiB, so one always fits when nothing is in flight).
+    fn may_take(&self) -> bool {
+        self.stalled.is_none()
+            && !self.barrier_in_flight
+            && self.broken.is_none()
+            && (self.buffered < MAX_BUFFERED || self.pending.is_empty())
+    }
+
     fn take_requests(&mut self) -> bool {
         let mut any = false;
-        while self.stalled.is_none() && !self.barrier_in_flight && self.broken.is_none() {
+        while self.may_take() {
             let Some(r) = self.ring.ring() else { break };
             let req = match r.take_request() {
                 Ok(Some(req)) => req,
@@ -402,6 +421,7 @@ impl<P: Platform> Channel<P> {
                             flush_after: false,
                             is_read: false,
                             barrier: flags & DRAIN != 0,
+                            bytes: 0,
                         },
                     );
                     if flags & DRAIN != 0 {
@@ -439,6 +459,7 @@ impl<P: Platform> Channel<P> {
                         flush_after: false,
                         is_read: false,
                         barrier: false,
+                        bytes: 0,
                     },
                 );
                 let op = Op::Discard {
@@ -562,11 +583,13 @@ impl<P: Platform> Channel<P> {
                 flush_after: flags & FLUSH_AFTER != 0,
                 is_read: read,
                 barrier: drain,
+                bytes: len,
             },
         );
         if drain {
             self.barrier_in_flight = true;
         }
+        self.buffered += len;
         let op = if read {
             Op::Read { sector, buf }
         } else {
@@ -634,6 +657,10 @@ impl<P: Platform> Drop for Channel<P> {
         self.disconnect();
     }
 }
+
+/// Most bytes of data buffers a channel holds for requests in flight (8 MiB: 8 of the largest
+/// indirect requests, 256 segments of a page each).
+pub const MAX_BUFFERED: usize = 8 << 20;
 
 const DRAIN: u8 = 1;
 const FLUSH_AFTER: u8 = 2;
