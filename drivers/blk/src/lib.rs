@@ -5,6 +5,8 @@
 //! - [`storage`]: the `Storage` trait blkback serves, with `MemDisk` and `Slice`.
 //! - [`back`] (feature `back`): blkback — data path and XenBus glue.
 //! - [`front`] (feature `front`): blkfront — `BlockDevice`, data path and XenBus glue.
+//! - [`reexport`] (feature `front`): a blkfront device as a `Storage`, so a storage domain can
+//!   serve a disk it received.
 #![no_std]
 
 extern crate alloc;
@@ -17,5 +19,7 @@ pub mod storage;
 pub mod back;
 #[cfg(feature = "front")]
 pub mod front;
+#[cfg(feature = "front")]
+pub mod reexport;
 
 pub use xen_platform as platform;

@@ -23,7 +23,7 @@ pub mod io;
 mod ring;
 
 pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS};
-pub use ring::WaitMode;
+pub use ring::{PlatformRef, WaitMode};
 
 /// Why a block operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
