@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xen_blk::back::{BackOptions, BlkBack, DiskSpec};
+use xen_blk::back::DiskSpec;
 use xen_blk::front::{BlkDevice, Blkfront, BlockDevice, Request, WaitMode};
 use xen_blk::negotiate::FrontConfig;
 use xen_blk::storage::{MemDisk, Storage};
 use xen_bus::{Bus, BusConfig, DriverError};
-use xen_platform::Events;
 use xen_sim::Domain;
 use xen_toolstack::{DomainConfig, Guest, Toolstack, Vbd};
 
@@ -49,29 +48,21 @@ fn make_storage(spec: &DiskSpec) -> Result<Box<dyn Storage>, DriverError> {
     Ok(Box::new(disk))
 }
 
-/// The storage domain's main loop: XenBus + blkback, waiting on the rings' event channels.
+/// The storage domain: the example app's main loop (`xenolith_apps::storage_domain`, the same
+/// code an image runs) on the simulated domain.
 fn serve(storage: &Guest, stop: &AtomicBool) -> Result<(), String> {
     let xs = storage
         .xs_client()
         .map_err(|e| format!("xenstore: {e:?}"))?;
     let mut bus = Bus::with_config(xs, storage.domid(), bus_cfg());
-    let dom = storage.domain().clone();
-    let back = BlkBack::new(Rc::new(dom.clone()), BackOptions::default(), make_storage);
-    back.register(&mut bus).map_err(|e| format!("{e:?}"))?;
-    let t0 = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        let _ = bus.poll(t0.elapsed());
-        let p = back.poll();
-        for name in &p.broken {
-            let _ = bus.close(name);
-        }
-        if p.busy || p.ports.is_empty() {
-            std::thread::sleep(Duration::from_micros(50));
-        } else if let Ok(port) = dom.wait(&p.ports, Some(Duration::from_millis(2))) {
-            dom.clear(port);
-        }
-    }
-    Ok(())
+    xenolith_apps::storage_domain(
+        Rc::new(storage.domain().clone()),
+        &mut bus,
+        Box::new(make_storage),
+        None,
+        &|| stop.load(Ordering::SeqCst),
+        &|| std::thread::sleep(Duration::from_micros(50)),
+    )
 }
 
 /// What one guest did.

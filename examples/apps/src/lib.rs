@@ -1,0 +1,122 @@
+//! The example apps, written against the platform traits only (`#![no_std]` + `alloc`): the
+//! same code runs in threads of the simulator today (`examples/src/bin`) and in an image on
+//! Xen, where `plat` is the runtime's `Xen` and the bus talks to the XenStore ring.
+//!
+//! - [`storage_domain`]: a storage domain's main loop — blkback serving what its factory makes
+//!   of each `params` (a RAM disk, a file on a host, a window of a disk this domain received
+//!   through its own blkfront), and blkfront for the disks it receives.
+//! - [`blk_app`]: compile-in storage for a single-purpose VM — wait for its first disk, write
+//!   a record, flush, read it back and verify it.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+
+use core::time::Duration;
+
+use alloc::rc::Rc;
+
+use xen_blk::back::{BackOptions, BlkBack, StorageFactory};
+use xen_blk::front::{BlkDevice, Blkfront, BlockDevice};
+use xen_bus::store::client::Transport;
+use xen_bus::Bus;
+use xen_platform::Platform;
+
+/// A storage domain: serves its backend devices until `stop()` says so. `front` (registered on
+/// the same bus by the caller, or `None`) receives disks this domain can re-export through its
+/// factory (see `xen_blk::reexport::FrontStorage`). Event-driven: between rounds it waits on
+/// the rings' event channels; `idle` is called instead when there is nothing to wait on (a
+/// storage without ports still working, or no device yet).
+pub fn storage_domain<P: Platform + 'static, T: Transport>(
+    plat: Rc<P>,
+    bus: &mut Bus<T>,
+    factory: StorageFactory,
+    front: Option<&Blkfront<Rc<P>>>,
+    stop: &dyn Fn() -> bool,
+    idle: &dyn Fn(),
+) -> Result<(), String> {
+    let back = BlkBack::new(plat.clone(), BackOptions::default(), factory);
+    back.register(bus)
+        .map_err(|e| format!("registering blkback: {e:?}"))?;
+    while !stop() {
+        let _ = bus.poll(plat.now());
+        if let Some(f) = front {
+            f.service(bus);
+        }
+        let p = back.poll();
+        for name in &p.broken {
+            let _ = bus.close(name);
+        }
+        if p.busy || p.ports.is_empty() {
+            idle();
+        } else if let Ok(port) = plat.wait(&p.ports, Some(Duration::from_millis(2))) {
+            plat.clear(port);
+        }
+    }
+    Ok(())
+}
+
+/// Waits (up to `timeout`) for blkfront's first connected disk.
+pub fn first_disk<P: Platform + 'static, T: Transport>(
+    plat: &Rc<P>,
+    bus: &mut Bus<T>,
+    front: &Blkfront<Rc<P>>,
+    timeout: Duration,
+    idle: &dyn Fn(),
+) -> Result<BlkDevice<Rc<P>>, String> {
+    let start = plat.now();
+    loop {
+        let _ = bus.poll(plat.now());
+        front.service(bus);
+        if let Some(dev) = front.connected().first().and_then(|n| front.device(n)) {
+            return Ok(dev);
+        }
+        if plat.now().saturating_sub(start) > timeout {
+            return Err(String::from("no disk connected"));
+        }
+        idle();
+    }
+}
+
+/// What [`blk_app`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppReport {
+    /// The disk's size in bytes.
+    pub disk_bytes: u64,
+    /// Bytes written, flushed, read back and verified.
+    pub verified: u64,
+}
+
+/// Compile-in storage for a single-purpose VM: on its first disk, write `record` (padded to
+/// whole sectors) at `sector`, flush, read it back and verify it.
+pub fn blk_app<P: Platform + 'static>(
+    dev: &mut BlkDevice<Rc<P>>,
+    sector: u64,
+    record: &[u8],
+) -> Result<AppReport, String> {
+    let ss = dev.sector_size() as usize;
+    let len = record.len().div_ceil(ss).max(1) * ss;
+    let mut data = vec![0u8; len];
+    data[..record.len()].copy_from_slice(record);
+    dev.write(sector, &data)
+        .map_err(|e| format!("write at sector {sector}: {e}"))?;
+    dev.flush().map_err(|e| format!("flush: {e}"))?;
+    let mut back = vec![0u8; len];
+    dev.read(sector, &mut back)
+        .map_err(|e| format!("read at sector {sector}: {e}"))?;
+    if back != data {
+        let at = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        return Err(format!("read back differs at byte {at}"));
+    }
+    Ok(AppReport {
+        disk_bytes: dev.sector_count() * ss as u64,
+        verified: len as u64,
+    })
+}
