@@ -367,3 +367,99 @@ fn embedded_io_adapter_reads_and_writes_bytes_anywhere() {
     assert!(io.write_all(&[1u8; 20]).is_err());
     assert!(io.seek(SeekFrom::Current(-(DISK as i64) - 1)).is_err());
 }
+
+#[test]
+fn caller_memory_bad_buffers_and_busy() {
+    use xen_blk::front::Buffer;
+    use xen_platform::Pages;
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let mut offer = modern_offer();
+    offer.max_requests = Some(4);
+    let be = s.backend(BackKeys::from_offer(&offer), DISK, Behaviour::Stall);
+    let mut dev = s.connect();
+    // Caller-provided page-aligned memory (here: the guest's own pages).
+    let run = s.plat.alloc(2).unwrap();
+    assert_eq!(
+        // SAFETY: not page aligned: refused before anything is touched.
+        unsafe {
+            Buffer::from_raw(
+                std::ptr::NonNull::new(run.addr.as_ptr().add(512)).unwrap(),
+                4096,
+            )
+        }
+        .unwrap_err(),
+        BlkError::BadBuffer
+    );
+    // SAFETY: two pages of our own, used only through this Buffer until it comes back.
+    let mut mine = unsafe { Buffer::from_raw(run.addr, 8192) }.unwrap();
+    mine.as_mut_slice().copy_from_slice(&pattern(8192, 8));
+    // A length that is not whole sectors is refused and the buffer given back.
+    mine.set_len(1000).unwrap();
+    let r = dev
+        .submit(
+            Request::Write {
+                sector: 0,
+                buf: mine,
+            },
+            0,
+        )
+        .unwrap_err();
+    assert_eq!(r.error, BlkError::BadBuffer);
+    let mut mine = r.buffer.unwrap();
+    mine.set_len(8192).unwrap();
+    // Beyond the end.
+    let r = dev
+        .submit(
+            Request::Write {
+                sector: 32767,
+                buf: mine,
+            },
+            0,
+        )
+        .unwrap_err();
+    assert_eq!(r.error, BlkError::OutOfRange);
+    let mine = r.buffer.unwrap();
+    // max-requests = 4: 4 ids, 8 operations accepted, the 9th is Busy.
+    dev.submit(
+        Request::Write {
+            sector: 0,
+            buf: mine,
+        },
+        100,
+    )
+    .unwrap();
+    for i in 1..8u64 {
+        let b = dev.alloc_buffer(512).unwrap();
+        dev.submit(Request::Read { sector: i, buf: b }, i).unwrap();
+    }
+    assert_eq!(dev.in_flight(), 8);
+    let b = dev.alloc_buffer(512).unwrap();
+    let r = dev
+        .submit(Request::Read { sector: 0, buf: b }, 9)
+        .unwrap_err();
+    assert_eq!(r.error, BlkError::Busy);
+    dev.free_buffer(r.buffer.unwrap()).unwrap();
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(be.taken.load(std::sync::atomic::Ordering::SeqCst), 4);
+    be.set(Behaviour::Honest);
+    let done = poll_all(&mut dev, 8);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    assert_eq!(dev.in_flight(), 0);
+    for c in done {
+        let b = c.buffer.unwrap();
+        if c.tag == 100 {
+            // The caller's memory comes back as it went.
+            assert_eq!(b.addr(), run.addr);
+            assert_eq!(b.as_slice(), &pattern(8192, 8)[..]);
+        } else {
+            dev.free_buffer(b).unwrap();
+        }
+    }
+    assert_eq!(&be.disk.lock().unwrap()[..8192], &pattern(8192, 8)[..]);
+    s.plat.free(run).unwrap();
+}

@@ -64,6 +64,8 @@ struct Inner<H: PlatformRef> {
     dp: Option<DataPath<H>>,
     bounce: Option<Buffer>,
     error_published: bool,
+    /// The bus detached the device (failed or closed before or after connecting).
+    detached: bool,
 }
 
 impl<H: PlatformRef> Inner<H> {
@@ -86,6 +88,7 @@ impl<H: PlatformRef> Inner<H> {
                 Some(why) => DeviceState::Failed(why),
                 None => DeviceState::Closed,
             },
+            None if self.detached => DeviceState::Closed,
             None => DeviceState::Connecting,
         }
     }
@@ -180,6 +183,7 @@ impl<H: PlatformRef> Blkfront<H> {
                 dp: None,
                 bounce: None,
                 error_published: false,
+                detached: false,
             }));
             me.devices
                 .borrow_mut()
@@ -213,14 +217,20 @@ impl<H: PlatformRef> Blkfront<H> {
             .collect()
     }
 
-    /// Call after [`Bus::poll`]: a device whose data path failed (a misbehaving backend) gets
-    /// its error published in `error/<nodename>/error` (as `xenbus_dev_fatal`) and is closed
-    /// through the bus (Closing, then Closed once the backend closes or the close timeout
-    /// passes). Returns how many devices it closed.
+    /// Call after every [`Bus::poll`]: a device whose data path failed (a misbehaving
+    /// backend) gets its error published in `error/<nodename>/error` (as `xenbus_dev_fatal`)
+    /// and is closed through the bus (Closing, then Closed once the backend closes or the
+    /// close timeout passes); a disconnected device frees the pages its backend kept mapped
+    /// once it lets go. Returns how many devices it closed.
     pub fn service<T: Transport>(&self, bus: &mut Bus<T>) -> usize {
         let mut n = 0;
         for (name, d) in self.devices.borrow().iter() {
             let mut d = d.borrow_mut();
+            if let Some(dp) = d.dp.as_mut().filter(|dp| !dp.connected) {
+                // Pages the backend still mapped when we disconnected (Linux blkfront defers
+                // their release the same way): freed once it lets go.
+                dp.retry_quarantine();
+            }
             let why = match &d.dp {
                 Some(dp) => dp.failure,
                 None => None,
@@ -252,6 +262,7 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
         // Linux blkfront: `info->handle = simple_strtoul(strrchr(nodename, '/') + 1)`.
         i.handle = ctx.info.id.parse::<u32>().map_or(0, |v| v as u16);
         i.backend = ctx.info.backend_id;
+        i.detached = false;
         Ok(Progress::Done)
     }
 
@@ -318,7 +329,9 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
     }
 
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
-        self.inner.borrow_mut().disconnect(BlkError::Failed);
+        let mut i = self.inner.borrow_mut();
+        i.disconnect(BlkError::Failed);
+        i.detached = true;
     }
 }
 
@@ -365,6 +378,15 @@ impl<H: PlatformRef> BlkDevice<H> {
     /// The event channel (for an image's main loop that waits on every port).
     pub fn port(&self) -> Option<EvtchnPort> {
         self.inner.borrow().dp.as_ref().and_then(DataPath::port)
+    }
+
+    /// Requests submitted and not yet reported by [`BlockDevice::poll`].
+    pub fn in_flight(&self) -> usize {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .map_or(0, DataPath::in_flight)
     }
 
     /// Change how blocking calls wait.

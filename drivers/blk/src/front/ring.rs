@@ -6,7 +6,8 @@
 //! A backend is not trusted. Every response is checked before anything is done with it, as
 //! Linux's `blkif_interrupt`/`blkif_get_final_status` do since "xen-blkfront: don't trust the
 //! backend response data" (2021): the id must name a request in flight (else an unknown or
-//! duplicate id), the operation must be that request's, the status one of `BLKIF_RSP_*`, and
+//! duplicate id), the operation must be that request's (its `indirect_op` for an indirect
+//! request), the status one of `BLKIF_RSP_*`, and
 //! the response producer may not claim more responses than requests are outstanding
 //! (`RING_RESPONSE_PROD_OVERFLOW`, checked by `FrontRing::take_response`). Any violation fails
 //! the device: every outstanding request completes with [`BlkError::Failed`], grants are
@@ -259,6 +260,11 @@ impl<H: PlatformRef> DataPath<H> {
 
     fn outstanding(&self) -> usize {
         self.ops.len() - self.free_ops.len()
+    }
+
+    /// Operations not yet handed out by `deliver` (queued, on the ring, or completed).
+    pub fn in_flight(&self) -> usize {
+        self.outstanding() + self.done.iter().filter(|d| !d.internal).count()
     }
 
     /// Queue a request (see [`super::BlockDevice::submit`]).
@@ -601,11 +607,11 @@ impl<H: PlatformRef> DataPath<H> {
                 };
                 sh.in_use = true;
                 sh.op = opi;
-                sh.operation = if nseg <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
-                    operation
-                } else {
-                    BLKIF_OP_INDIRECT
-                };
+                // The operation a response must carry: for an indirect request its
+                // `indirect_op`, as Linux blkback answers and Linux blkfront checks
+                // (`blkif_interrupt`, "xen/blkfront: don't trust the backend response data",
+                // 2021).
+                sh.operation = operation;
                 sh.refs = refs;
                 sh.data_refs = data_refs;
                 Ok(req)
@@ -746,7 +752,8 @@ impl<H: PlatformRef> DataPath<H> {
         });
     }
 
-    fn retry_quarantine(&mut self) {
+    /// End the grants a backend kept mapped, if it let go of them now; free their pages.
+    pub fn retry_quarantine(&mut self) {
         if self.quarantine.is_empty() {
             return;
         }

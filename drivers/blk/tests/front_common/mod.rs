@@ -296,6 +296,15 @@ fn req_bytes(r: &BlkifRequest) -> [u8; 112] {
     b
 }
 
+/// The operation a response carries: an indirect request's `indirect_op` (Linux blkback).
+fn rsp_op(r: &BlkifRequest) -> u8 {
+    if r.operation == BLKIF_OP_INDIRECT {
+        req_bytes(r)[1]
+    } else {
+        r.operation
+    }
+}
+
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
 }
@@ -613,14 +622,14 @@ impl Setup {
                     Behaviour::Honest => {
                         for r in pending.drain(..) {
                             let status = serve.handle(&r);
-                            responses.push((r.id, r.operation, status));
+                            responses.push((r.id, rsp_op(&r), status));
                         }
                     }
                     Behaviour::Batch(n) => {
                         if pending.len() >= n {
                             for r in pending.drain(..) {
                                 let status = serve.handle(&r);
-                                responses.push((r.id, r.operation, status));
+                                responses.push((r.id, rsp_op(&r), status));
                             }
                         }
                     }
@@ -634,7 +643,7 @@ impl Setup {
                                 } else {
                                     (r.id, 7)
                                 };
-                                responses.push((id, r.operation, st));
+                                responses.push((id, rsp_op(&r), st));
                             }
                         }
                     }
@@ -643,8 +652,8 @@ impl Setup {
                             answered_once = true;
                             let r = pending[0];
                             let status = serve.handle(&r);
-                            responses.push((r.id, r.operation, status));
-                            responses.push((r.id, r.operation, status));
+                            responses.push((r.id, rsp_op(&r), status));
+                            responses.push((r.id, rsp_op(&r), status));
                         }
                     }
                     Behaviour::ProdOverflow => {
