@@ -111,9 +111,6 @@ fn blkfront_and_blkback_direct_io_flush_discard() {
 }
 
 #[test]
-#[ignore = "blkfront expects BLKIF_OP_INDIRECT in an indirect request's response; Linux's \
-            blkback (and ours) answer with indirect_op, which Linux's blkfront requires \
-            (blkif_interrupt, 2021): blkfront must accept indirect_op"]
 fn blkfront_and_blkback_indirect_io() {
     let (mut b, mut dev) = Both::new();
     write_read(&mut b, &mut dev, 512, 512 << 10, 7);
