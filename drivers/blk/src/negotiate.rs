@@ -294,9 +294,8 @@ fn read_offered_order(get: &mut Get<'_>) -> Result<u32, DriverError> {
         return Ok(order);
     }
     match read_num(get, keys::MAX_RING_PAGES)? {
-        None => Ok(0),
+        None | Some(0) => Ok(0),
         // A count that is not a power of two: use the largest power of two below it.
-        Some(0) => Ok(0),
         Some(n) => Ok(63 - n.leading_zeros()),
     }
 }

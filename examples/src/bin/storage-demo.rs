@@ -143,7 +143,6 @@ fn pass(
             outstanding += 1;
         }
         let mut err = None;
-        let dev_state = dev.state();
         dev.poll(&mut |c| {
             outstanding -= 1;
             r.requests += 1;
@@ -164,7 +163,7 @@ fn pass(
                 }
                 Err(e) => {
                     r.failed_requests += 1;
-                    err.get_or_insert(format!("request at byte {}: {e} ({:?})", c.tag, dev_state));
+                    err.get_or_insert(format!("request at byte {}: {e}", c.tag));
                 }
             }
         })
@@ -198,22 +197,11 @@ fn guest(
     let dom = Rc::new(g.domain().clone());
     let xs = g.xs_client().map_err(|e| format!("xenstore: {e:?}"))?;
     let mut bus = Bus::with_config(xs, g.domid(), bus_cfg());
-    let front = Blkfront::new(dom).with_mode(WaitMode::Event);
+    let front = Blkfront::new(dom.clone()).with_mode(WaitMode::Event);
     front.register(&mut bus).map_err(|e| format!("{e:?}"))?;
-    let t0 = Instant::now();
-    let mut dev = loop {
-        let _ = bus.poll(t0.elapsed());
-        front.service(&mut bus);
-        if let Some(name) = front.connected().first() {
-            if let Some(d) = front.device(name) {
-                break d;
-            }
-        }
-        if t0.elapsed() > LIMIT {
-            return Err("blkfront did not connect".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let mut dev = xenolith_apps::first_disk(&dom, &mut bus, &front, LIMIT, &|| {
+        std::thread::sleep(Duration::from_millis(1))
+    })?;
     let config = dev.config().ok_or("connected without a configuration")?;
     let mut r = Report {
         name: g.name().to_string(),
