@@ -142,6 +142,9 @@ pub struct FrontLimits {
     pub max_indirect_segments: u32,
     /// Requests in flight it keeps shadows for.
     pub max_requests: u32,
+    /// Writes `feature-persistent = 1`: its data pages stay granted (read-write, blkif.h note
+    /// 8) for the whole connection, so a backend that offers the feature maps each once.
+    pub persistent: bool,
 }
 
 /// The frontend's result of negotiation.
@@ -170,6 +173,9 @@ pub struct FrontConfig {
     pub readonly: bool,
     /// The raw `info` bits.
     pub info: u32,
+    /// Both ends wrote `feature-persistent = 1`: data pages are granted once, read-write,
+    /// and reused for every request of the connection.
+    pub persistent: bool,
 }
 
 impl FrontConfig {
@@ -191,6 +197,8 @@ pub struct FrontRing {
     pub ring_refs: Vec<GrantRef>,
     /// The frontend's port (the backend binds to it).
     pub event_channel: EvtchnPort,
+    /// `feature-persistent` (blkif.h, frontend features): the frontend reuses its grants.
+    pub persistent: bool,
 }
 
 impl FrontRing {
@@ -227,6 +235,10 @@ impl FrontRing {
             keys::PROTOCOL.to_string(),
             XEN_IO_PROTO_ABI_NATIVE.to_string(),
         ));
+        out.push((
+            keys::FEATURE_PERSISTENT.to_string(),
+            u32::from(self.persistent).to_string(),
+        ));
         out
     }
 }
@@ -241,6 +253,14 @@ pub struct BackConfig {
     pub max_segments: u32,
     /// Ring entries (requests in flight), capped by the frontend's `max-requests`.
     pub max_requests: u32,
+}
+
+impl BackConfig {
+    /// Both ends use persistent grants: the backend offered them and the frontend wrote
+    /// `feature-persistent = 1` (as Linux's `connect_ring` decides).
+    pub fn persistent(&self, offer: &BackendOffer) -> bool {
+        offer.persistent && self.ring.persistent
+    }
 }
 
 const EINVAL: i32 = 22;
@@ -339,6 +359,10 @@ impl BackendOffer {
             u32::from(self.flush_cache).to_string(),
         ));
         out.push((keys::FEATURE_BARRIER, u32::from(self.barrier).to_string()));
+        out.push((
+            keys::FEATURE_PERSISTENT,
+            u32::from(self.persistent).to_string(),
+        ));
         if let Some(d) = self.discard {
             out.push((keys::DISCARD_GRANULARITY, d.granularity.to_string()));
             out.push((keys::DISCARD_ALIGNMENT, d.alignment.to_string()));
@@ -467,6 +491,7 @@ pub fn negotiate_front(
         physical_sector_size: offer.physical_sector_size,
         readonly,
         info: offer.info,
+        persistent: offer.persistent && limits.persistent,
     }
 }
 
@@ -543,10 +568,12 @@ pub fn negotiate_back(
     if let Some(cap) = read_u32(get, keys::MAX_REQUEST_SEGMENTS)? {
         max_segments = max_segments.min(cap.max(1));
     }
+    let persistent = read_flag(get, keys::FEATURE_PERSISTENT)?;
     Ok(BackConfig {
         ring: FrontRing {
             ring_refs,
             event_channel,
+            persistent,
         },
         max_segments,
         max_requests,
@@ -609,11 +636,13 @@ mod tests {
         max_ring_page_order: 4,
         max_indirect_segments: 256,
         max_requests: 1024,
+        persistent: true,
     };
     const OLD_FRONT: FrontLimits = FrontLimits {
         max_ring_page_order: 0,
         max_indirect_segments: 0,
         max_requests: 32,
+        persistent: false,
     };
 
     fn front(backend: &BTreeMap<String, Vec<u8>>, limits: FrontLimits) -> FrontConfig {
@@ -626,6 +655,40 @@ mod tests {
             order,
             &limits,
         )
+    }
+
+    /// `feature-persistent`: used only when both ends write 1 (blkif.h: "the backend driver
+    /// should only map grants persistently if the frontend supports it").
+    #[test]
+    fn persistent_grants_need_both_ends() {
+        // Linux blkback writes feature-persistent=1 (XENSTORE-LAYOUT.md).
+        assert!(front(&linux_blkback(), NEW_FRONT).persistent);
+        assert!(!front(&linux_blkback(), OLD_FRONT).persistent);
+        let mut no_key = linux_blkback();
+        no_key.remove("feature-persistent");
+        assert!(!front(&no_key, NEW_FRONT).persistent);
+        // Our backend publishes the key with the other features, 0 or 1.
+        let mut o = offer(0, 0);
+        let published = |o: &BackendOffer| {
+            o.connect_keys()
+                .into_iter()
+                .find(|(k, _)| *k == "feature-persistent")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(published(&o).as_deref(), Some("0"));
+        o.persistent = true;
+        assert_eq!(published(&o).as_deref(), Some("1"));
+        // Back side: Linux blkfront writes feature-persistent=1; an old one writes nothing.
+        let fe = |extra: &[(&str, &str)]| {
+            let mut keys = vec![("ring-ref", "8"), ("event-channel", "4")];
+            keys.extend_from_slice(extra);
+            negotiate_back(getter(&dir(&keys)), &o).unwrap()
+        };
+        assert!(fe(&[("feature-persistent", "1")]).persistent(&o));
+        assert!(!fe(&[]).persistent(&o));
+        assert!(!fe(&[("feature-persistent", "0")]).persistent(&o));
+        let not_offered = offer(0, 0);
+        assert!(!fe(&[("feature-persistent", "1")]).persistent(&not_offered));
     }
 
     #[test]
@@ -934,6 +997,7 @@ mod tests {
         let one = FrontRing {
             ring_refs: vec![9],
             event_channel: 5,
+            persistent: false,
         };
         let k = one.keys();
         assert_eq!(
@@ -941,12 +1005,14 @@ mod tests {
             vec![
                 ("ring-ref".into(), "9".into()),
                 ("event-channel".into(), "5".into()),
-                ("protocol".into(), "x86_64-abi".into())
+                ("protocol".into(), "x86_64-abi".into()),
+                ("feature-persistent".into(), "0".into())
             ]
         );
         let four = FrontRing {
             ring_refs: vec![10, 11, 12, 13],
             event_channel: 6,
+            persistent: true,
         };
         let k: BTreeMap<String, Vec<u8>> = four
             .keys()

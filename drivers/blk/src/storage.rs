@@ -189,6 +189,36 @@ pub trait Storage {
     /// over a ring); a storage completed by other threads or at once reports none, and an event
     /// loop then polls it again while [`in_flight`](Self::in_flight) is not zero.
     fn ports(&self, _out: &mut dyn FnMut(EvtchnPort)) {}
+    /// Whether [`read_in_place`](Self::read_in_place) and
+    /// [`write_in_place`](Self::write_in_place) are served (a storage whose bytes are in this
+    /// domain's memory). Constant for a storage's life.
+    fn in_place(&self) -> bool {
+        false
+    }
+    /// Read `len` bytes at `sector` in place, at once: `f` is called with the storage's own
+    /// bytes of the range, in order (one or more slices, `len` bytes in all), and copies them
+    /// where they go before this returns — no buffer is allocated and nothing is queued.
+    /// Checked as a [`Op::Read`] would be ([`check_op`]); `f` is not called on an error.
+    /// Unsupported (the default): [`IoError::Unsupported`].
+    fn read_in_place(
+        &mut self,
+        _sector: u64,
+        _len: usize,
+        _f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), IoError> {
+        Err(IoError::Unsupported)
+    }
+    /// Write `len` bytes at `sector` in place, at once: `f` fills the storage's own bytes of
+    /// the range, in order. As [`read_in_place`](Self::read_in_place); an in-place write is
+    /// as durable as a completed [`Op::Write`].
+    fn write_in_place(
+        &mut self,
+        _sector: u64,
+        _len: usize,
+        _f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), IoError> {
+        Err(IoError::Unsupported)
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for Box<S> {
@@ -219,6 +249,57 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     fn ports(&self, out: &mut dyn FnMut(EvtchnPort)) {
         (**self).ports(out)
     }
+    fn in_place(&self) -> bool {
+        (**self).in_place()
+    }
+    fn read_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), IoError> {
+        (**self).read_in_place(sector, len, f)
+    }
+    fn write_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), IoError> {
+        (**self).write_in_place(sector, len, f)
+    }
+}
+
+/// Checks an in-place access of `len` bytes at `sector` of `s` as [`check_op`] checks the
+/// same [`Op::Read`] / [`Op::Write`]; `Ok` is the byte offset of `sector`.
+pub fn check_in_place(
+    s: &(impl Storage + ?Sized),
+    sector: u64,
+    len: usize,
+    write: bool,
+) -> Result<usize, IoError> {
+    if write && s.read_only() {
+        return Err(IoError::ReadOnly);
+    }
+    if len as u64 & (SECTOR - 1) != 0 {
+        return Err(IoError::Misaligned);
+    }
+    check_range(sector, len as u64 / SECTOR, s.sectors(), s.sector_size())?;
+    usize::try_from(sector * SECTOR).map_err(|_| IoError::OutOfRange)
+}
+
+/// `count` sectors at `sector`: inside `sectors`, aligned to `sector_size`.
+fn check_range(sector: u64, count: u64, sectors: u64, sector_size: u32) -> Result<(), IoError> {
+    let end = sector.checked_add(count).ok_or(IoError::OutOfRange)?;
+    if end > sectors {
+        return Err(IoError::OutOfRange);
+    }
+    let per_block = u64::from(sector_size.max(SECTOR as u32)) / SECTOR;
+    // per_block is a power of two (sector sizes are).
+    if (sector | count) & (per_block - 1) != 0 {
+        return Err(IoError::Misaligned);
+    }
+    Ok(())
 }
 
 /// Checks `op` against a storage of `sectors` sectors, block size `sector_size`, read-only or
@@ -242,16 +323,7 @@ pub fn check_op(
         return Ok(());
     };
     let count = count.ok_or(IoError::Misaligned)?;
-    let end = start.checked_add(count).ok_or(IoError::OutOfRange)?;
-    if end > sectors {
-        return Err(IoError::OutOfRange);
-    }
-    let per_block = u64::from(sector_size.max(SECTOR as u32)) / SECTOR;
-    // per_block is a power of two (sector sizes are).
-    if (start | count) & (per_block - 1) != 0 {
-        return Err(IoError::Misaligned);
-    }
-    Ok(())
+    check_range(start, count, sectors, sector_size)
 }
 
 /// A disk in RAM. Every op completes at submit (reported by the next
@@ -376,6 +448,29 @@ impl Storage for MemDisk {
     }
     fn in_flight(&self) -> usize {
         self.done.len()
+    }
+    fn in_place(&self) -> bool {
+        true
+    }
+    fn read_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), IoError> {
+        let at = check_in_place(self, sector, len, false)?;
+        f(&self.data[at..at + len]);
+        Ok(())
+    }
+    fn write_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), IoError> {
+        let at = check_in_place(self, sector, len, true)?;
+        f(&mut self.data[at..at + len]);
+        Ok(())
     }
 }
 
@@ -507,6 +602,28 @@ impl<S: Storage> Storage for Slice<S> {
     fn ports(&self, out: &mut dyn FnMut(EvtchnPort)) {
         self.inner.ports(out)
     }
+    fn in_place(&self) -> bool {
+        self.inner.in_place()
+    }
+    fn read_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), IoError> {
+        check_in_place(self, sector, len, false)?;
+        // In range: start + sector + count <= start + len <= inner.sectors(), no overflow.
+        self.inner.read_in_place(sector + self.start, len, f)
+    }
+    fn write_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), IoError> {
+        check_in_place(self, sector, len, true)?;
+        self.inner.write_in_place(sector + self.start, len, f)
+    }
 }
 
 /// Another storage, read-only: writes and discards fail with [`IoError::ReadOnly`] without
@@ -573,6 +690,25 @@ impl<S: Storage> Storage for ReadOnly<S> {
     }
     fn ports(&self, out: &mut dyn FnMut(EvtchnPort)) {
         self.inner.ports(out)
+    }
+    fn in_place(&self) -> bool {
+        self.inner.in_place()
+    }
+    fn read_in_place(
+        &mut self,
+        sector: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), IoError> {
+        self.inner.read_in_place(sector, len, f)
+    }
+    fn write_in_place(
+        &mut self,
+        _sector: u64,
+        _len: usize,
+        _f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), IoError> {
+        Err(IoError::ReadOnly)
     }
 }
 

@@ -99,6 +99,8 @@ fn options_shape_what_is_published() {
         flush: false,
         barrier: false,
         discard: true,
+        persistent: false,
+        max_persistent_grants: None,
     };
     let mut w = World::new(opts, DiskKind::Mem);
     let g = w.guest("guest");
@@ -121,6 +123,7 @@ fn options_shape_what_is_published() {
     w.run_until("Connected", |w| w.backend_state(fe).as_deref() == Some("4"));
     assert_eq!(key(&w, "feature-flush-cache").as_deref(), Some("0"));
     assert_eq!(key(&w, "feature-barrier").as_deref(), Some("0"));
+    assert_eq!(key(&w, "feature-persistent").as_deref(), Some("0"));
     assert_eq!(
         key(&w, "feature-discard").as_deref(),
         Some("0"),

@@ -91,6 +91,7 @@ fn cases() -> Vec<Case> {
                 max_ring_page_order: 1,
                 max_indirect_segments: 0,
                 max_requests: 16,
+                persistent: false,
             },
             order: 1,
             max_requests: 16,
@@ -206,7 +207,16 @@ fn negotiation_table() {
         }
         assert!(s.fe_key("event-channel").is_some(), "{n}");
         assert_eq!(s.fe_key("protocol").as_deref(), Some("x86_64-abi"), "{n}");
-        assert_eq!(s.fe_key("feature-persistent"), None, "{n}: not offered");
+        // blkfront says whether it reuses its grants (as Linux does, always); they are used
+        // when the backend offered them too.
+        let want = if c.limits.persistent { "1" } else { "0" };
+        assert_eq!(s.fe_key("feature-persistent").as_deref(), Some(want), "{n}");
+        let offered = c
+            .keys
+            .connect
+            .iter()
+            .any(|(k, v)| k == "feature-persistent" && v == "1");
+        assert_eq!(cfg.persistent, offered && c.limits.persistent, "{n}");
         assert_eq!(
             be.ring_pages.load(std::sync::atomic::Ordering::SeqCst),
             pages,

@@ -17,7 +17,7 @@ use core::mem::size_of;
 use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use xen_platform::{Error, GrantMapper, Platform, MAX_MULTI_MAP};
 
-use super::shared::{cast, SegPages, SharedRing};
+use super::shared::{cast, PeerSeg, Persistent, SegCursor, SegPages, SharedRing};
 use crate::abi::*;
 use crate::storage::{Busy, Completion, IoError, Op, Storage, SECTOR};
 
@@ -45,6 +45,9 @@ pub struct Limits {
     pub sectors: u64,
     /// Logical block size in bytes.
     pub sector_size: u32,
+    /// Persistent grants negotiated (both ends wrote `feature-persistent = 1`): at most this
+    /// many of the frontend's grants stay mapped; 0 when not negotiated.
+    pub persistent_grants: usize,
 }
 
 /// Counters of a channel.
@@ -60,6 +63,11 @@ pub struct ChannelStats {
     pub submitted: u64,
     /// Most requests held by the storage at once.
     pub max_in_flight: usize,
+    /// Reads and writes served in place (through persistent grants into an in-place storage:
+    /// no buffer, no mapping, answered at once).
+    pub in_place: u64,
+    /// The frontend's grants mapped persistently now.
+    pub persistent_maps: usize,
 }
 
 /// One granted segment: page `gref`, sectors `first..=last` of it.
@@ -123,6 +131,10 @@ pub struct Channel<P: Platform> {
     notify: bool,
     broken: Option<Error>,
     stats: ChannelStats,
+    /// The frontend's grants kept mapped (`feature-persistent`), `None` when not negotiated.
+    persistent: Option<Persistent>,
+    /// The segments of the request being served (reused: no allocation per request).
+    segs: Vec<PeerSeg>,
 }
 
 impl<P: Platform> Channel<P> {
@@ -164,6 +176,9 @@ impl<P: Platform> Channel<P> {
             notify: false,
             broken: None,
             stats: ChannelStats::default(),
+            persistent: (limits.persistent_grants > 0)
+                .then(|| Persistent::new(limits.persistent_grants)),
+            segs: Vec::new(),
         })
     }
 
@@ -174,7 +189,10 @@ impl<P: Platform> Channel<P> {
 
     /// Counters.
     pub fn stats(&self) -> ChannelStats {
-        self.stats
+        ChannelStats {
+            persistent_maps: self.persistent.as_ref().map_or(0, Persistent::len),
+            ..self.stats
+        }
     }
 
     /// Why the ring stopped being served (a frontend that overflowed it), if it did.
@@ -239,7 +257,12 @@ impl<P: Platform> Channel<P> {
             Ok(()) => {
                 if pend.is_read {
                     let buf = c.buf.unwrap_or_default();
-                    if !scatter(&*self.p, self.fe, &pend.segs, &buf) {
+                    let copied = if self.resolve(&pend.segs) {
+                        SegCursor::new(&self.segs).write_from(&buf) == buf.len()
+                    } else {
+                        scatter(&*self.p, self.fe, &pend.segs, &buf)
+                    };
+                    if !copied {
                         self.finish(pend, BLKIF_RSP_ERROR);
                         return;
                     }
@@ -491,21 +514,33 @@ impl<P: Platform> Channel<P> {
         if n == 0 || n > BLKIF_MAX_INDIRECT_SEGMENTS || n as u32 > self.limits.max_segments {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
-        // The indirect pages: mapped read-only, their segments copied out once, unmapped.
+        // The indirect pages: their segments copied out once — through the persistent
+        // mappings when the frontend reuses its indirect grants, else mapped read-only for the
+        // copy and unmapped.
         let npages = indirect_pages(n);
-        let mut pages = match SegPages::map(&*self.p, self.fe, &ind.indirect_grefs[..npages], true)
-        {
-            Ok(m) => m,
-            Err(_) => return self.refuse(id, rsp_op, BLKIF_RSP_ERROR),
-        };
+        let grefs = &ind.indirect_grefs[..npages];
         let mut raw = vec![0u8; n * size_of::<BlkifRequestSegment>()];
-        let mut ok = true;
-        for (i, chunk) in raw.chunks_mut(PAGE_SIZE).enumerate() {
-            ok &= pages.read(i, 0, chunk);
-        }
-        pages.unmap(&*self.p);
-        if !ok {
-            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        let whole = |g| Seg {
+            gref: g,
+            first: 0,
+            last: SECTORS_PER_PAGE - 1,
+        };
+        let segs: Vec<Seg> = grefs.iter().map(|&g| whole(g)).collect();
+        if self.resolve(&segs) {
+            SegCursor::new(&self.segs).read_into(&mut raw);
+        } else {
+            let mut pages = match SegPages::map(&*self.p, self.fe, grefs, true) {
+                Ok(m) => m,
+                Err(_) => return self.refuse(id, rsp_op, BLKIF_RSP_ERROR),
+            };
+            let mut ok = true;
+            for (i, chunk) in raw.chunks_mut(PAGE_SIZE).enumerate() {
+                ok &= pages.read(i, 0, chunk);
+            }
+            pages.unmap(&*self.p);
+            if !ok {
+                return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+            }
         }
         let segs: Vec<BlkifRequestSegment> = raw
             .chunks_exact(size_of::<BlkifRequestSegment>())
@@ -518,6 +553,25 @@ impl<P: Platform> Channel<P> {
             .collect();
         let read = ind.indirect_op == BLKIF_OP_READ;
         self.rw(id, rsp_op, read, ind.sector_number, &segs, 0);
+    }
+
+    /// Resolve every segment through the persistent grants into `self.segs`; false (and
+    /// `self.segs` meaningless) when persistent grants are off or one segment is not kept.
+    fn resolve(&mut self, segs: &[Seg]) -> bool {
+        self.segs.clear();
+        let Some(pers) = self.persistent.as_mut() else {
+            return false;
+        };
+        for s in segs {
+            let seg = pers
+                .page(&*self.p, self.fe, s.gref)
+                .and_then(|page| PeerSeg::new(page, s.offset(), s.bytes()));
+            match seg {
+                Some(seg) => self.segs.push(seg),
+                None => return false,
+            }
+        }
+        true
     }
 
     fn new_tag(&mut self) -> u64 {
@@ -563,8 +617,32 @@ impl<P: Platform> Channel<P> {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
         let len = (total * SECTOR) as usize;
+        let persistent = self.resolve(&local);
+        if persistent && flags == 0 && self.storage.in_place() {
+            // Straight between the frontend's pages and the storage's bytes: one copy, no
+            // buffer, answered now.
+            let mut cur = SegCursor::new(&self.segs);
+            let r = if read {
+                self.storage.read_in_place(sector, len, &mut |src| {
+                    cur.write_from(src);
+                })
+            } else {
+                self.storage.write_in_place(sector, len, &mut |dst| {
+                    cur.read_into(dst);
+                })
+            };
+            self.stats.in_place += 1;
+            let status = match r {
+                Ok(()) => BLKIF_RSP_OKAY,
+                Err(IoError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
+                Err(_) => BLKIF_RSP_ERROR,
+            };
+            return self.respond(id, rsp_op, status);
+        }
         let mut buf = vec![0u8; len];
-        if !read {
+        if persistent && !read {
+            SegCursor::new(&self.segs).read_into(&mut buf);
+        } else if !read {
             // Copied once, before the storage sees it; a grant not given (or not to us) is
             // refused here. A read's pages are mapped writable only at completion: a grant
             // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
@@ -612,6 +690,9 @@ impl<P: Platform> Channel<P> {
             }
         }
         self.flush_responses();
+        if let Some(pers) = self.persistent.as_mut() {
+            pers.unmap_all(&*self.p);
+        }
         self.ring.unmap(&*self.p);
         if self.port != 0 {
             let _ = self.p.close(self.port);

@@ -36,6 +36,10 @@ use crate::negotiate::{self, BackendOffer, DiscardParams, MAX_RING_PAGE_ORDER};
 use crate::storage::Storage;
 use channel::{Channel, ChannelStats, Limits};
 
+/// Linux blkback's default limit of persistently mapped grants per ring
+/// (`xen_blkif_max_pgrants`, drivers/block/xen-blkback/blkback.c).
+const LINUX_MAX_PGRANTS: usize = 1056;
+
 /// What the toolstack asked for, handed to the image's storage factory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
@@ -68,11 +72,18 @@ pub struct BackOptions {
     /// Offer `feature-discard` where the storage discards and the toolstack's
     /// `discard-enable` is not 0.
     pub discard: bool,
+    /// Offer `feature-persistent`: a frontend that writes it too has its grants mapped once
+    /// and kept for the connection.
+    pub persistent: bool,
+    /// Most grants kept mapped per ring; `None`: blkif.h's "ideally RING_SIZE *
+    /// BLKIF_MAX_SEGMENTS_PER_REQUEST", and at least Linux blkback's default of 1056
+    /// (`xen_blkif_max_pgrants`).
+    pub max_persistent_grants: Option<usize>,
 }
 
 impl Default for BackOptions {
     /// What Linux's blkback publishes by default (`docs/XENSTORE-LAYOUT.md`): order 4, 256
-    /// indirect segments, flush, barrier, discard.
+    /// indirect segments, flush, barrier, discard, persistent grants.
     fn default() -> Self {
         BackOptions {
             max_ring_page_order: MAX_RING_PAGE_ORDER,
@@ -80,6 +91,8 @@ impl Default for BackOptions {
             flush: true,
             barrier: true,
             discard: true,
+            persistent: true,
+            max_persistent_grants: None,
         }
     }
 }
@@ -299,7 +312,7 @@ impl<P: Platform + 'static> VbdBack<P> {
             flush_cache: opts.flush && !read_only,
             barrier: opts.barrier && !read_only,
             discard,
-            persistent: false,
+            persistent: opts.persistent,
             sectors: storage.sectors(),
             sector_size,
             physical_sector_size: storage.physical_sector_size().max(sector_size),
@@ -318,6 +331,7 @@ impl<P: Platform + 'static> VbdBack<P> {
             read_only,
             sectors: offer.sectors,
             sector_size,
+            persistent_grants: 0,
         });
         self.storage = Some(storage);
         self.offer = Some(offer);
@@ -355,6 +369,13 @@ impl<P: Platform + 'static> BackDriver for VbdBack<P> {
                 .max_segments
                 .min(BLKIF_MAX_SEGMENTS_PER_REQUEST as u32);
         }
+        limits.persistent_grants = if cfg.persistent(&offer) {
+            let ideal = cfg.max_requests as usize * BLKIF_MAX_SEGMENTS_PER_REQUEST;
+            let cap = self.hub.borrow().options.max_persistent_grants;
+            cap.unwrap_or(ideal.max(LINUX_MAX_PGRANTS))
+        } else {
+            0
+        };
         let p = self.hub.borrow().platform.clone();
         let fe = ctx.info.frontend_id;
         let ch = match Channel::connect(

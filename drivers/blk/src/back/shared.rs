@@ -3,12 +3,14 @@
 //! or into, never referenced). Peer memory is only touched through raw-pointer copies, so no
 //! Rust reference to bytes the peer may change at any time ever exists.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::mem::size_of;
+use core::ptr::NonNull;
 
 use xen_platform::abi::{DomId, GrantRef, Pod, PAGE_SIZE};
 use xen_platform::ring::BackRing;
-use xen_platform::{GrantMapper, MultiMapping, Result, MAX_MULTI_MAP};
+use xen_platform::{GrantMapper, Mapping, MultiMapping, Result, MAX_MULTI_MAP};
 
 use crate::abi::{BlkifRequest, BlkifResponse};
 
@@ -129,6 +131,132 @@ impl SegPages {
         for m in self.chunks.drain(..) {
             let _ = p.unmap_multi(m);
         }
+    }
+}
+
+/// The frontend's persistent grants (`feature-persistent`, blkif.h): each page is mapped
+/// read-write the first time a request names it and stays mapped until the connection ends,
+/// so the data path maps nothing per request. At most `cap` are kept; a grant beyond that (or
+/// one that cannot be mapped read-write, e.g. a frontend that granted it read-only against
+/// blkif.h note 8) is left to the per-request path, as blkif.h allows ("fall back to non
+/// persistent mode").
+pub struct Persistent {
+    maps: BTreeMap<GrantRef, Mapping>,
+    cap: usize,
+}
+
+impl Persistent {
+    /// No grant mapped yet; at most `cap` will be.
+    pub fn new(cap: usize) -> Persistent {
+        Persistent {
+            maps: BTreeMap::new(),
+            cap,
+        }
+    }
+
+    /// Grants mapped.
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Whether none is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// Page `gref` of `domid`, mapped read-write (now, if it was not yet). `None`: not kept
+    /// persistently (full, or the map failed).
+    pub fn page(&mut self, p: &impl GrantMapper, domid: DomId, gref: GrantRef) -> Option<PeerPage> {
+        if let Some(m) = self.maps.get(&gref) {
+            return Some(PeerPage(m.addr));
+        }
+        if self.maps.len() >= self.cap {
+            return None;
+        }
+        let m = p.map(domid, gref, false).ok()?;
+        let page = PeerPage(m.addr);
+        self.maps.insert(gref, m);
+        Some(page)
+    }
+
+    /// Unmap every grant (at disconnect). Idempotent.
+    pub fn unmap_all(&mut self, p: &impl GrantMapper) {
+        for (_, m) in core::mem::take(&mut self.maps) {
+            let _ = p.unmap(m);
+        }
+    }
+}
+
+/// A page of the frontend's, mapped read-write by [`Persistent`] (valid until
+/// [`Persistent::unmap_all`]: hold it no longer than the request being served).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerPage(NonNull<u8>);
+
+/// Bytes `off..off + len` of a [`PeerPage`]: one segment of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSeg {
+    page: PeerPage,
+    off: usize,
+    len: usize,
+}
+
+impl PeerSeg {
+    /// Bytes `off..off + len` of `page`; `None` unless they lie inside the page.
+    pub fn new(page: PeerPage, off: usize, len: usize) -> Option<PeerSeg> {
+        (off.checked_add(len)? <= PAGE_SIZE).then_some(PeerSeg { page, off, len })
+    }
+}
+
+/// Walks the segments of a request in order, copying between them and our own buffers.
+pub struct SegCursor<'a> {
+    segs: &'a [PeerSeg],
+    i: usize,
+    off: usize,
+}
+
+impl<'a> SegCursor<'a> {
+    /// At the first byte of `segs`.
+    pub fn new(segs: &'a [PeerSeg]) -> SegCursor<'a> {
+        SegCursor { segs, i: 0, off: 0 }
+    }
+
+    /// Copy from the segments into `dst` (a write's data); returns the bytes copied (fewer than
+    /// `dst.len()` only when the segments run out).
+    pub fn read_into(&mut self, dst: &mut [u8]) -> usize {
+        self.walk(dst.len(), &mut |peer, at, n| {
+            // SAFETY: `peer` points at `n` bytes inside one page that a live `Persistent`
+            // mapping holds (PeerSeg::new bounded off + len by the page; the mapping lasts until
+            // unmap_all, which needs `&mut Persistent` and so cannot run while the caller holds
+            // these segments); `dst[at..at + n]` is our own memory, so they do not overlap.
+            unsafe { core::ptr::copy_nonoverlapping(peer, dst.as_mut_ptr().add(at), n) }
+        })
+    }
+
+    /// Copy `src` into the segments (a read's data); returns the bytes copied.
+    pub fn write_from(&mut self, src: &[u8]) -> usize {
+        self.walk(src.len(), &mut |peer, at, n| {
+            // SAFETY: as in `read_into`; the mapping is read-write (Persistent maps so).
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr().add(at), peer, n) }
+        })
+    }
+
+    fn walk(&mut self, want: usize, copy: &mut dyn FnMut(*mut u8, usize, usize)) -> usize {
+        let mut done = 0;
+        while done < want {
+            let Some(seg) = self.segs.get(self.i) else {
+                break;
+            };
+            let n = (seg.len - self.off).min(want - done);
+            let peer = seg.page.0.as_ptr().wrapping_add(seg.off + self.off);
+            copy(peer, done, n);
+            done += n;
+            self.off += n;
+            if self.off == seg.len {
+                self.i += 1;
+                self.off = 0;
+            }
+        }
+        done
     }
 }
 

@@ -135,6 +135,7 @@ pub const DEFAULT_LIMITS: FrontLimits = FrontLimits {
     max_ring_page_order: MAX_RING_PAGE_ORDER,
     max_indirect_segments: 256,
     max_requests: 1024,
+    persistent: true,
 };
 
 impl<H: PlatformRef> Blkfront<H> {
@@ -278,6 +279,7 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
         let keys = FrontRing {
             ring_refs: setup.refs.clone(),
             event_channel: setup.port,
+            persistent: i.limits.persistent,
         }
         .keys();
         i.order = order;
@@ -497,21 +499,22 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
     }
 
     fn alloc_buffer(&mut self, bytes: usize) -> Result<Buffer, BlkError> {
-        let i = self.inner.borrow();
+        let mut i = self.inner.borrow_mut();
+        if let Some(dp) = i.dp.as_mut() {
+            return dp.alloc_buffer(bytes);
+        }
         let pages = bytes.div_ceil(xen_platform::PAGE_SIZE).max(1);
         let run = i.plat.get().alloc(pages).map_err(BlkError::Platform)?;
         Ok(Buffer::from_run(run, bytes))
     }
 
     fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError> {
+        let mut i = self.inner.borrow_mut();
+        if let Some(dp) = i.dp.as_mut() {
+            return dp.free_buffer(buf);
+        }
         match buf.into_run() {
-            Some(run) => self
-                .inner
-                .borrow()
-                .plat
-                .get()
-                .free(run)
-                .map_err(BlkError::Platform),
+            Some(run) => i.plat.get().free(run).map_err(BlkError::Platform),
             None => Ok(()),
         }
     }

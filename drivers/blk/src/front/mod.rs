@@ -151,12 +151,30 @@ pub trait BlockDevice {
 /// Page-aligned I/O memory that the frontend grants to the backend while a request runs.
 ///
 /// A `Buffer` is moved into [`BlockDevice::submit`] and comes back in its [`Completion`], so
-/// the memory is never touched by the application while the backend may access it.
+/// the application does not touch the memory while the backend serves a request on it.
+///
+/// With persistent grants (`feature-persistent` negotiated, the default against a backend that
+/// offers it) a buffer from [`BlockDevice::alloc_buffer`] stays granted, read-write, to the
+/// backend for the whole connection (blkif.h note 8), and the backend keeps it mapped: the
+/// price of mapping nothing per request is trusting the backend not to write it outside a
+/// read — the trust Linux blkfront gives its backend in the same mode. Turn it off with
+/// `FrontLimits::persistent = false`. Buffers made with [`Buffer::from_raw`] are never granted
+/// persistently.
 pub struct Buffer {
     addr: NonNull<u8>,
     cap: usize,
     len: usize,
     run: Option<PageRun>,
+    /// Persistent grants of its pages, for the connection that made them.
+    pub(crate) persist: Option<Persist>,
+}
+
+/// A buffer's persistent grants: `refs[i]` grants page `i` to the backend of connection
+/// `epoch` (each connection of each device has its own epoch).
+#[derive(Debug)]
+pub(crate) struct Persist {
+    pub epoch: u64,
+    pub refs: alloc::vec::Vec<Option<xen_platform::GrantRef>>,
 }
 
 impl fmt::Debug for Buffer {
@@ -193,6 +211,7 @@ impl Buffer {
             cap,
             len: cap,
             run: None,
+            persist: None,
         })
     }
 
@@ -202,7 +221,13 @@ impl Buffer {
             cap: run.len(),
             len,
             run: Some(run),
+            persist: None,
         }
+    }
+
+    /// Whether the pages are ours (from `alloc_buffer`), not the caller's.
+    pub(crate) fn owned(&self) -> bool {
+        self.run.is_some()
     }
 
     pub(crate) fn into_run(self) -> Option<PageRun> {
@@ -241,8 +266,9 @@ impl Buffer {
     /// The first `len()` bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the buffer owns `cap >= len` valid bytes (from_raw's contract or a PageRun
-        // of ours) and no grant of it is live while the application holds it (grants end
-        // before a Completion gives it back), so no peer writes it meanwhile.
+        // of ours). A per-request grant ends before a Completion gives the buffer back; a
+        // persistent grant stays, and the backend writes the pages only while serving a read
+        // of this buffer, which the application cannot hold meanwhile (see the type's docs).
         unsafe { core::slice::from_raw_parts(self.addr.as_ptr(), self.len) }
     }
 

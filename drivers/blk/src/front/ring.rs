@@ -18,6 +18,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Deref;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use xen_platform::ring::FrontRing;
@@ -26,7 +27,7 @@ use xen_platform::{
     PAGE_SIZE,
 };
 
-use super::{BlkError, Buffer, Completion, Rejected, Request};
+use super::{BlkError, Buffer, Completion, Persist, Rejected, Request};
 use crate::abi::{
     indirect_pages, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
     BlkifResponse, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST,
@@ -114,6 +115,8 @@ struct Shadow {
     indirect: Option<PageRun>,
     /// An indirect page is still mapped by the backend: the id is never used again.
     retired: bool,
+    /// Persistent grants of `indirect`'s pages (read-write, kept for the connection).
+    indirect_refs: Vec<GrantRef>,
 }
 
 /// An operation finished (completion not yet handed out).
@@ -145,7 +148,24 @@ pub(crate) struct DataPath<H: PlatformRef> {
     /// Why the device failed (a misbehaving backend); `None` while healthy.
     pub failure: Option<&'static str>,
     pub connected: bool,
+    /// This connection's number, unique across devices and connections: a buffer's
+    /// persistent grants are reused only on the connection that made them.
+    epoch: u64,
+    /// Every persistent grant of buffer pages made on this connection (ended at shutdown).
+    persistent: Vec<GrantRef>,
+    /// Most persistent grants of buffer pages (blkif.h note 9: RING_SIZE *
+    /// BLKIF_MAX_SEGMENTS_PER_REQUEST); beyond, pages are granted per request.
+    persist_cap: usize,
+    /// Freed buffers whose pages keep their persistent grants, reused by `alloc_buffer`
+    /// (last in, first out, as blkif.h recommends so a backend's LRU keeps them mapped).
+    spare: Vec<Buffer>,
 }
+
+/// Looks at the ring in a polled `wait` before yielding the CPU (a few microseconds).
+const POLL_SPINS: u32 = 4096;
+
+/// Source of connection epochs.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 impl<H: PlatformRef> core::fmt::Debug for DataPath<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -213,6 +233,11 @@ impl<H: PlatformRef> DataPath<H> {
         let n = cfg.max_requests.min(ring.size()) as usize;
         let mut shadow = Vec::with_capacity(n);
         shadow.resize_with(n, Shadow::default);
+        let persist_cap = if cfg.persistent {
+            n * BLKIF_MAX_SEGMENTS_PER_REQUEST
+        } else {
+            0
+        };
         Ok(DataPath {
             plat,
             backend,
@@ -232,6 +257,10 @@ impl<H: PlatformRef> DataPath<H> {
             quarantine: Vec::new(),
             failure: None,
             connected: true,
+            epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
+            persistent: Vec::new(),
+            persist_cap,
+            spare: Vec::new(),
         })
     }
 
@@ -445,7 +474,7 @@ impl<H: PlatformRef> DataPath<H> {
 
     /// Build the ring request for the next part of op `opi` under id `id`.
     fn build(&mut self, opi: usize, id: u32) -> Result<BlkifRequest, BuildErr> {
-        let op = self.ops[opi].as_ref().expect("queued op exists");
+        let op = self.ops[opi].as_mut().expect("queued op exists");
         let kind = op.kind;
         let operation = wire_op(kind);
         let sh = &mut self.shadow[id as usize];
@@ -481,7 +510,7 @@ impl<H: PlatformRef> DataPath<H> {
                 Ok(as_ring_request(&d))
             }
             Kind::Read | Kind::Write => {
-                let buf = op.buf.as_ref().ok_or(BuildErr::Op(BlkError::BadBuffer))?;
+                let buf = op.buf.as_mut().ok_or(BuildErr::Op(BlkError::BadBuffer))?;
                 let per = self.cfg.max_request_bytes().max(PAGE_SIZE);
                 let off = op.next_part as usize * per;
                 let len = buf.len().saturating_sub(off).min(per);
@@ -489,9 +518,11 @@ impl<H: PlatformRef> DataPath<H> {
                 let base = buf.addr();
                 let sector = op.sector512 + (off / WIRE_SECTOR) as u64;
                 // The backend only reads our buffer for a write: grant it read-only
-                // (Linux blkfront: `rq_data_dir(req) == WRITE` as the readonly flag).
+                // (Linux blkfront: `rq_data_dir(req) == WRITE` as the readonly flag) — unless
+                // the grant is persistent, which blkif.h note 8 wants read-write.
                 let readonly = kind == Kind::Write;
-                let mut refs = Vec::with_capacity(nseg + 1);
+                // Per-request grants, ended when the response comes (persistent ones are not).
+                let mut refs = Vec::new();
                 let mut segs = Vec::with_capacity(nseg);
                 let plat = self.plat.clone();
                 let p = plat.get();
@@ -499,27 +530,62 @@ impl<H: PlatformRef> DataPath<H> {
                 let undo = |refs: &Vec<GrantRef>| {
                     p.end_batch(refs, &mut |_, _| {});
                 };
+                // Persistent grants: only for our own pages (a caller's memory from
+                // `Buffer::from_raw` may be gone after the request; ours is kept granted).
+                let epoch = self.epoch;
+                let persistent = self.persist_cap > 0 && buf.owned();
+                if persistent && buf.persist.as_ref().is_none_or(|ps| ps.epoch != epoch) {
+                    buf.persist = Some(Persist {
+                        epoch,
+                        refs: vec![None; buf.capacity() / PAGE_SIZE],
+                    });
+                }
                 for i in 0..nseg {
                     let at = off + i * PAGE_SIZE;
-                    // SAFETY: `at < buf.len() <= capacity`: inside the buffer's memory.
-                    let addr = unsafe { NonNull::new_unchecked(base.as_ptr().add(at)) };
-                    let frame = match p.frame(addr) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            undo(&refs);
-                            return Err(BuildErr::Op(BlkError::Platform(e)));
+                    let kept = buf
+                        .persist
+                        .as_ref()
+                        .filter(|_| persistent)
+                        .and_then(|ps| ps.refs.get(at / PAGE_SIZE).copied().flatten());
+                    let gref = match kept {
+                        Some(r) => r,
+                        None => {
+                            // SAFETY: `at < buf.len() <= capacity`: inside the buffer's memory.
+                            let addr = unsafe { NonNull::new_unchecked(base.as_ptr().add(at)) };
+                            let frame = match p.frame(addr) {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    undo(&refs);
+                                    return Err(BuildErr::Op(BlkError::Platform(e)));
+                                }
+                            };
+                            let keep = persistent && self.persistent.len() < self.persist_cap;
+                            match p.grant(backend, frame, readonly && !keep) {
+                                Ok(r) if keep => {
+                                    self.persistent.push(r);
+                                    if let Some(slot) = buf
+                                        .persist
+                                        .as_mut()
+                                        .and_then(|ps| ps.refs.get_mut(at / PAGE_SIZE))
+                                    {
+                                        *slot = Some(r);
+                                    }
+                                    r
+                                }
+                                Ok(r) => {
+                                    refs.push(r);
+                                    r
+                                }
+                                Err(e) => {
+                                    undo(&refs);
+                                    return Err(BuildErr::Later(e));
+                                }
+                            }
                         }
                     };
-                    match p.grant(backend, frame, readonly) {
-                        Ok(r) => refs.push(r),
-                        Err(e) => {
-                            undo(&refs);
-                            return Err(BuildErr::Later(e));
-                        }
-                    }
                     let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
                     segs.push(BlkifRequestSegment {
-                        gref: refs[i],
+                        gref,
                         first_sect: 0,
                         last_sect: (bytes / WIRE_SECTOR - 1) as u8,
                         _pad0: [0; 2],
@@ -573,7 +639,30 @@ impl<H: PlatformRef> DataPath<H> {
                         e[7] = 0;
                     }
                     let mut grefs = [0; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
-                    for (i, g) in grefs.iter_mut().enumerate().take(pages) {
+                    if self.persist_cap > 0 {
+                        // Persistent: the id's indirect pages are granted (read-write, note
+                        // 8) once for the connection; the backend maps them once.
+                        while sh.indirect_refs.len() < pages {
+                            let i = sh.indirect_refs.len();
+                            let granted = p
+                                .frame(run.page(i))
+                                .and_then(|f| p.grant(backend, f, false));
+                            match granted {
+                                Ok(r) => sh.indirect_refs.push(r),
+                                Err(e) => {
+                                    undo(&refs);
+                                    return Err(BuildErr::Later(e));
+                                }
+                            }
+                        }
+                        grefs[..pages].copy_from_slice(&sh.indirect_refs[..pages]);
+                    }
+                    for (i, g) in grefs
+                        .iter_mut()
+                        .enumerate()
+                        .take(pages)
+                        .skip(sh.indirect_refs.len())
+                    {
                         let frame = match p.frame(run.page(i)) {
                             Ok(f) => f,
                             Err(e) => {
@@ -827,6 +916,29 @@ impl<H: PlatformRef> DataPath<H> {
         } else {
             self.quarantine.push((failed, run));
         }
+        // Persistent grants (buffer pages and indirect pages), in one batch: a backend that
+        // disconnected has unmapped them; one that still maps some has them retried later.
+        let mut pers = core::mem::take(&mut self.persistent);
+        for sh in &self.shadow {
+            pers.extend_from_slice(&sh.indirect_refs);
+        }
+        let mut failed = Vec::new();
+        self.end_refs(&pers, &mut failed);
+        for sh in &mut self.shadow {
+            if sh.indirect_refs.iter().any(|r| failed.contains(r)) {
+                sh.retired = true;
+            }
+            sh.indirect_refs.clear();
+        }
+        if !failed.is_empty() {
+            self.quarantine.push((failed, None));
+        }
+        for b in core::mem::take(&mut self.spare) {
+            if let Some(run) = b.into_run() {
+                // Busy if a page's grant is still live: then it stays ours, never reused.
+                let _ = self.p().free(run);
+            }
+        }
         for sh in &mut self.shadow {
             if let Some(run) = sh.indirect.take() {
                 if sh.retired {
@@ -868,6 +980,14 @@ impl<H: PlatformRef> DataPath<H> {
                 }
             }
             _ => {
+                // Polled: spin on the response producer (no hypercall, no syscall) for a
+                // while, then give the CPU away once, so a backend sharing it runs.
+                for _ in 0..POLL_SPINS {
+                    if self.ring.has_unconsumed_responses() {
+                        return Ok(());
+                    }
+                    core::hint::spin_loop();
+                }
                 self.p().yield_now();
                 Ok(())
             }
@@ -879,9 +999,7 @@ impl<H: PlatformRef> DataPath<H> {
         const TAG: u64 = u64::MAX;
         if let Err(r) = self.submit(req, TAG, true) {
             if let Some(b) = r.buffer {
-                if let Some(run) = b.into_run() {
-                    let _ = self.p().free(run);
-                }
+                let _ = self.free_buffer(b);
             }
             return Err(r.error);
         }
@@ -893,8 +1011,8 @@ impl<H: PlatformRef> DataPath<H> {
                 return match d.completion.result {
                     Ok(()) => Ok(d.completion.buffer),
                     Err(e) => {
-                        if let Some(run) = d.completion.buffer.and_then(Buffer::into_run) {
-                            let _ = self.p().free(run);
+                        if let Some(b) = d.completion.buffer {
+                            let _ = self.free_buffer(b);
                         }
                         Err(e)
                     }
@@ -913,8 +1031,8 @@ impl<H: PlatformRef> DataPath<H> {
         let mut n = 0;
         while let Some(d) = self.done.pop_front() {
             if d.internal {
-                if let Some(run) = d.completion.buffer.and_then(Buffer::into_run) {
-                    let _ = self.p().free(run);
+                if let Some(b) = d.completion.buffer {
+                    let _ = self.free_buffer(b);
                 }
                 continue;
             }
@@ -924,11 +1042,42 @@ impl<H: PlatformRef> DataPath<H> {
         n
     }
 
-    /// A fresh buffer of our own pages.
-    pub fn alloc_buffer(&self, bytes: usize) -> Result<Buffer, BlkError> {
+    /// A buffer of our own pages, zeroed: a spare one of the same size that keeps its
+    /// persistent grants (the last one freed first), else fresh pages.
+    pub fn alloc_buffer(&mut self, bytes: usize) -> Result<Buffer, BlkError> {
         let pages = bytes.div_ceil(PAGE_SIZE).max(1);
+        if let Some(i) = self
+            .spare
+            .iter()
+            .rposition(|b| b.capacity() == pages * PAGE_SIZE)
+        {
+            let mut b = self.spare.remove(i);
+            b.set_len(b.capacity())?;
+            b.as_mut_slice().fill(0);
+            b.set_len(bytes)?;
+            return Ok(b);
+        }
         let run = self.p().alloc(pages).map_err(BlkError::Platform)?;
         Ok(Buffer::from_run(run, bytes))
+    }
+
+    /// Take back a buffer: one holding persistent grants of this connection is kept for
+    /// `alloc_buffer` (its grants stay, as the backend keeps them mapped); others go back
+    /// to the platform.
+    pub fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError> {
+        let keeps_grants = self.connected
+            && buf
+                .persist
+                .as_ref()
+                .is_some_and(|ps| ps.epoch == self.epoch && ps.refs.iter().any(Option::is_some));
+        if keeps_grants {
+            self.spare.push(buf);
+            return Ok(());
+        }
+        match buf.into_run() {
+            Some(run) => self.p().free(run).map_err(BlkError::Platform),
+            None => Ok(()),
+        }
     }
 }
 

@@ -318,6 +318,9 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 struct Serve {
     dom: Domain,
     fe: DomId,
+    /// Persistent grants in use (offered, and the frontend wrote feature-persistent=1): the
+    /// frontend grants every page read-write (blkif.h note 8).
+    persistent: bool,
     disk: Arc<Mutex<Vec<u8>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -391,8 +394,11 @@ impl Serve {
                 let mut ok = pages <= 8 && n > 0;
                 for p in 0..pages.min(8) {
                     let gref = u32_at(&b, 28 + p * 4);
-                    // Indirect pages are granted read-only: a writable map must fail.
-                    assert!(self.dom.map(self.fe, gref, false).is_err());
+                    // Indirect pages are granted read-only (read-write with persistent
+                    // grants): a writable map must fail.
+                    if !self.persistent {
+                        assert!(self.dom.map(self.fe, gref, false).is_err());
+                    }
                     let m = match self.dom.map(self.fe, gref, true) {
                         Ok(m) => m,
                         Err(_) => {
@@ -582,9 +588,14 @@ impl Setup {
                     .map_err(|x| e(&x))?;
             }
             xs.write(&format!("{bp}/state"), b"4").map_err(|x| e(&x))?;
+            let offered = keys
+                .connect
+                .iter()
+                .any(|(k, v)| k == "feature-persistent" && v == "1");
             let serve = Serve {
                 dom: dom.clone(),
                 fe,
+                persistent: offered && cfg.ring.persistent,
                 disk: disk2,
                 seen: seen2,
             };
