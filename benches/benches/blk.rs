@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xen_blk::back::{BackOptions, BlkBack};
+use xen_blk::back::{BackOptions, BackPoll, BlkBack};
 use xen_blk::front::{BlkDevice, Blkfront, BlockDevice, Buffer, Request, WaitMode};
 use xen_blk::storage::{MemDisk, Storage};
 use xen_bus::{Bus, BusConfig};
@@ -50,12 +50,14 @@ fn serve(storage: &Guest, polled: &AtomicBool, stop: &AtomicBool) {
     back.register(&mut bus).unwrap();
     let t0 = Instant::now();
     let mut n = 0u32;
+    let mut p = BackPoll::default();
     while !stop.load(Ordering::Relaxed) {
         n = n.wrapping_add(1);
         if n.is_multiple_of(4096) {
             let _ = bus.poll(t0.elapsed());
         }
-        let p = back.poll();
+        back.set_polled(polled.load(Ordering::Relaxed));
+        back.poll_into(&mut p);
         if polled.load(Ordering::Relaxed) || p.busy {
             continue;
         }
@@ -181,7 +183,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only TEXT`: run only the cases whose label contains TEXT (e.g. "1024 KiB read",
+    // "polled QD32"), to profile one of them.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |label: &str| only.as_deref().is_none_or(|o| label.contains(o));
     let rounds = if quick { 1 } else { 3 };
     let dur = Duration::from_millis(if quick { 150 } else { 500 });
 
@@ -227,6 +237,14 @@ fn main() {
         println!("sequential (polled), GB/s, ratio to memcpy of the same bytes (target ≥ 0.8):");
         for size in [64 << 10, 1 << 20] {
             for write in [false, true] {
+                let label = format!(
+                    "{:>4} KiB {:5}",
+                    size >> 10,
+                    if write { "write" } else { "read" }
+                );
+                if !wanted(&label) {
+                    continue;
+                }
                 let mut blk = Vec::new();
                 let mut mc = Vec::new();
                 for _ in 0..rounds {
@@ -236,9 +254,7 @@ fn main() {
                 }
                 let (b, m) = (median(blk), median(mc));
                 println!(
-                    "  {:>4} KiB {:5}: blk {:6.2} GB/s  memcpy {:6.2} GB/s  ratio {:.2}",
-                    size >> 10,
-                    if write { "write" } else { "read" },
+                    "  {label}: blk {:6.2} GB/s  memcpy {:6.2} GB/s  ratio {:.2}",
                     b / 1e9,
                     m / 1e9,
                     b / m
@@ -254,6 +270,19 @@ fn main() {
             dev.set_mode(mode);
             for depth in [1, 32] {
                 for write in [false, true] {
+                    let label = format!(
+                        "{:6} QD{:<2} {:5}",
+                        if mode == WaitMode::Polled {
+                            "polled"
+                        } else {
+                            "event"
+                        },
+                        depth,
+                        if write { "write" } else { "read" }
+                    );
+                    if !wanted(&label) {
+                        continue;
+                    }
                     let mut iops = Vec::new();
                     for _ in 0..rounds {
                         let (reqs, _, secs) = run(&mut dev, 4096, depth, write, true, dur);
@@ -262,14 +291,7 @@ fn main() {
                     let i = median(iops);
                     let mc4 = if write { mc4w } else { mc4r };
                     println!(
-                        "  {:6} QD{:<2} {:5}: {:9.0} IOPS  ratio to 2M {:.3}  to memcpy-4K {:.4}",
-                        if mode == WaitMode::Polled {
-                            "polled"
-                        } else {
-                            "event"
-                        },
-                        depth,
-                        if write { "write" } else { "read" },
+                        "  {label}: {:9.0} IOPS  ratio to 2M {:.3}  to memcpy-4K {:.4}",
                         i,
                         i / 2e6,
                         i / mc4

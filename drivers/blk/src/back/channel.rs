@@ -135,6 +135,13 @@ pub struct Channel<P: Platform> {
     persistent: Option<Persistent>,
     /// The segments of the request being served (reused: no allocation per request).
     segs: Vec<PeerSeg>,
+    /// Bytes served in place since responses were last published.
+    unpublished: usize,
+    /// Scratch of `rw`: the request's segments, checked.
+    local: Vec<Seg>,
+    /// Scratch of `indirect`: the indirect pages' bytes, and the segments read from them.
+    raw: Vec<u8>,
+    wire: Vec<BlkifRequestSegment>,
 }
 
 impl<P: Platform> Channel<P> {
@@ -179,6 +186,10 @@ impl<P: Platform> Channel<P> {
             persistent: (limits.persistent_grants > 0)
                 .then(|| Persistent::new(limits.persistent_grants)),
             segs: Vec::new(),
+            unpublished: 0,
+            local: Vec::new(),
+            raw: Vec::new(),
+            wire: Vec::new(),
         })
     }
 
@@ -213,8 +224,14 @@ impl<P: Platform> Channel<P> {
     /// Do everything possible now: take completions, answer them, take and start new requests.
     /// Returns whether work remains that no event will announce (the storage holds requests
     /// and has no ports of its own): poll again soon.
-    pub fn poll(&mut self) -> bool {
-        self.p.clear(self.port);
+    ///
+    /// The port's pending bit is left alone: the event loop that waited clears the port that
+    /// fired before it polls (so a polled loop pays no event-channel operation at all).
+    ///
+    /// `events`: when the ring is drained, ask the frontend for a notification
+    /// (`RING_FINAL_CHECK_FOR_REQUESTS`). A polled loop passes false: the frontend then never
+    /// notifies, and the idle loop only reads the ring.
+    pub fn poll(&mut self, events: bool) -> bool {
         loop {
             let mut progress = self.take_completions();
             progress |= self.retry_stalled();
@@ -225,7 +242,7 @@ impl<P: Platform> Channel<P> {
             }
             // Idle as far as the ring goes: ask for a notification, and look once more (only
             // when requests would be taken: otherwise a completion moves things on).
-            if self.may_take() {
+            if events && self.may_take() {
                 if let Some(r) = self.ring.ring() {
                     if r.final_check_for_requests() {
                         continue;
@@ -309,6 +326,7 @@ impl<P: Platform> Channel<P> {
     }
 
     fn flush_responses(&mut self) {
+        self.unpublished = 0;
         if !core::mem::take(&mut self.notify) {
             return;
         }
@@ -384,6 +402,12 @@ impl<P: Platform> Channel<P> {
             any = true;
             self.stats.requests += 1;
             self.dispatch(&req);
+            // Requests served at once (in place) are answered as we go once a batch has
+            // moved PUBLISH_BYTES: the frontend refills the ring while we copy the rest, instead
+            // of finding every response — and an empty ring behind them — at the end.
+            if self.unpublished >= PUBLISH_BYTES {
+                self.flush_responses();
+            }
         }
         any
     }
@@ -519,19 +543,26 @@ impl<P: Platform> Channel<P> {
         // copy and unmapped.
         let npages = indirect_pages(n);
         let grefs = &ind.indirect_grefs[..npages];
-        let mut raw = vec![0u8; n * size_of::<BlkifRequestSegment>()];
-        let whole = |g| Seg {
-            gref: g,
+        let mut raw = core::mem::take(&mut self.raw);
+        raw.clear();
+        raw.resize(n * size_of::<BlkifRequestSegment>(), 0);
+        let mut pages = [Seg {
+            gref: 0,
             first: 0,
             last: SECTORS_PER_PAGE - 1,
-        };
-        let segs: Vec<Seg> = grefs.iter().map(|&g| whole(g)).collect();
-        if self.resolve(&segs) {
+        }; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+        for (p, &g) in pages.iter_mut().zip(grefs) {
+            p.gref = g;
+        }
+        if self.resolve(&pages[..npages]) {
             SegCursor::new(&self.segs).read_into(&mut raw);
         } else {
             let mut pages = match SegPages::map(&*self.p, self.fe, grefs, true) {
                 Ok(m) => m,
-                Err(_) => return self.refuse(id, rsp_op, BLKIF_RSP_ERROR),
+                Err(_) => {
+                    self.raw = raw;
+                    return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+                }
             };
             let mut ok = true;
             for (i, chunk) in raw.chunks_mut(PAGE_SIZE).enumerate() {
@@ -539,20 +570,24 @@ impl<P: Platform> Channel<P> {
             }
             pages.unmap(&*self.p);
             if !ok {
+                self.raw = raw;
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
             }
         }
-        let segs: Vec<BlkifRequestSegment> = raw
-            .chunks_exact(size_of::<BlkifRequestSegment>())
-            .map(|b| BlkifRequestSegment {
+        let mut wire = core::mem::take(&mut self.wire);
+        wire.clear();
+        wire.extend(raw.chunks_exact(size_of::<BlkifRequestSegment>()).map(|b| {
+            BlkifRequestSegment {
                 gref: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
                 first_sect: b[4],
                 last_sect: b[5],
                 _pad0: [b[6], b[7]],
-            })
-            .collect();
+            }
+        }));
+        self.raw = raw;
         let read = ind.indirect_op == BLKIF_OP_READ;
-        self.rw(id, rsp_op, read, ind.sector_number, &segs, 0);
+        self.rw(id, rsp_op, read, ind.sector_number, &wire, 0);
+        self.wire = wire;
     }
 
     /// Resolve every segment through the persistent grants into `self.segs`; false (and
@@ -594,11 +629,14 @@ impl<P: Platform> Channel<P> {
         if !read && l.read_only {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
+        let mut local = core::mem::take(&mut self.local);
+        local.clear();
         let mut total: u64 = 0;
-        let mut local = Vec::with_capacity(segs.len());
+        let mut good = true;
         for s in segs {
             if s.first_sect > s.last_sect || s.last_sect >= SECTORS_PER_PAGE {
-                return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+                good = false;
+                break;
             }
             let seg = Seg {
                 gref: s.gref,
@@ -613,12 +651,14 @@ impl<P: Platform> Channel<P> {
             .is_some_and(|end| end <= l.sectors);
         let per_block = u64::from(l.sector_size.max(SECTOR as u32)) / SECTOR;
         // per_block is a power of two (checked at probe).
-        if !in_range || (sector | total) & (per_block - 1) != 0 {
+        if !good || !in_range || (sector | total) & (per_block - 1) != 0 {
+            self.local = local;
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
         let len = (total * SECTOR) as usize;
         let persistent = self.resolve(&local);
         if persistent && flags == 0 && self.storage.in_place() {
+            self.local = local;
             // Straight between the frontend's pages and the storage's bytes: one copy, no
             // buffer, answered now.
             let mut cur = SegCursor::new(&self.segs);
@@ -632,6 +672,7 @@ impl<P: Platform> Channel<P> {
                 })
             };
             self.stats.in_place += 1;
+            self.unpublished += len;
             let status = match r {
                 Ok(()) => BLKIF_RSP_OKAY,
                 Err(IoError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
@@ -647,9 +688,16 @@ impl<P: Platform> Channel<P> {
             // refused here. A read's pages are mapped writable only at completion: a grant
             // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
             if !gather(&*self.p, self.fe, &local, &mut buf) {
+                self.local = local;
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
             }
         }
+        let segs = if read {
+            local
+        } else {
+            self.local = local;
+            Vec::new()
+        };
         let drain = flags & DRAIN != 0;
         let tag = self.new_tag();
         self.pending.insert(
@@ -657,7 +705,7 @@ impl<P: Platform> Channel<P> {
             Pending {
                 id,
                 rsp_op,
-                segs: if read { local } else { Vec::new() },
+                segs,
                 flush_after: flags & FLUSH_AFTER != 0,
                 is_read: read,
                 barrier: drain,
@@ -742,6 +790,10 @@ impl<P: Platform> Drop for Channel<P> {
 /// Most bytes of data buffers a channel holds for requests in flight (8 MiB: 8 of the largest
 /// indirect requests, 256 segments of a page each).
 pub const MAX_BUFFERED: usize = 8 << 20;
+
+/// Responses of in-place requests are published once this many bytes were served since the
+/// last publication (and always when the ring is drained).
+const PUBLISH_BYTES: usize = 64 << 10;
 
 const DRAIN: u8 = 1;
 const FLUSH_AFTER: u8 = 2;

@@ -8,8 +8,9 @@
 //!   (several frontends at once, each with its own storage made by the image's factory).
 //!
 //! Driving: poll the bus and the `BlkBack` in one loop. *Polled mode*: call
-//! [`BlkBack::poll`] again at once. *Event mode*: wait on [`BackPoll::ports`] (plus the bus's
-//! port) and poll again when one fires, or at once when [`BackPoll::busy`].
+//! [`BlkBack::poll`] (or [`BlkBack::poll_into`], which reuses its output) again at once.
+//! *Event mode*: wait on [`BackPoll::ports`] (plus the bus's port), clear the port that fired,
+//! and poll again; poll at once when [`BackPoll::busy`]. blkback itself never clears a port.
 
 pub mod channel;
 pub mod shared;
@@ -136,12 +137,15 @@ struct Hub<P: Platform> {
 /// blkback for every `vbd` this domain serves. Cheap to clone (a shared handle).
 pub struct BlkBack<P: Platform + 'static> {
     hub: Rc<RefCell<Hub<P>>>,
+    /// Polled mode: frontends are not asked for notifications.
+    polled: Rc<core::cell::Cell<bool>>,
 }
 
 impl<P: Platform + 'static> Clone for BlkBack<P> {
     fn clone(&self) -> Self {
         BlkBack {
             hub: self.hub.clone(),
+            polled: self.polled.clone(),
         }
     }
 }
@@ -160,7 +164,16 @@ impl<P: Platform + 'static> BlkBack<P> {
                 factory: Box::new(factory),
                 devices: BTreeMap::new(),
             })),
+            polled: Rc::new(core::cell::Cell::new(false)),
         }
+    }
+
+    /// Polled mode (`true`): the loop calls [`poll`](Self::poll) again at once and never
+    /// waits, so frontends are not asked to notify (each notification is a hypercall for
+    /// them). Event mode (`false`, the default): a drained ring asks for one. Takes effect at
+    /// the next poll; a frontend that was asked before may still notify once.
+    pub fn set_polled(&self, polled: bool) {
+        self.polled.set(polled);
     }
 
     /// Serve class `vbd` of `bus`.
@@ -188,28 +201,32 @@ impl<P: Platform + 'static> BlkBack<P> {
 
     /// Serve every connected device as far as possible without waiting.
     pub fn poll(&self) -> BackPoll {
-        let slots: Vec<(String, Rc<RefCell<Slot<P>>>)> = self
-            .hub
-            .borrow()
-            .devices
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         let mut out = BackPoll::default();
-        for (name, slot) in slots {
+        self.poll_into(&mut out);
+        out
+    }
+
+    /// [`poll`](Self::poll) into `out` (cleared first), reusing its memory: a polled loop
+    /// allocates nothing.
+    pub fn poll_into(&self, out: &mut BackPoll) {
+        out.busy = false;
+        out.ports.clear();
+        out.broken.clear();
+        // Serving a ring never calls back into the hub (the bus is not polled from here), so
+        // the hub stays borrowed for the walk: nothing is copied per poll.
+        let hub = self.hub.borrow();
+        for (name, slot) in &hub.devices {
             let mut s = slot.borrow_mut();
             let Some(ch) = s.channel.as_mut() else {
                 continue;
             };
-            out.busy |= ch.poll();
+            out.busy |= ch.poll(!self.polled.get());
             out.ports.push(ch.port());
             ch.storage_ports(&mut |p| out.ports.push(p));
             if ch.broken().is_some() {
-                out.broken.push(name);
+                out.broken.push(name.clone());
             }
-            s.last_stats = ch.stats();
         }
-        out
     }
 
     /// A device's report by its nodename (`backend/vbd/<fe>/<id>`).

@@ -3,7 +3,6 @@
 //! or into, never referenced). Peer memory is only touched through raw-pointer copies, so no
 //! Rust reference to bytes the peer may change at any time ever exists.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -140,16 +139,26 @@ impl SegPages {
 /// one that cannot be mapped read-write, e.g. a frontend that granted it read-only against
 /// blkif.h note 8) is left to the per-request path, as blkif.h allows ("fall back to non
 /// persistent mode").
+///
+/// Lookups are one index: `slot[gref]` names the mapping, for grant references below
+/// [`MAX_PERSISTENT_GREF`] (a v1 grant table of 64 frames — Linux's default
+/// `gnttab_max_frames` — has 32768 entries); larger references always take the per-request path.
 pub struct Persistent {
-    maps: BTreeMap<GrantRef, Mapping>,
+    maps: Vec<Mapping>,
+    /// `slot[gref]`: index + 1 into `maps`, 0 when `gref` is not mapped.
+    slot: Vec<u32>,
     cap: usize,
 }
+
+/// Grant references at or above this are never kept mapped (the lookup table stays ≤ 256 KiB).
+pub const MAX_PERSISTENT_GREF: GrantRef = 1 << 16;
 
 impl Persistent {
     /// No grant mapped yet; at most `cap` will be.
     pub fn new(cap: usize) -> Persistent {
         Persistent {
-            maps: BTreeMap::new(),
+            maps: Vec::new(),
+            slot: Vec::new(),
             cap,
         }
     }
@@ -165,23 +174,34 @@ impl Persistent {
     }
 
     /// Page `gref` of `domid`, mapped read-write (now, if it was not yet). `None`: not kept
-    /// persistently (full, or the map failed).
+    /// persistently (full, a reference past [`MAX_PERSISTENT_GREF`], or the map failed).
+    #[inline]
     pub fn page(&mut self, p: &impl GrantMapper, domid: DomId, gref: GrantRef) -> Option<PeerPage> {
-        if let Some(m) = self.maps.get(&gref) {
-            return Some(PeerPage(m.addr));
+        match self.slot.get(gref as usize) {
+            Some(&i) if i != 0 => Some(PeerPage(self.maps[i as usize - 1].addr)),
+            _ => self.map_new(p, domid, gref),
         }
-        if self.maps.len() >= self.cap {
+    }
+
+    fn map_new(&mut self, p: &impl GrantMapper, domid: DomId, gref: GrantRef) -> Option<PeerPage> {
+        if self.maps.len() >= self.cap || gref >= MAX_PERSISTENT_GREF {
             return None;
         }
         let m = p.map(domid, gref, false).ok()?;
         let page = PeerPage(m.addr);
-        self.maps.insert(gref, m);
+        let g = gref as usize;
+        if self.slot.len() <= g {
+            self.slot.resize(g + 1, 0);
+        }
+        self.maps.push(m);
+        self.slot[g] = self.maps.len() as u32;
         Some(page)
     }
 
     /// Unmap every grant (at disconnect). Idempotent.
     pub fn unmap_all(&mut self, p: &impl GrantMapper) {
-        for (_, m) in core::mem::take(&mut self.maps) {
+        self.slot = Vec::new();
+        for m in core::mem::take(&mut self.maps) {
             let _ = p.unmap(m);
         }
     }
