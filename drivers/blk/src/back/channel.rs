@@ -135,6 +135,8 @@ pub struct Channel<P: Platform> {
     persistent: Option<Persistent>,
     /// The segments of the request being served (reused: no allocation per request).
     segs: Vec<PeerSeg>,
+    /// Scratch of `resolve`: grants a request names that are not mapped yet.
+    missing: Vec<GrantRef>,
     /// Bytes served in place since responses were last published.
     unpublished: usize,
     /// Scratch of `rw`: the request's segments, checked.
@@ -186,6 +188,7 @@ impl<P: Platform> Channel<P> {
             persistent: (limits.persistent_grants > 0)
                 .then(|| Persistent::new(limits.persistent_grants)),
             segs: Vec::new(),
+            missing: Vec::new(),
             unpublished: 0,
             local: Vec::new(),
             raw: Vec::new(),
@@ -590,20 +593,34 @@ impl<P: Platform> Channel<P> {
         self.wire = wire;
     }
 
-    /// Resolve every segment through the persistent grants into `self.segs`; false (and
-    /// `self.segs` meaningless) when persistent grants are off or one segment is not kept.
+    /// Resolve every segment through the persistent grants into `self.segs` (consecutive
+    /// pages of one mapping joined into runs), mapping the grants seen for the first time;
+    /// false (and `self.segs` meaningless) when persistent grants are off or a segment cannot
+    /// be kept mapped.
     fn resolve(&mut self, segs: &[Seg]) -> bool {
         self.segs.clear();
         let Some(pers) = self.persistent.as_mut() else {
             return false;
         };
+        self.missing.clear();
         for s in segs {
-            let seg = pers
-                .page(&*self.p, self.fe, s.gref)
-                .and_then(|page| PeerSeg::new(page, s.offset(), s.bytes()));
-            match seg {
-                Some(seg) => self.segs.push(seg),
-                None => return false,
+            if pers.page(s.gref).is_none() && !self.missing.contains(&s.gref) {
+                self.missing.push(s.gref);
+            }
+        }
+        if !self.missing.is_empty() && !pers.map_new(&*self.p, self.fe, &self.missing) {
+            return false;
+        }
+        for s in segs {
+            let Some(seg) = pers
+                .page(s.gref)
+                .and_then(|page| PeerSeg::new(page, s.offset(), s.bytes()))
+            else {
+                return false;
+            };
+            let joined = self.segs.last_mut().is_some_and(|last| last.extend(&seg));
+            if !joined {
+                self.segs.push(seg);
             }
         }
         true

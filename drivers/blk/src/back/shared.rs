@@ -5,11 +5,10 @@
 
 use alloc::vec::Vec;
 use core::mem::size_of;
-use core::ptr::NonNull;
 
 use xen_platform::abi::{DomId, GrantRef, Pod, PAGE_SIZE};
 use xen_platform::ring::BackRing;
-use xen_platform::{GrantMapper, Mapping, MultiMapping, Result, MAX_MULTI_MAP};
+use xen_platform::{GrantMapper, MultiMapping, Result, MAX_MULTI_MAP};
 
 use crate::abi::{BlkifRequest, BlkifResponse};
 
@@ -135,18 +134,21 @@ impl SegPages {
 
 /// The frontend's persistent grants (`feature-persistent`, blkif.h): each page is mapped
 /// read-write the first time a request names it and stays mapped until the connection ends,
-/// so the data path maps nothing per request. At most `cap` are kept; a grant beyond that (or
-/// one that cannot be mapped read-write, e.g. a frontend that granted it read-only against
-/// blkif.h note 8) is left to the per-request path, as blkif.h allows ("fall back to non
-/// persistent mode").
+/// so the data path maps nothing per request. The pages a request names for the first time
+/// are mapped together (`map_multi`, up to 16 at consecutive addresses), so the segments of a
+/// buffer the frontend reuses are copied as one run. At most `cap` are kept; a grant beyond
+/// that (or one that cannot be mapped read-write, e.g. a frontend that granted it read-only
+/// against blkif.h note 8) is left to the per-request path, as blkif.h allows ("fall back to
+/// non persistent mode").
 ///
-/// Lookups are one index: `slot[gref]` names the mapping, for grant references below
+/// Lookups are one index: `slot[gref]` names the chunk and page, for grant references below
 /// [`MAX_PERSISTENT_GREF`] (a v1 grant table of 64 frames — Linux's default
 /// `gnttab_max_frames` — has 32768 entries); larger references always take the per-request path.
 pub struct Persistent {
-    maps: Vec<Mapping>,
-    /// `slot[gref]`: index + 1 into `maps`, 0 when `gref` is not mapped.
+    chunks: Vec<MultiMapping>,
+    /// `slot[gref]`: `(chunk << 4 | page) + 1`, 0 when `gref` is not mapped.
     slot: Vec<u32>,
+    mapped: usize,
     cap: usize,
 }
 
@@ -157,52 +159,67 @@ impl Persistent {
     /// No grant mapped yet; at most `cap` will be.
     pub fn new(cap: usize) -> Persistent {
         Persistent {
-            maps: Vec::new(),
+            chunks: Vec::new(),
             slot: Vec::new(),
+            mapped: 0,
             cap,
         }
     }
 
     /// Grants mapped.
     pub fn len(&self) -> usize {
-        self.maps.len()
+        self.mapped
     }
 
     /// Whether none is mapped.
     pub fn is_empty(&self) -> bool {
-        self.maps.is_empty()
+        self.mapped == 0
     }
 
-    /// Page `gref` of `domid`, mapped read-write (now, if it was not yet). `None`: not kept
-    /// persistently (full, a reference past [`MAX_PERSISTENT_GREF`], or the map failed).
+    /// Page `gref`, if it is mapped.
     #[inline]
-    pub fn page(&mut self, p: &impl GrantMapper, domid: DomId, gref: GrantRef) -> Option<PeerPage> {
-        match self.slot.get(gref as usize) {
-            Some(&i) if i != 0 => Some(PeerPage(self.maps[i as usize - 1].addr)),
-            _ => self.map_new(p, domid, gref),
-        }
+    pub fn page(&self, gref: GrantRef) -> Option<PeerPage> {
+        let v = *self.slot.get(gref as usize)?;
+        let v = v.checked_sub(1)?;
+        let (chunk, page) = ((v >> 4) as usize, (v & 15) as usize);
+        let m = self.chunks.get(chunk)?;
+        Some(PeerPage {
+            addr: m.addr.as_ptr().wrapping_add(page * PAGE_SIZE),
+            chunk: chunk as u32,
+        })
     }
 
-    fn map_new(&mut self, p: &impl GrantMapper, domid: DomId, gref: GrantRef) -> Option<PeerPage> {
-        if self.maps.len() >= self.cap || gref >= MAX_PERSISTENT_GREF {
-            return None;
+    /// Map `grefs` of `domid` (distinct, none mapped yet) read-write, up to 16 at a time at
+    /// consecutive addresses. False when they would pass the cap, a reference is past
+    /// [`MAX_PERSISTENT_GREF`], or a map fails (what was mapped before the failure stays).
+    pub fn map_new(&mut self, p: &impl GrantMapper, domid: DomId, grefs: &[GrantRef]) -> bool {
+        if self.mapped + grefs.len() > self.cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
+            return false;
         }
-        let m = p.map(domid, gref, false).ok()?;
-        let page = PeerPage(m.addr);
-        let g = gref as usize;
-        if self.slot.len() <= g {
-            self.slot.resize(g + 1, 0);
+        for part in grefs.chunks(MAX_MULTI_MAP) {
+            let Ok(m) = p.map_multi(domid, part, false) else {
+                return false;
+            };
+            let chunk = self.chunks.len() as u32;
+            self.chunks.push(m);
+            for (i, &g) in part.iter().enumerate() {
+                let g = g as usize;
+                if self.slot.len() <= g {
+                    self.slot.resize(g + 1, 0);
+                }
+                self.slot[g] = (chunk << 4 | i as u32) + 1;
+            }
+            self.mapped += part.len();
         }
-        self.maps.push(m);
-        self.slot[g] = self.maps.len() as u32;
-        Some(page)
+        true
     }
 
     /// Unmap every grant (at disconnect). Idempotent.
     pub fn unmap_all(&mut self, p: &impl GrantMapper) {
         self.slot = Vec::new();
-        for m in core::mem::take(&mut self.maps) {
-            let _ = p.unmap(m);
+        self.mapped = 0;
+        for m in core::mem::take(&mut self.chunks) {
+            let _ = p.unmap_multi(m);
         }
     }
 }
@@ -210,20 +227,39 @@ impl Persistent {
 /// A page of the frontend's, mapped read-write by [`Persistent`] (valid until
 /// [`Persistent::unmap_all`]: hold it no longer than the request being served).
 #[derive(Debug, Clone, Copy)]
-pub struct PeerPage(NonNull<u8>);
+pub struct PeerPage {
+    addr: *mut u8,
+    /// Which `map_multi` mapping holds it: runs are only merged inside one.
+    chunk: u32,
+}
 
-/// Bytes `off..off + len` of a [`PeerPage`]: one segment of a request.
+/// Bytes of one or more consecutive pages of one [`Persistent`] chunk: segments of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerSeg {
-    page: PeerPage,
-    off: usize,
+    start: *mut u8,
     len: usize,
+    chunk: u32,
 }
 
 impl PeerSeg {
     /// Bytes `off..off + len` of `page`; `None` unless they lie inside the page.
     pub fn new(page: PeerPage, off: usize, len: usize) -> Option<PeerSeg> {
-        (off.checked_add(len)? <= PAGE_SIZE).then_some(PeerSeg { page, off, len })
+        (off.checked_add(len)? <= PAGE_SIZE).then_some(PeerSeg {
+            start: page.addr.wrapping_add(off),
+            len,
+            chunk: page.chunk,
+        })
+    }
+
+    /// Append `next` when it continues this run inside the same mapping (a whole-page
+    /// segment after one that ends its page, on the next page of the chunk).
+    pub fn extend(&mut self, next: &PeerSeg) -> bool {
+        if next.chunk == self.chunk && self.start.wrapping_add(self.len) == next.start {
+            self.len += next.len;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -244,10 +280,11 @@ impl<'a> SegCursor<'a> {
     /// `dst.len()` only when the segments run out).
     pub fn read_into(&mut self, dst: &mut [u8]) -> usize {
         self.walk(dst.len(), &mut |peer, at, n| {
-            // SAFETY: `peer` points at `n` bytes inside one page that a live `Persistent`
-            // mapping holds (PeerSeg::new bounded off + len by the page; the mapping lasts until
-            // unmap_all, which needs `&mut Persistent` and so cannot run while the caller holds
-            // these segments); `dst[at..at + n]` is our own memory, so they do not overlap.
+            // SAFETY: `peer` points at `n` bytes inside one `map_multi` mapping that a live
+            // `Persistent` holds (PeerSeg::new bounds a segment by its page, and `extend` only
+            // joins the next page of the same mapping); the mapping lasts until unmap_all,
+            // which the channel only calls at disconnect, never while it holds these segments;
+            // `dst[at..at + n]` is our own memory, so they do not overlap.
             unsafe { core::ptr::copy_nonoverlapping(peer, dst.as_mut_ptr().add(at), n) }
         })
     }
@@ -267,7 +304,7 @@ impl<'a> SegCursor<'a> {
                 break;
             };
             let n = (seg.len - self.off).min(want - done);
-            let peer = seg.page.0.as_ptr().wrapping_add(seg.off + self.off);
+            let peer = seg.start.wrapping_add(self.off);
             copy(peer, done, n);
             done += n;
             self.off += n;

@@ -1,0 +1,915 @@
+//! Persistent grants (`feature-persistent`, blkif.h notes 7-9) and in-place storage I/O through
+//! the real code path: our blkfront in a guest, our blkback (`BlkBack`, a `MemDisk`) in a
+//! storage domain, each on its own XenBus, the vbd added and removed by the toolstack. Then a
+//! hand-written frontend (`back_common::RawFront`) that writes `feature-persistent = 1` and
+//! sends hostile requests: persistent mappings must not weaken blkback's validation.
+
+mod back_common;
+mod front_common;
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use front_common::{bus_cfg, pattern, Counting, Setup, LIMIT, XVDA};
+use xen_blk::abi::*;
+use xen_blk::back::channel::ChannelStats;
+use xen_blk::back::{BackOptions, BlkBack, DeviceReport};
+use xen_blk::front::{
+    BlkDevice, BlockDevice, Buffer, Completion, DeviceState, Request, WaitMode, DEFAULT_LIMITS,
+};
+use xen_blk::negotiate::FrontLimits;
+use xen_blk::storage::{MemDisk, Storage};
+use xen_bus::Bus;
+use xen_platform::{Events, GrantRef, Grants, Pages, PAGE_SIZE};
+
+type Dev = BlkDevice<Rc<Counting>>;
+
+/// Sectors of the disk blkback serves (16 MiB).
+const SECTORS: u64 = 32768;
+
+// ---------------------------------------------------------------------------------------
+// Our blkback in the storage domain, in a thread.
+
+/// `BlkBack` serving a `MemDisk` in the storage domain of a [`Setup`], polled by a thread
+/// that publishes the device's report after every poll.
+struct Back {
+    stop: Arc<AtomicBool>,
+    /// While set, the thread does not poll (blkback keeps every mapping as it is).
+    pause: Arc<AtomicBool>,
+    /// Polls done so far.
+    seq: Arc<AtomicU64>,
+    report: Arc<Mutex<Option<DeviceReport>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Back {
+    fn start(s: &Setup, opts: BackOptions) -> Back {
+        let storage = s.storage.as_ref().expect("a storage domain");
+        let xs = storage.xs_client().unwrap();
+        let dom = storage.domain().clone();
+        let id = storage.domid();
+        let node = format!("backend/vbd/{}/51712", s.guest.domid());
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let pause2 = pause.clone();
+        let seq = Arc::new(AtomicU64::new(0));
+        let report = Arc::new(Mutex::new(None));
+        let (stop2, seq2, report2) = (stop.clone(), seq.clone(), report.clone());
+        let handle = std::thread::spawn(move || {
+            let mut bus = Bus::with_config(xs, id, bus_cfg());
+            let bb = BlkBack::new(Rc::new(dom.clone()), opts, |_| {
+                Ok(Box::new(MemDisk::new(SECTORS)) as Box<dyn Storage>)
+            });
+            bb.register(&mut bus).unwrap();
+            let t0 = Instant::now();
+            while !stop2.load(Ordering::SeqCst) {
+                if pause2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                let _ = bus.poll(t0.elapsed());
+                let p = bb.poll();
+                *report2.lock().unwrap() = bb.device(&node);
+                seq2.fetch_add(1, Ordering::SeqCst);
+                if !p.busy && !p.ports.is_empty() {
+                    if let Ok(port) = dom.wait(&p.ports, Some(Duration::from_millis(1))) {
+                        dom.clear(port);
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        Back {
+            stop,
+            pause,
+            seq,
+            report,
+            handle: Some(handle),
+        }
+    }
+
+    /// The device's report as of a whole backend poll that started after this call (so it
+    /// counts every request answered before it).
+    fn report(&self) -> Option<DeviceReport> {
+        let s0 = self.seq.load(Ordering::SeqCst);
+        let end = Instant::now() + LIMIT;
+        while self.seq.load(Ordering::SeqCst) < s0 + 2 {
+            assert!(Instant::now() < end, "the backend thread stopped polling");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        self.report.lock().unwrap().clone()
+    }
+
+    fn stats(&self) -> ChannelStats {
+        self.report().expect("blkback knows the device").stats
+    }
+}
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A guest with blkfront (`limits`, event mode) and a storage domain with blkback (`opts`);
+/// the vbd added by the toolstack. Not yet connected.
+fn world(limits: FrontLimits, opts: BackOptions) -> (Setup, Back) {
+    let s = Setup::with_limits(WaitMode::Event, true, false, limits);
+    let back = Back::start(&s, opts);
+    (s, back)
+}
+
+fn be_key(s: &Setup, k: &str) -> Option<String> {
+    s.read(&format!("{}/{k}", s.backend_path))
+}
+
+fn no_persistent_front() -> FrontLimits {
+    FrontLimits {
+        persistent: false,
+        ..DEFAULT_LIMITS
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// I/O helpers.
+
+/// Submit every request, poll until all completed; the completions in tag order.
+fn run_all(dev: &mut Dev, reqs: Vec<(Request, u64)>) -> Vec<Completion> {
+    let n = reqs.len();
+    for (r, tag) in reqs {
+        dev.submit(r, tag).unwrap();
+    }
+    let mut done = Vec::new();
+    let end = Instant::now() + LIMIT;
+    while done.len() < n {
+        assert!(Instant::now() < end, "{} of {n} completed", done.len());
+        dev.poll(&mut |c| done.push(c)).unwrap();
+        if done.len() < n {
+            dev.wait(Duration::from_millis(5)).unwrap();
+        }
+    }
+    done.sort_by_key(|c| c.tag);
+    done
+}
+
+/// Sizes written and read back: one sector, one page, 11 pages (the most of a direct
+/// request), 12 pages and 100½ pages (indirect), 1 MiB (256 segments, one indirect request)
+/// and 1 MiB + 2 pages (split into two ring requests).
+const SIZES: [usize; 7] = [
+    512,
+    PAGE_SIZE,
+    11 * PAGE_SIZE,
+    12 * PAGE_SIZE,
+    100 * PAGE_SIZE + 1024,
+    1 << 20,
+    (1 << 20) + 2 * PAGE_SIZE,
+];
+
+/// Blocking writes and reads of every size in [`SIZES`], then 32 writes in flight (buffers of
+/// 1, 3, 12 and 20 pages) read back with 32 reads in flight. Panics on any difference.
+fn exercise(dev: &mut Dev, seed: u8) {
+    let mut sector = 0;
+    for (i, &len) in SIZES.iter().enumerate() {
+        let data = pattern(len, seed.wrapping_add(i as u8));
+        dev.write(sector, &data).unwrap();
+        let mut back = vec![0u8; len];
+        dev.read(sector, &mut back).unwrap();
+        assert!(back == data, "{len} bytes at sector {sector} differ");
+        sector += (len as u64).div_ceil(512) + 8;
+    }
+    in_flight(dev, 8192, seed);
+}
+
+fn in_flight(dev: &mut Dev, base: u64, seed: u8) {
+    let pages = [1usize, 3, 12, 20];
+    let at = |i: usize| base + i as u64 * 20 * 8;
+    let mut writes = Vec::new();
+    for i in 0..32 {
+        let len = pages[i % 4] * PAGE_SIZE;
+        let mut b = dev.alloc_buffer(len).unwrap();
+        b.as_mut_slice()
+            .copy_from_slice(&pattern(len, seed.wrapping_add(100 + i as u8)));
+        writes.push((
+            Request::Write {
+                sector: at(i),
+                buf: b,
+            },
+            i as u64,
+        ));
+    }
+    for c in run_all(dev, writes) {
+        assert_eq!(c.result, Ok(()), "write {}", c.tag);
+        dev.free_buffer(c.buffer.unwrap()).unwrap();
+    }
+    let mut reads = Vec::new();
+    for i in 0..32 {
+        let b = dev.alloc_buffer(pages[i % 4] * PAGE_SIZE).unwrap();
+        assert!(b.as_slice().iter().all(|&x| x == 0), "alloc_buffer zeroed");
+        reads.push((
+            Request::Read {
+                sector: at(i),
+                buf: b,
+            },
+            i as u64,
+        ));
+    }
+    for c in run_all(dev, reads) {
+        assert_eq!(c.result, Ok(()), "read {}", c.tag);
+        let b = c.buffer.unwrap();
+        let i = c.tag as usize;
+        assert!(
+            b.as_slice() == pattern(pages[i % 4] * PAGE_SIZE, seed.wrapping_add(100 + i as u8)),
+            "read {i} differs"
+        );
+        dev.free_buffer(b).unwrap();
+    }
+}
+
+fn grant_calls(s: &Setup) -> usize {
+    s.plat.grants.load(Ordering::SeqCst)
+}
+
+/// Grant entries the guest holds now.
+fn guest_grants(s: &Setup) -> usize {
+    s.guest.domain().stats().unwrap().grants
+}
+
+/// Mappings the storage domain holds now.
+fn storage_mappings(s: &Setup) -> usize {
+    s.storage
+        .as_ref()
+        .unwrap()
+        .domain()
+        .stats()
+        .unwrap()
+        .mappings
+}
+
+// ---------------------------------------------------------------------------------------
+// Our blkfront with our blkback.
+
+#[test]
+fn both_ends_default_use_persistent_grants_and_in_place_io() {
+    let (mut s, back) = world(DEFAULT_LIMITS, BackOptions::default());
+    let base_grants = guest_grants(&s);
+    let base_maps = storage_mappings(&s);
+    let mut dev = s.connect();
+    assert_eq!(s.fe_key("feature-persistent").as_deref(), Some("1"));
+    assert_eq!(be_key(&s, "feature-persistent").as_deref(), Some("1"));
+    let cfg = dev.config().unwrap();
+    assert!(cfg.persistent);
+    assert_eq!(cfg.ring_page_order, 4);
+    exercise(&mut dev, 1);
+    let st = back.stats();
+    assert!(st.requests > 0);
+    assert_eq!(st.refused, 0);
+    // Every data request went straight between the guest's pages and the disk.
+    assert_eq!(st.in_place, st.requests, "{st:?}");
+    assert_eq!(st.submitted, 0, "nothing queued on the storage: {st:?}");
+    assert_eq!(st.responses, st.requests);
+    // Every grant the guest holds beyond its ring (16 pages) is a persistent one, and every
+    // one of them was used by a request: blkback maps each once and keeps it.
+    let held = guest_grants(&s) - base_grants;
+    assert!(held > 16, "persistent grants kept: {held}");
+    assert_eq!(st.persistent_maps, held - 16, "{st:?}");
+    assert_eq!(
+        storage_mappings(&s) - base_maps,
+        st.persistent_maps + 16,
+        "the ring and the persistent grants are all the storage domain maps"
+    );
+    // The same I/O again grants nothing new and maps nothing new.
+    let calls = grant_calls(&s);
+    exercise(&mut dev, 2);
+    assert_eq!(grant_calls(&s), calls, "grants reused, none made");
+    let st2 = back.stats();
+    assert_eq!(st2.persistent_maps, st.persistent_maps);
+    assert_eq!(st2.in_place, st2.requests);
+    assert!(st2.requests > st.requests);
+}
+
+#[test]
+fn frontend_without_persistent_grants_is_served_per_request() {
+    let (mut s, back) = world(no_persistent_front(), BackOptions::default());
+    let base_grants = guest_grants(&s);
+    let mut dev = s.connect();
+    assert_eq!(s.fe_key("feature-persistent").as_deref(), Some("0"));
+    assert_eq!(be_key(&s, "feature-persistent").as_deref(), Some("1"));
+    assert!(!dev.config().unwrap().persistent);
+    let calls = grant_calls(&s);
+    exercise(&mut dev, 3);
+    assert!(grant_calls(&s) > calls, "granted per request");
+    let st = back.stats();
+    assert!(st.requests > 0);
+    assert_eq!(st.in_place, 0, "{st:?}");
+    assert_eq!(st.persistent_maps, 0, "{st:?}");
+    assert_eq!(st.submitted, st.requests, "{st:?}");
+    // Only the ring stays granted; a freed buffer goes back to the platform.
+    assert_eq!(guest_grants(&s) - base_grants, 16);
+    let pages = s.guest.domain().stats().unwrap().pages;
+    let b = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    assert_eq!(s.guest.domain().stats().unwrap().pages, pages + 3);
+    dev.free_buffer(b).unwrap();
+    assert_eq!(s.guest.domain().stats().unwrap().pages, pages);
+}
+
+#[test]
+fn backend_without_persistent_grants_is_used_per_request() {
+    let opts = BackOptions {
+        persistent: false,
+        ..Default::default()
+    };
+    let (mut s, back) = world(DEFAULT_LIMITS, opts);
+    let base_grants = guest_grants(&s);
+    let mut dev = s.connect();
+    assert_eq!(s.fe_key("feature-persistent").as_deref(), Some("1"));
+    assert_eq!(be_key(&s, "feature-persistent").as_deref(), Some("0"));
+    assert!(!dev.config().unwrap().persistent);
+    exercise(&mut dev, 4);
+    let st = back.stats();
+    assert!(st.requests > 0);
+    assert_eq!(st.in_place, 0, "{st:?}");
+    assert_eq!(st.persistent_maps, 0, "{st:?}");
+    assert_eq!(
+        guest_grants(&s) - base_grants,
+        16,
+        "only the ring stays granted"
+    );
+}
+
+#[test]
+fn backend_cap_on_persistent_maps_falls_back_per_request() {
+    let opts = BackOptions {
+        max_persistent_grants: Some(4),
+        ..Default::default()
+    };
+    let (mut s, back) = world(DEFAULT_LIMITS, opts);
+    let mut dev = s.connect();
+    dev.set_mode(WaitMode::Polled);
+    assert!(dev.config().unwrap().persistent);
+    exercise(&mut dev, 5);
+    let st = back.stats();
+    assert_eq!(
+        st.persistent_maps, 4,
+        "the cap is reached, not passed: {st:?}"
+    );
+    assert!(st.in_place > 0, "requests within the 4 kept grants: {st:?}");
+    assert!(
+        st.in_place < st.requests,
+        "the others fell back to the per-request path: {st:?}"
+    );
+    assert_eq!(st.refused, 0);
+    // The grants blkback could not keep are still the frontend's persistent ones: the storage
+    // domain holds only the ring and the 4 kept mappings once the requests are answered.
+    let sd = s.storage.as_ref().unwrap().domain().clone();
+    let end = Instant::now() + LIMIT;
+    while sd.stats().unwrap().mappings != 16 + 4 {
+        assert!(Instant::now() < end, "{:?}", sd.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `xl block-detach` after I/O with persistent grants (buffers in the spare pool, the bounce
+/// buffer, indirect pages, a buffer the application still holds): the guest ends up holding
+/// exactly what it held before the device (pages, grants, mappings, ports) and the storage
+/// domain maps nothing of it. `front_first`: blkback is paused until blkfront has
+/// disconnected, so every persistent grant is still mapped when blkfront ends it (it must
+/// free the pages once blkback lets go, as it does for its ring); otherwise blkback unmaps
+/// everything before blkfront sees the detach.
+fn detach_releases_everything(front_first: bool) {
+    let (mut s, back) = world(DEFAULT_LIMITS, BackOptions::default());
+    let base = s.guest.domain().stats().unwrap();
+    let sd = s.storage.as_ref().unwrap().domain().clone();
+    let sd_base = sd.stats().unwrap();
+    let mut dev = s.connect();
+    exercise(&mut dev, 6);
+    // A buffer the application still holds at detach (its grants are persistent).
+    let mut held = dev.alloc_buffer(5 * PAGE_SIZE).unwrap();
+    held.as_mut_slice().fill(0x5e);
+    let c = run_all(
+        &mut dev,
+        vec![(
+            Request::Write {
+                sector: 20000,
+                buf: held,
+            },
+            1,
+        )],
+    );
+    let held = c.into_iter().next().unwrap().buffer.unwrap();
+    let st = back.stats();
+    assert!(st.persistent_maps > 0);
+    let now = s.guest.domain().stats().unwrap();
+    assert!(now.grants > base.grants + 16 && now.pages > base.pages);
+    assert!(sd.stats().unwrap().mappings >= sd_base.mappings + 16 + st.persistent_maps);
+
+    if front_first {
+        back.pause.store(true, Ordering::SeqCst);
+    }
+    let fe = s.guest.domid();
+    let Setup {
+        ts, bus, front, t0, ..
+    } = &mut s;
+    std::thread::scope(|sc| {
+        let detach = sc.spawn(|| ts.block_detach(fe, "xvda"));
+        let end = Instant::now() + LIMIT;
+        while !detach.is_finished() {
+            assert!(Instant::now() < end, "block-detach did not return");
+            if front_first || sd.stats().unwrap().mappings == sd_base.mappings {
+                let _ = bus.poll(t0.elapsed());
+                front.service(bus);
+            }
+            if front_first
+                && back.pause.load(Ordering::SeqCst)
+                && front.state(XVDA) == Some(DeviceState::Closed)
+            {
+                assert!(
+                    sd.stats().unwrap().mappings > sd_base.mappings + 16,
+                    "blkback still maps the persistent grants"
+                );
+                back.pause.store(false, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        detach.join().unwrap().unwrap();
+    });
+    assert_eq!(s.state(), Some(DeviceState::Closed));
+    assert!(dev.read(0, &mut [0u8; 512]).is_err());
+    // The held buffer's grants ended at disconnect: it goes back to the platform.
+    dev.free_buffer(held).unwrap();
+    let end = Instant::now() + LIMIT;
+    while sd.stats().unwrap().mappings != sd_base.mappings {
+        assert!(Instant::now() < end, "{:?} vs {sd_base:?}", sd.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let end = Instant::now() + Duration::from_secs(2);
+    while s.guest.domain().stats().unwrap() != base && Instant::now() < end {
+        s.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        s.guest.domain().stats().unwrap(),
+        base,
+        "the guest holds what it held before the device"
+    );
+    if let Some(r) = back.report() {
+        assert!(!r.connected);
+        assert_eq!(r.stats.persistent_maps, 0);
+    }
+}
+
+#[test]
+fn detach_releases_every_persistent_grant_and_page() {
+    detach_releases_everything(false);
+}
+
+#[test]
+#[ignore = "bug: pages whose persistent grants blkback still maps when blkfront disconnects (spare pool, bounce buffer, indirect pages) are never freed"]
+fn detach_releases_every_page_when_blkback_unmaps_after_blkfront_disconnected() {
+    detach_releases_everything(true);
+}
+
+#[test]
+fn freed_buffers_come_back_zeroed_last_in_first_out_and_keep_their_grants() {
+    let (mut s, back) = world(DEFAULT_LIMITS, BackOptions::default());
+    let mut dev = s.connect();
+    // Write 0xab from a 3-page buffer; free it.
+    let mut a = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    a.as_mut_slice().fill(0xab);
+    let a_addr = a.addr();
+    let c = run_all(&mut dev, vec![(Request::Write { sector: 64, buf: a }, 1)]);
+    assert_eq!(c[0].result, Ok(()));
+    let maps = back.stats().persistent_maps;
+    assert!(maps >= 3);
+    let a = c.into_iter().next().unwrap().buffer.unwrap();
+    let pages = s.guest.domain().stats().unwrap().pages;
+    dev.free_buffer(a).unwrap();
+    assert_eq!(
+        s.guest.domain().stats().unwrap().pages,
+        pages,
+        "kept in the spare pool"
+    );
+    // A different size does not take it.
+    let other = dev.alloc_buffer(2 * PAGE_SIZE).unwrap();
+    assert_ne!(other.addr(), a_addr);
+    assert_eq!(other.capacity(), 2 * PAGE_SIZE);
+    // The same size does, zeroed; reading into it needs no new grant and no new mapping.
+    let calls = grant_calls(&s);
+    let b = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    assert_eq!(b.addr(), a_addr, "the spare buffer is reused");
+    assert_eq!(b.len(), 3 * PAGE_SIZE);
+    assert!(b.as_slice().iter().all(|&x| x == 0), "returned zeroed");
+    let c = run_all(&mut dev, vec![(Request::Read { sector: 64, buf: b }, 2)]);
+    assert_eq!(c[0].result, Ok(()));
+    let b = c.into_iter().next().unwrap().buffer.unwrap();
+    assert!(b.as_slice().iter().all(|&x| x == 0xab), "read back");
+    assert_eq!(grant_calls(&s), calls, "its grants were kept");
+    assert_eq!(
+        back.stats().persistent_maps,
+        maps,
+        "blkback mapped nothing new"
+    );
+    // A buffer never granted is not kept: it goes back to the platform.
+    dev.free_buffer(b).unwrap();
+    let x = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    assert_eq!(x.addr(), a_addr);
+    let y = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    let pages = s.guest.domain().stats().unwrap().pages;
+    dev.free_buffer(y).unwrap();
+    assert_eq!(
+        s.guest.domain().stats().unwrap().pages,
+        pages - 3,
+        "a buffer never granted goes back to the platform"
+    );
+    // Last in, first out among granted spares: x and a fresh y both used for a write, then
+    // freed x first, y last: y comes back first, then x.
+    let y = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    let (x_addr, y_addr) = (x.addr(), y.addr());
+    assert_ne!(x_addr, y_addr);
+    let done = run_all(
+        &mut dev,
+        vec![
+            (Request::Write { sector: 72, buf: x }, 10),
+            (Request::Write { sector: 80, buf: y }, 11),
+        ],
+    );
+    let mut bufs = Vec::new();
+    for c in done {
+        assert_eq!(c.result, Ok(()));
+        bufs.push(c.buffer.unwrap());
+    }
+    let (y, x) = (bufs.pop().unwrap(), bufs.pop().unwrap());
+    assert_eq!((x.addr(), y.addr()), (x_addr, y_addr));
+    dev.free_buffer(x).unwrap();
+    dev.free_buffer(y).unwrap();
+    let first = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    let second = dev.alloc_buffer(3 * PAGE_SIZE).unwrap();
+    assert_eq!(
+        (first.addr(), second.addr()),
+        (y_addr, x_addr),
+        "last in, first out"
+    );
+    dev.free_buffer(first).unwrap();
+    dev.free_buffer(second).unwrap();
+    // x is now the last freed.
+    // A shorter request on a spare buffer: len as asked, the whole capacity zeroed.
+    let mut w = dev.alloc_buffer(2 * PAGE_SIZE + 512).unwrap();
+    assert_eq!(w.addr(), x_addr);
+    assert_eq!(w.len(), 2 * PAGE_SIZE + 512);
+    w.set_len(w.capacity()).unwrap();
+    assert!(w.as_slice().iter().all(|&x| x == 0));
+    // I/O with it still works: write a pattern at another place, read it back.
+    let data = pattern(w.len(), 9);
+    w.as_mut_slice().copy_from_slice(&data);
+    let c = run_all(
+        &mut dev,
+        vec![(
+            Request::Write {
+                sector: 4000,
+                buf: w,
+            },
+            3,
+        )],
+    );
+    assert_eq!(c[0].result, Ok(()));
+    dev.free_buffer(c.into_iter().next().unwrap().buffer.unwrap())
+        .unwrap();
+    let mut got = vec![0u8; data.len()];
+    dev.read(4000, &mut got).unwrap();
+    assert!(got == data);
+    dev.free_buffer(other).unwrap();
+}
+
+/// The error blkfront published for the device (after letting `service` see the failure).
+fn why_failed(s: &mut Setup) -> String {
+    for _ in 0..50 {
+        s.poll();
+        if let Some(e) = s.error() {
+            return format!("published error: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    format!("no error published, state {:?}", s.state())
+}
+
+/// Reads into a `Buffer::from_raw` (never granted persistently: granted read-write for the
+/// request and ended at its response) while persistent grants are negotiated.
+#[test]
+#[ignore = "bug: blkback maps a per-request read-write grant persistently, blkfront then cannot end it and fails the device"]
+fn reads_into_caller_memory_with_persistent_grants() {
+    let (mut s, _back) = world(DEFAULT_LIMITS, BackOptions::default());
+    let mut dev = s.connect();
+    assert!(dev.config().unwrap().persistent);
+    let data = pattern(4 * PAGE_SIZE, 11);
+    dev.write(128, &data).unwrap();
+    let run = s.guest.domain().alloc(4).unwrap();
+    // SAFETY: `run` is 4 pages of the guest's own memory, used only through this buffer,
+    // and freed after it is given back.
+    let buf = unsafe { Buffer::from_raw(run.addr, run.len()) }.unwrap();
+    let c = run_all(&mut dev, vec![(Request::Read { sector: 128, buf }, 1)]);
+    assert_eq!(c[0].result, Ok(()), "{}", why_failed(&mut s));
+    let b = c.into_iter().next().unwrap().buffer.unwrap();
+    assert!(b.as_slice() == data);
+    assert_eq!(dev.state(), DeviceState::Connected);
+    drop(b);
+    s.guest.domain().free(run).unwrap();
+}
+
+/// A frontend whose own cap on persistent grants (RING_SIZE * 11, here 1 request * 11 pages)
+/// is exceeded grants the rest per request (blkif.h: "it can fallback to non persistent
+/// mode ... the backend driver will still try to map those grants persistently").
+#[test]
+#[ignore = "bug: blkfront's per-request fallback beyond its persistent cap fails the device when blkback keeps those grants mapped"]
+fn frontend_beyond_its_persistent_cap() {
+    let limits = FrontLimits {
+        max_requests: 1,
+        ..DEFAULT_LIMITS
+    };
+    let (mut s, _back) = world(limits, BackOptions::default());
+    let mut dev = s.connect();
+    assert!(dev.config().unwrap().persistent);
+    let data = pattern(64 * PAGE_SIZE, 12);
+    dev.write(0, &data).unwrap();
+    let mut got = vec![0u8; data.len()];
+    let r = dev.read(0, &mut got);
+    assert_eq!(r, Ok(()), "{}", why_failed(&mut s));
+    assert!(got == data);
+    dev.read(0, &mut got).unwrap();
+    assert_eq!(dev.state(), DeviceState::Connected);
+}
+
+// ---------------------------------------------------------------------------------------
+// A hand-written frontend with persistent grants against blkback.
+
+mod raw {
+    use super::back_common::*;
+    use super::*;
+
+    /// A world whose raw frontend wrote `feature-persistent = 1` and is connected.
+    fn connected(kind: DiskKind) -> (World, xen_toolstack::Guest, RawFront) {
+        let mut w = World::new(BackOptions::default(), kind);
+        let g = w.guest("guest");
+        w.add_disk(&g, |v| v);
+        let fe = g.domid();
+        w.run_until("backend InitWait", |w| {
+            w.backend_state(fe).as_deref() == Some("2")
+        });
+        let mut f = RawFront::start(&g, w.sd.domid(), RingStyle::Single);
+        // The backend has not been polled since `start`: it reads this with the ring keys.
+        let p = format!("{}/feature-persistent", f.front_path);
+        xen_bus::store::client::Store::write(&mut f.xs, &p, b"1").unwrap();
+        w.run_until("backend Connected", |w| {
+            w.backend_state(fe).as_deref() == Some("4")
+        });
+        assert_eq!(
+            w.read(&format!("{}/feature-persistent", w.be_path(fe)))
+                .as_deref(),
+            Some("1")
+        );
+        (w, g, f)
+    }
+
+    fn stats(w: &World, fe: u16) -> ChannelStats {
+        w.back.device(&w.be_node(fe)).unwrap().stats
+    }
+
+    fn exchange(w: &mut World, f: &mut RawFront, req: BlkifRequest) -> BlkifResponse {
+        f.push(&[req]);
+        let mut rsp = None;
+        w.run_until("a response", |_| {
+            rsp = f.response(req.id);
+            rsp.is_some()
+        });
+        let rsp = rsp.unwrap();
+        assert_eq!(rsp.id, req.id);
+        rsp
+    }
+
+    fn status(w: &mut World, f: &mut RawFront, req: BlkifRequest) -> i16 {
+        exchange(w, f, req).status
+    }
+
+    /// A good read of sectors 8..16 into a fresh read-write page: OKAY with the disk's
+    /// bytes (the world's disk pattern).
+    fn still_serves(w: &mut World, f: &mut RawFront) {
+        let (page, gref) = f.page(0, false);
+        assert_eq!(
+            status(w, f, rw(BLKIF_OP_READ, 0xfeed, 8, &[(gref, 0, 7)])),
+            BLKIF_RSP_OKAY
+        );
+        let d = f.read_page(&page);
+        assert!((0..PAGE_SIZE).all(|i| d[i] == disk_byte(8 * 512 + i)));
+    }
+
+    fn indirect(
+        op: u8,
+        id: u64,
+        sector: u64,
+        segs: &[(GrantRef, u8, u8)],
+        page: GrantRef,
+    ) -> BlkifRequest {
+        let mut ind = BlkifRequestIndirect {
+            operation: BLKIF_OP_INDIRECT,
+            indirect_op: op,
+            nr_segments: segs.len() as u16,
+            id,
+            sector_number: sector,
+            ..Default::default()
+        };
+        ind.indirect_grefs[0] = page;
+        as_request(&ind)
+    }
+
+    fn seg_bytes(segs: &[(GrantRef, u8, u8)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for &(g, a, b) in segs {
+            v.extend_from_slice(&g.to_le_bytes());
+            v.extend_from_slice(&[a, b, 0, 0]);
+        }
+        v
+    }
+
+    fn hostile_requests_are_still_refused(kind: DiskKind, in_place: bool) {
+        let (mut w, g, mut f) = connected(kind);
+        let fe = g.domid();
+        // A good write and read through read-write grants: kept mapped.
+        let (a, ga) = f.page(0x11, false);
+        assert_eq!(
+            status(&mut w, &mut f, rw(BLKIF_OP_WRITE, 1, 100, &[(ga, 0, 7)])),
+            BLKIF_RSP_OKAY
+        );
+        let (r, gr) = f.page(0, false);
+        assert_eq!(
+            status(&mut w, &mut f, rw(BLKIF_OP_READ, 2, 100, &[(gr, 0, 7)])),
+            BLKIF_RSP_OKAY
+        );
+        assert!(f.read_page(&r).iter().all(|&x| x == 0x11));
+        let st = stats(&w, fe);
+        assert_eq!(st.persistent_maps, 2, "{st:?}");
+        assert_eq!(st.in_place, if in_place { 2 } else { 0 }, "{st:?}");
+        // blkback keeps them mapped: the frontend cannot end them while connected.
+        assert_eq!(f.dom.end(ga), Err(xen_platform::Error::Busy));
+
+        // A gref that was never granted: ERROR for a read and for a write.
+        let bogus: GrantRef = 4000;
+        for (op, id) in [(BLKIF_OP_READ, 3), (BLKIF_OP_WRITE, 4)] {
+            assert_eq!(
+                status(&mut w, &mut f, rw(op, id, 0, &[(bogus, 0, 7)])),
+                BLKIF_RSP_ERROR
+            );
+            still_serves(&mut w, &mut f);
+        }
+        // A persistently mapped page with a never-granted one: ERROR, and the kept page
+        // is not written.
+        f.write_page(&r, 0, &[0x99; PAGE_SIZE]);
+        assert_eq!(
+            status(
+                &mut w,
+                &mut f,
+                rw(BLKIF_OP_READ, 5, 0, &[(gr, 0, 7), (bogus, 0, 7)])
+            ),
+            BLKIF_RSP_ERROR
+        );
+        assert!(f.read_page(&r).iter().all(|&x| x == 0x99), "not written");
+        still_serves(&mut w, &mut f);
+
+        // A READ into a page granted read-only: ERROR, the page untouched — alone, and
+        // after a persistently mapped segment.
+        let (ro, gro) = f.page(0x77, true);
+        assert_eq!(
+            status(&mut w, &mut f, rw(BLKIF_OP_READ, 6, 0, &[(gro, 0, 7)])),
+            BLKIF_RSP_ERROR
+        );
+        assert!(f.read_page(&ro).iter().all(|&x| x == 0x77), "not written");
+        still_serves(&mut w, &mut f);
+        assert_eq!(
+            status(
+                &mut w,
+                &mut f,
+                rw(BLKIF_OP_READ, 7, 0, &[(gr, 0, 7), (gro, 0, 7)])
+            ),
+            BLKIF_RSP_ERROR
+        );
+        assert!(f.read_page(&ro).iter().all(|&x| x == 0x77), "not written");
+        assert!(f.read_page(&r).iter().all(|&x| x == 0x99), "not written");
+        still_serves(&mut w, &mut f);
+        // The read-only grant is fine for a WRITE (per-request fallback), and is not kept.
+        assert_eq!(
+            status(&mut w, &mut f, rw(BLKIF_OP_WRITE, 8, 200, &[(gro, 0, 7)])),
+            BLKIF_RSP_OKAY
+        );
+        assert_eq!(f.dom.end(gro), Ok(()), "not kept mapped");
+        assert_eq!(
+            status(&mut w, &mut f, rw(BLKIF_OP_READ, 9, 200, &[(gr, 0, 7)])),
+            BLKIF_RSP_OKAY
+        );
+        assert!(f.read_page(&r).iter().all(|&x| x == 0x77));
+        // Its ref, now ended, is refused as any ungranted one.
+        assert_eq!(
+            status(&mut w, &mut f, rw(BLKIF_OP_READ, 10, 0, &[(gro, 0, 7)])),
+            BLKIF_RSP_ERROR
+        );
+        still_serves(&mut w, &mut f);
+
+        // Indirect: the segment list in a read-write page (kept mapped) naming 12 pages.
+        let mut pages = Vec::new();
+        let mut segs = Vec::new();
+        for i in 0..12u8 {
+            let (p, gp) = f.page(0x20 + i, false);
+            pages.push(p);
+            segs.push((gp, 0u8, 7u8));
+        }
+        let (ip, gip) = f.page(0, false);
+        f.write_page(&ip, 0, &seg_bytes(&segs));
+        assert_eq!(
+            status(
+                &mut w,
+                &mut f,
+                indirect(BLKIF_OP_WRITE, 11, 300, &segs, gip)
+            ),
+            BLKIF_RSP_OKAY
+        );
+        for p in &pages {
+            f.write_page(p, 0, &[0; PAGE_SIZE]);
+        }
+        let rsp = exchange(&mut w, &mut f, indirect(BLKIF_OP_READ, 12, 300, &segs, gip));
+        assert_eq!((rsp.status, rsp.operation), (BLKIF_RSP_OKAY, BLKIF_OP_READ));
+        for (i, p) in pages.iter().enumerate() {
+            assert!(
+                f.read_page(p).iter().all(|&x| x == 0x20 + i as u8),
+                "page {i}"
+            );
+        }
+        // The same list with one ungranted segment: ERROR, no page written.
+        let mut bad = segs.clone();
+        bad[7].0 = bogus;
+        f.write_page(&ip, 0, &seg_bytes(&bad));
+        for p in &pages {
+            f.write_page(p, 0, &[0x44; PAGE_SIZE]);
+        }
+        assert_eq!(
+            status(&mut w, &mut f, indirect(BLKIF_OP_READ, 13, 300, &bad, gip)),
+            BLKIF_RSP_ERROR
+        );
+        for p in &pages {
+            assert!(f.read_page(p).iter().all(|&x| x == 0x44), "not written");
+        }
+        still_serves(&mut w, &mut f);
+        // With a segment beyond its page (last_sect 8), through the kept indirect page.
+        let mut bad = segs.clone();
+        bad[3].2 = 8;
+        f.write_page(&ip, 0, &seg_bytes(&bad));
+        assert_eq!(
+            status(&mut w, &mut f, indirect(BLKIF_OP_READ, 14, 300, &bad, gip)),
+            BLKIF_RSP_ERROR
+        );
+        for p in &pages {
+            assert!(f.read_page(p).iter().all(|&x| x == 0x44), "not written");
+        }
+        still_serves(&mut w, &mut f);
+        let st = stats(&w, fe);
+        // ga, gr, the 12 data pages and the indirect page at least (plus still_serves').
+        let kept = 2 + 12 + 1;
+        assert!(st.persistent_maps >= kept, "{st:?}");
+        if !in_place {
+            assert_eq!(st.in_place, 0);
+        }
+        let _keep = (a, ro);
+
+        // Disconnect: every persistent mapping goes, the grants can be ended.
+        f.set_state(5);
+        w.run_until("backend Closing", |w| {
+            w.backend_state(fe).as_deref() == Some("5")
+        });
+        f.set_state(6);
+        w.run_until("backend Closed", |w| {
+            w.backend_state(fe).as_deref() == Some("6")
+        });
+        let rep = w.back.device(&w.be_node(fe)).unwrap();
+        assert!(!rep.connected);
+        assert_eq!(rep.stats.persistent_maps, 0);
+        assert_eq!(w.sd.domain().stats().unwrap().mappings, 0, "nothing mapped");
+        assert_eq!(f.dom.end(ga), Ok(()));
+        assert_eq!(f.dom.end(gr), Ok(()));
+        assert_eq!(f.dom.end(gip), Ok(()));
+    }
+
+    #[test]
+    fn hostile_frontend_with_persistent_grants_in_place_storage() {
+        hostile_requests_are_still_refused(DiskKind::Mem, true);
+    }
+
+    #[test]
+    fn hostile_frontend_with_persistent_grants_queued_storage() {
+        // `Gate` is not in place: persistent grants with the buffered path (a read's data
+        // copied at completion through the kept mapping).
+        let ctl = Rc::new(std::cell::RefCell::new(GateCtl::default()));
+        hostile_requests_are_still_refused(DiskKind::Gate(ctl), false);
+    }
+}
