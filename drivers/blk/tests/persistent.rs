@@ -470,7 +470,6 @@ fn detach_releases_every_persistent_grant_and_page() {
 }
 
 #[test]
-#[ignore = "bug: pages whose persistent grants blkback still maps when blkfront disconnects (spare pool, bounce buffer, indirect pages) are never freed"]
 fn detach_releases_every_page_when_blkback_unmaps_after_blkfront_disconnected() {
     detach_releases_everything(true);
 }
@@ -601,7 +600,6 @@ fn why_failed(s: &mut Setup) -> String {
 /// Reads into a `Buffer::from_raw` (never granted persistently: granted read-write for the
 /// request and ended at its response) while persistent grants are negotiated.
 #[test]
-#[ignore = "bug: blkback maps a per-request read-write grant persistently, blkfront then cannot end it and fails the device"]
 fn reads_into_caller_memory_with_persistent_grants() {
     let (mut s, _back) = world(DEFAULT_LIMITS, BackOptions::default());
     let mut dev = s.connect();
@@ -625,7 +623,6 @@ fn reads_into_caller_memory_with_persistent_grants() {
 /// is exceeded grants the rest per request (blkif.h: "it can fallback to non persistent
 /// mode ... the backend driver will still try to map those grants persistently").
 #[test]
-#[ignore = "bug: blkfront's per-request fallback beyond its persistent cap fails the device when blkback keeps those grants mapped"]
 fn frontend_beyond_its_persistent_cap() {
     let limits = FrontLimits {
         max_requests: 1,

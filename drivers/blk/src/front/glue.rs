@@ -73,10 +73,15 @@ impl<H: PlatformRef> Inner<H> {
         if let Some(s) = self.setup.take() {
             release_ring(&self.plat, s);
         }
+        let bounce = self.bounce.take();
         if let Some(dp) = self.dp.as_mut() {
+            // The bounce buffer may hold persistent grants: the data path ends them with the
+            // others (and keeps the pages while the backend still maps them).
+            if let Some(b) = bounce {
+                let _ = dp.free_buffer(b);
+            }
             dp.shutdown(err);
-        }
-        if let Some(run) = self.bounce.take().and_then(Buffer::into_run) {
+        } else if let Some(run) = bounce.and_then(Buffer::into_run) {
             let _ = self.plat.get().free(run);
         }
     }

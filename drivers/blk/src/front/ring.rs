@@ -100,6 +100,10 @@ struct OpState {
     result: Result<(), BlkError>,
     /// Grants of the buffer the backend did not let go of: the buffer is kept.
     stuck: Vec<GrantRef>,
+    /// The caller's own buffer (`Buffer::from_raw`) when `buf` is a bounce buffer of ours:
+    /// with persistent grants the backend keeps what it maps, so caller memory is never
+    /// granted; a read is copied into it at completion, and it is what the completion returns.
+    orig: Option<Buffer>,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +115,8 @@ struct Shadow {
     refs: Vec<GrantRef>,
     /// Data grants (the first `data_refs` of `refs`).
     data_refs: usize,
+    /// The buffer page of each data grant in `refs`.
+    data_pages: Vec<u32>,
     /// This id's indirect pages (allocated on first use, kept).
     indirect: Option<PageRun>,
     /// An indirect page is still mapped by the backend: the id is never used again.
@@ -372,11 +378,25 @@ impl<H: PlatformRef> DataPath<H> {
                 return reject(BlkError::OutOfRange, buf);
             }
         }
+        let (buf, orig) = match buf {
+            Some(b) if self.persist_cap > 0 && !b.owned() => {
+                let mut bounce = match self.alloc_buffer(b.len()) {
+                    Ok(x) => x,
+                    Err(e) => return reject(e, Some(b)),
+                };
+                if kind == Kind::Write {
+                    bounce.as_mut_slice().copy_from_slice(b.as_slice());
+                }
+                (Some(bounce), Some(b))
+            }
+            other => (other, None),
+        };
         let op = OpState {
             tag,
             internal,
             kind,
             buf,
+            orig,
             sector512: sector.saturating_mul(self.wire_per_sector()),
             parts,
             next_part: 0,
@@ -521,8 +541,10 @@ impl<H: PlatformRef> DataPath<H> {
                 // (Linux blkfront: `rq_data_dir(req) == WRITE` as the readonly flag) — unless
                 // the grant is persistent, which blkif.h note 8 wants read-write.
                 let readonly = kind == Kind::Write;
-                // Per-request grants, ended when the response comes (persistent ones are not).
+                // Per-request grants, ended when the response comes (persistent ones are not),
+                // and the buffer page of each.
                 let mut refs = Vec::new();
+                let mut pages = Vec::new();
                 let mut segs = Vec::with_capacity(nseg);
                 let plat = self.plat.clone();
                 let p = plat.get();
@@ -574,6 +596,7 @@ impl<H: PlatformRef> DataPath<H> {
                                 }
                                 Ok(r) => {
                                     refs.push(r);
+                                    pages.push((at / PAGE_SIZE) as u32);
                                     r
                                 }
                                 Err(e) => {
@@ -703,6 +726,7 @@ impl<H: PlatformRef> DataPath<H> {
                 sh.operation = operation;
                 sh.refs = refs;
                 sh.data_refs = data_refs;
+                sh.data_pages = pages;
                 Ok(req)
             }
         }
@@ -783,14 +807,36 @@ impl<H: PlatformRef> DataPath<H> {
         } else {
             self.free_ids.push(id);
         }
-        let stuck: Vec<GrantRef> = data
-            .iter()
-            .copied()
-            .filter(|r| failed.contains(r))
-            .collect();
+        let data_pages = core::mem::take(&mut sh.data_pages);
+        let mut stuck: Vec<GrantRef> = Vec::new();
         let Some(op) = self.ops.get_mut(opi).and_then(Option::as_mut) else {
             return;
         };
+        let epoch = self.epoch;
+        for (i, &r) in data.iter().enumerate() {
+            if !failed.contains(&r) {
+                continue;
+            }
+            // With persistent grants the backend keeps what it could map read-write (blkif.h:
+            // it "will still try to map those grants persistently"), e.g. a read's pages
+            // granted per request beyond our cap: keep the grant as a persistent one of the
+            // buffer, as Linux's blkif_completion does, rather than call that misbehaviour.
+            let slot = op
+                .buf
+                .as_mut()
+                .filter(|_| self.persist_cap > 0)
+                .and_then(|b| b.persist.as_mut())
+                .filter(|ps| ps.epoch == epoch)
+                .and_then(|ps| ps.refs.get_mut(*data_pages.get(i)? as usize))
+                .filter(|slot| slot.is_none());
+            match slot {
+                Some(slot) => {
+                    *slot = Some(r);
+                    self.persistent.push(r);
+                }
+                None => stuck.push(r),
+            }
+        }
         op.in_flight = op.in_flight.saturating_sub(1);
         if !stuck.is_empty() {
             op.stuck.extend(stuck);
@@ -831,6 +877,15 @@ impl<H: PlatformRef> DataPath<H> {
             let run = buffer.take().and_then(Buffer::into_run);
             self.quarantine.push((core::mem::take(&mut op.stuck), run));
         }
+        if let Some(mut orig) = op.orig.take() {
+            if let Some(bounce) = buffer.take() {
+                if op.kind == Kind::Read && op.result.is_ok() {
+                    orig.as_mut_slice().copy_from_slice(bounce.as_slice());
+                }
+                let _ = self.free_buffer(bounce);
+            }
+            buffer = Some(orig);
+        }
         self.done.push_back(Done {
             internal: op.internal,
             completion: Completion {
@@ -848,15 +903,30 @@ impl<H: PlatformRef> DataPath<H> {
         }
         let q = core::mem::take(&mut self.quarantine);
         for (refs, run) in q {
-            let mut failed = Vec::new();
-            self.end_refs(&refs, &mut failed);
-            if failed.is_empty() {
-                if let Some(run) = run {
-                    let _ = self.p().free(run);
-                }
-            } else {
-                self.quarantine.push((failed, run));
-            }
+            self.retire(refs, run);
+        }
+    }
+
+    /// End `refs`, then free `run`; what cannot be done yet (a grant the backend still maps,
+    /// a page still granted under another reference) waits in quarantine.
+    fn retire(&mut self, refs: Vec<GrantRef>, run: Option<PageRun>) {
+        let mut failed = Vec::new();
+        self.end_refs(&refs, &mut failed);
+        if !failed.is_empty() {
+            self.quarantine.push((failed, run));
+            return;
+        }
+        if let Some(run) = run {
+            self.free_run(run);
+        }
+    }
+
+    /// Give pages back to the platform, or keep them in quarantine while one is still granted.
+    fn free_run(&mut self, run: PageRun) {
+        let (addr, pages) = (run.addr, run.pages);
+        if self.p().free(run) == Err(Error::Busy) {
+            self.quarantine
+                .push((Vec::new(), Some(PageRun { addr, pages })));
         }
     }
 
@@ -916,36 +986,40 @@ impl<H: PlatformRef> DataPath<H> {
         } else {
             self.quarantine.push((failed, run));
         }
-        // Persistent grants (buffer pages and indirect pages), in one batch: a backend that
-        // disconnected has unmapped them; one that still maps some has them retried later.
-        let mut pers = core::mem::take(&mut self.persistent);
-        for sh in &self.shadow {
-            pers.extend_from_slice(&sh.indirect_refs);
-        }
-        let mut failed = Vec::new();
-        self.end_refs(&pers, &mut failed);
-        for sh in &mut self.shadow {
-            if sh.indirect_refs.iter().any(|r| failed.contains(r)) {
-                sh.retired = true;
-            }
-            sh.indirect_refs.clear();
-        }
-        if !failed.is_empty() {
-            self.quarantine.push((failed, None));
-        }
+        // Persistent grants: a backend that disconnected has unmapped them; those it still
+        // maps wait in quarantine with their pages (freed once ended) — spare buffers' and
+        // indirect pages' with their runs, the others' (buffers the application holds: their
+        // pages are its own) alone.
+        let mut spare_refs: Vec<GrantRef> = Vec::new();
         for b in core::mem::take(&mut self.spare) {
-            if let Some(run) = b.into_run() {
-                // Busy if a page's grant is still live: then it stays ours, never reused.
-                let _ = self.p().free(run);
+            let refs: Vec<GrantRef> = b
+                .persist
+                .iter()
+                .flat_map(|ps| ps.refs.iter().flatten().copied())
+                .collect();
+            spare_refs.extend_from_slice(&refs);
+            self.retire(refs, b.into_run());
+        }
+        spare_refs.sort_unstable();
+        let others: Vec<GrantRef> = core::mem::take(&mut self.persistent)
+            .into_iter()
+            .filter(|r| spare_refs.binary_search(r).is_err())
+            .collect();
+        self.retire(others, None);
+        for i in 0..self.shadow.len() {
+            let refs = core::mem::take(&mut self.shadow[i].indirect_refs);
+            if !refs.is_empty() {
+                let run = self.shadow[i].indirect.take();
+                self.retire(refs, run);
             }
         }
-        for sh in &mut self.shadow {
-            if let Some(run) = sh.indirect.take() {
-                if sh.retired {
+        for i in 0..self.shadow.len() {
+            if let Some(run) = self.shadow[i].indirect.take() {
+                if self.shadow[i].retired {
                     // Its grant is in quarantine: leak the page rather than reuse it.
                     let _leaked = run; // never freed: not ours to reuse
                 } else {
-                    let _ = self.plat.get().free(run);
+                    self.free_run(run);
                 }
             }
         }
@@ -1074,10 +1148,12 @@ impl<H: PlatformRef> DataPath<H> {
             self.spare.push(buf);
             return Ok(());
         }
-        match buf.into_run() {
-            Some(run) => self.p().free(run).map_err(BlkError::Platform),
-            None => Ok(()),
+        if let Some(run) = buf.into_run() {
+            // A page still granted (a persistent grant a backend has not let go of yet) is
+            // freed from quarantine once it is ended.
+            self.free_run(run);
         }
+        Ok(())
     }
 }
 
