@@ -20,7 +20,6 @@
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -330,7 +329,7 @@ pub fn check_op(
 /// [`poll_completions`](Storage::poll_completions), in submission order). Discard zeroes.
 #[derive(Debug)]
 pub struct MemDisk {
-    data: Vec<u8>,
+    data: PageAligned,
     read_only: bool,
     sector_size: u32,
     queue_limit: usize,
@@ -340,14 +339,16 @@ pub struct MemDisk {
 impl MemDisk {
     /// A zeroed disk of `sectors` 512-byte sectors.
     pub fn new(sectors: u64) -> MemDisk {
-        MemDisk::from_bytes(vec![0; (sectors * SECTOR) as usize])
+        let mut d = MemDisk::from_bytes(Vec::new());
+        d.data = PageAligned::zeroed((sectors * SECTOR) as usize);
+        d
     }
 
     /// A disk holding `data`, cut down to a whole number of sectors.
-    pub fn from_bytes(mut data: Vec<u8>) -> MemDisk {
-        data.truncate(data.len() / SECTOR as usize * SECTOR as usize);
+    pub fn from_bytes(data: Vec<u8>) -> MemDisk {
+        let len = data.len() / SECTOR as usize * SECTOR as usize;
         MemDisk {
-            data,
+            data: PageAligned::from(&data[..len]),
             read_only: false,
             sector_size: SECTOR as u32,
             queue_limit: usize::MAX,
@@ -377,12 +378,12 @@ impl MemDisk {
 
     /// The contents.
     pub fn bytes(&self) -> &[u8] {
-        &self.data
+        self.data.bytes()
     }
 
     /// The contents, writable (test set-up).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.data
+        self.data.bytes_mut()
     }
 
     fn run(&mut self, op: &mut Op) -> Result<(), IoError> {
@@ -398,14 +399,14 @@ impl MemDisk {
             Op::Read { sector, buf } => {
                 let a = at(*sector);
                 let n = buf.len();
-                buf.copy_from_slice(&self.data[a..a + n]);
+                buf.copy_from_slice(&self.data.bytes()[a..a + n]);
             }
             Op::Write { sector, buf } => {
                 let a = at(*sector);
-                self.data[a..a + buf.len()].copy_from_slice(buf);
+                self.data.bytes_mut()[a..a + buf.len()].copy_from_slice(buf);
             }
             Op::Discard { sector, count, .. } => {
-                self.data[at(*sector)..at(*sector + *count)].fill(0);
+                self.data.bytes_mut()[at(*sector)..at(*sector + *count)].fill(0);
             }
             Op::Flush => {}
         }
@@ -418,7 +419,7 @@ impl Storage for MemDisk {
         self.sector_size
     }
     fn sectors(&self) -> u64 {
-        self.data.len() as u64 / SECTOR
+        self.data.bytes().len() as u64 / SECTOR
     }
     fn read_only(&self) -> bool {
         self.read_only
@@ -459,7 +460,7 @@ impl Storage for MemDisk {
         f: &mut dyn FnMut(&[u8]),
     ) -> Result<(), IoError> {
         let at = check_in_place(self, sector, len, false)?;
-        f(&self.data[at..at + len]);
+        f(&self.data.bytes()[at..at + len]);
         Ok(())
     }
     fn write_in_place(
@@ -469,8 +470,54 @@ impl Storage for MemDisk {
         f: &mut dyn FnMut(&mut [u8]),
     ) -> Result<(), IoError> {
         let at = check_in_place(self, sector, len, true)?;
-        f(&mut self.data[at..at + len]);
+        f(&mut self.data.bytes_mut()[at..at + len]);
         Ok(())
+    }
+}
+
+/// Bytes that start on a page boundary, as a RAM disk's do: a copy between them and page-aligned
+/// I/O pages then has source and destination at the same offset in their pages. (A `Vec` from
+/// the allocator starts 16 bytes into a page; copying 64 KiB from a page-aligned buffer into it
+/// measured 0.7× the speed of the aligned copy on this machine — loads alias the stores just
+/// made 16 bytes below them, "4K aliasing".) Safe code: a `Vec` one page longer, used from the
+/// first page boundary in it.
+struct PageAligned {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    fn from(bytes: &[u8]) -> PageAligned {
+        let mut a = PageAligned::empty(bytes.len());
+        a.buf.extend_from_slice(bytes);
+        a
+    }
+    fn zeroed(len: usize) -> PageAligned {
+        let mut a = PageAligned::empty(len);
+        a.buf.resize(a.start + len, 0);
+        a
+    }
+    /// Room for `len` bytes after the page boundary; the caller appends them.
+    fn empty(len: usize) -> PageAligned {
+        const PAGE: usize = 4096;
+        let mut buf: Vec<u8> = Vec::with_capacity(len + PAGE);
+        let start = buf.as_ptr().align_offset(PAGE).min(PAGE);
+        buf.resize(start, 0);
+        // Never grown beyond the capacity, so `start` stays the page boundary.
+        PageAligned { buf, start, len }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl fmt::Debug for PageAligned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PageAligned({} bytes)", self.len)
     }
 }
 
@@ -715,6 +762,27 @@ impl<S: Storage> Storage for ReadOnly<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
+
+    /// A RAM disk's bytes start on a page boundary (copies to and from I/O pages then do not
+    /// alias), whatever the allocator gave, and keep their contents.
+    #[test]
+    fn memdisk_bytes_are_page_aligned() {
+        for sectors in [1u64, 8, 9, 4096] {
+            let d = MemDisk::new(sectors);
+            assert_eq!(d.bytes().as_ptr() as usize % 4096, 0);
+            assert_eq!(d.bytes().len() as u64, sectors * SECTOR);
+            assert!(d.bytes().iter().all(|&b| b == 0));
+        }
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let d = MemDisk::from_bytes(data.clone());
+        assert_eq!(d.bytes().as_ptr() as usize % 4096, 0);
+        assert_eq!(
+            d.bytes(),
+            &data[..4608],
+            "cut to whole sectors, contents kept"
+        );
+    }
 
     fn run(s: &mut dyn Storage, op: Op) -> Completion {
         s.submit(7, op).unwrap();
