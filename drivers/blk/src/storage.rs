@@ -475,6 +475,20 @@ impl Storage for MemDisk {
     }
 }
 
+/// What a wrapper storage (`Slice`, `ReadOnly`) reports: the ops it refused itself, then the
+/// inner storage's completions; how many in all.
+fn report_then(
+    failed: &mut VecDeque<Completion>,
+    inner: &mut dyn Storage,
+    done: &mut dyn FnMut(Completion),
+) -> usize {
+    let n = failed.len();
+    while let Some(c) = failed.pop_front() {
+        done(c);
+    }
+    n + inner.poll_completions(done)
+}
+
 /// Bytes that start on a page boundary, as a RAM disk's do: a copy between them and page-aligned
 /// I/O pages then has source and destination at the same offset in their pages. (A `Vec` from
 /// the allocator starts 16 bytes into a page; copying 64 KiB from a page-aligned buffer into it
@@ -636,12 +650,7 @@ impl<S: Storage> Storage for Slice<S> {
         })
     }
     fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
-        let mut n = self.failed.len();
-        while let Some(c) = self.failed.pop_front() {
-            done(c);
-        }
-        n += self.inner.poll_completions(done);
-        n
+        report_then(&mut self.failed, &mut self.inner, done)
     }
     fn in_flight(&self) -> usize {
         self.failed.len() + self.inner.in_flight()
@@ -725,12 +734,7 @@ impl<S: Storage> Storage for ReadOnly<S> {
         self.inner.submit(tag, op)
     }
     fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
-        let mut n = self.failed.len();
-        while let Some(c) = self.failed.pop_front() {
-            done(c);
-        }
-        n += self.inner.poll_completions(done);
-        n
+        report_then(&mut self.failed, &mut self.inner, done)
     }
     fn in_flight(&self) -> usize {
         self.failed.len() + self.inner.in_flight()

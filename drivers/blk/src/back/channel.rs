@@ -593,37 +593,16 @@ impl<P: Platform> Channel<P> {
         self.wire = wire;
     }
 
-    /// Resolve every segment through the persistent grants into `self.segs` (consecutive
-    /// pages of one mapping joined into runs), mapping the grants seen for the first time;
-    /// false (and `self.segs` meaningless) when persistent grants are off or a segment cannot
-    /// be kept mapped.
+    /// [`resolve_segs`] of `segs` into `self.segs`.
     fn resolve(&mut self, segs: &[Seg]) -> bool {
-        self.segs.clear();
-        let Some(pers) = self.persistent.as_mut() else {
-            return false;
-        };
-        self.missing.clear();
-        for s in segs {
-            if pers.page(s.gref).is_none() && !self.missing.contains(&s.gref) {
-                self.missing.push(s.gref);
-            }
-        }
-        if !self.missing.is_empty() && !pers.map_new(&*self.p, self.fe, &self.missing) {
-            return false;
-        }
-        for s in segs {
-            let Some(seg) = pers
-                .page(s.gref)
-                .and_then(|page| PeerSeg::new(page, s.offset(), s.bytes()))
-            else {
-                return false;
-            };
-            let joined = self.segs.last_mut().is_some_and(|last| last.extend(&seg));
-            if !joined {
-                self.segs.push(seg);
-            }
-        }
-        true
+        resolve_segs(
+            self.persistent.as_mut(),
+            &*self.p,
+            self.fe,
+            segs,
+            &mut self.segs,
+            &mut self.missing,
+        )
     }
 
     fn new_tag(&mut self) -> u64 {
@@ -646,8 +625,7 @@ impl<P: Platform> Channel<P> {
         if !read && l.read_only {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
-        let mut local = core::mem::take(&mut self.local);
-        local.clear();
+        self.local.clear();
         let mut total: u64 = 0;
         let mut good = true;
         for s in segs {
@@ -661,7 +639,7 @@ impl<P: Platform> Channel<P> {
                 last: s.last_sect,
             };
             total += seg.bytes() as u64 / SECTOR;
-            local.push(seg);
+            self.local.push(seg);
         }
         let in_range = sector
             .checked_add(total)
@@ -669,13 +647,18 @@ impl<P: Platform> Channel<P> {
         let per_block = u64::from(l.sector_size.max(SECTOR as u32)) / SECTOR;
         // per_block is a power of two (checked at probe).
         if !good || !in_range || (sector | total) & (per_block - 1) != 0 {
-            self.local = local;
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
         let len = (total * SECTOR) as usize;
-        let persistent = self.resolve(&local);
+        let persistent = resolve_segs(
+            self.persistent.as_mut(),
+            &*self.p,
+            self.fe,
+            &self.local,
+            &mut self.segs,
+            &mut self.missing,
+        );
         if persistent && flags == 0 && self.storage.in_place() {
-            self.local = local;
             // Straight between the frontend's pages and the storage's bytes: one copy, no
             // buffer, answered now.
             let mut cur = SegCursor::new(&self.segs);
@@ -704,15 +687,14 @@ impl<P: Platform> Channel<P> {
             // Copied once, before the storage sees it; a grant not given (or not to us) is
             // refused here. A read's pages are mapped writable only at completion: a grant
             // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
-            if !gather(&*self.p, self.fe, &local, &mut buf) {
-                self.local = local;
+            if !gather(&*self.p, self.fe, &self.local, &mut buf) {
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
             }
         }
+        // A read keeps its segments for the copy at completion.
         let segs = if read {
-            local
+            core::mem::take(&mut self.local)
         } else {
-            self.local = local;
             Vec::new()
         };
         let drain = flags & DRAIN != 0;
@@ -823,6 +805,46 @@ impl<V> EmptyExcept for BTreeMap<u64, V> {
     fn is_empty_except(&self, tag: u64) -> bool {
         self.keys().all(|&k| k == tag)
     }
+}
+
+/// Resolve every segment of `segs` through the persistent grants into `out` (consecutive pages
+/// of one mapping joined into runs), mapping the grants seen for the first time (`missing` is
+/// scratch); false (and `out` meaningless) when persistent grants are off or a segment cannot
+/// be kept mapped.
+fn resolve_segs(
+    pers: Option<&mut Persistent>,
+    p: &impl GrantMapper,
+    fe: DomId,
+    segs: &[Seg],
+    out: &mut Vec<PeerSeg>,
+    missing: &mut Vec<GrantRef>,
+) -> bool {
+    out.clear();
+    let Some(pers) = pers else {
+        return false;
+    };
+    missing.clear();
+    for s in segs {
+        if pers.page(s.gref).is_none() && !missing.contains(&s.gref) {
+            missing.push(s.gref);
+        }
+    }
+    if !missing.is_empty() && !pers.map_new(p, fe, missing) {
+        return false;
+    }
+    for s in segs {
+        let Some(seg) = pers
+            .page(s.gref)
+            .and_then(|page| PeerSeg::new(page, s.offset(), s.bytes()))
+        else {
+            return false;
+        };
+        let joined = out.last_mut().is_some_and(|last| last.extend(&seg));
+        if !joined {
+            out.push(seg);
+        }
+    }
+    true
 }
 
 /// Copy the segments' bytes out of the frontend's pages into `buf`, in order: up to 16 pages

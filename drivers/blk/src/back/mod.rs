@@ -132,20 +132,19 @@ struct Hub<P: Platform> {
     options: BackOptions,
     factory: StorageFactory,
     devices: BTreeMap<String, Rc<RefCell<Slot<P>>>>,
+    /// Polled mode: frontends are not asked for notifications.
+    polled: bool,
 }
 
 /// blkback for every `vbd` this domain serves. Cheap to clone (a shared handle).
 pub struct BlkBack<P: Platform + 'static> {
     hub: Rc<RefCell<Hub<P>>>,
-    /// Polled mode: frontends are not asked for notifications.
-    polled: Rc<core::cell::Cell<bool>>,
 }
 
 impl<P: Platform + 'static> Clone for BlkBack<P> {
     fn clone(&self) -> Self {
         BlkBack {
             hub: self.hub.clone(),
-            polled: self.polled.clone(),
         }
     }
 }
@@ -163,8 +162,8 @@ impl<P: Platform + 'static> BlkBack<P> {
                 options,
                 factory: Box::new(factory),
                 devices: BTreeMap::new(),
+                polled: false,
             })),
-            polled: Rc::new(core::cell::Cell::new(false)),
         }
     }
 
@@ -173,7 +172,7 @@ impl<P: Platform + 'static> BlkBack<P> {
     /// them). Event mode (`false`, the default): a drained ring asks for one. Takes effect at
     /// the next poll; a frontend that was asked before may still notify once.
     pub fn set_polled(&self, polled: bool) {
-        self.polled.set(polled);
+        self.hub.borrow_mut().polled = polled;
     }
 
     /// Serve class `vbd` of `bus`.
@@ -220,7 +219,7 @@ impl<P: Platform + 'static> BlkBack<P> {
             let Some(ch) = s.channel.as_mut() else {
                 continue;
             };
-            out.busy |= ch.poll(!self.polled.get());
+            out.busy |= ch.poll(!hub.polled);
             out.ports.push(ch.port());
             ch.storage_ports(&mut |p| out.ports.push(p));
             if ch.broken().is_some() {

@@ -148,7 +148,6 @@ pub struct Persistent {
     chunks: Vec<MultiMapping>,
     /// `slot[gref]`: `(chunk << 4 | page) + 1`, 0 when `gref` is not mapped.
     slot: Vec<u32>,
-    mapped: usize,
     cap: usize,
 }
 
@@ -161,19 +160,18 @@ impl Persistent {
         Persistent {
             chunks: Vec::new(),
             slot: Vec::new(),
-            mapped: 0,
             cap,
         }
     }
 
     /// Grants mapped.
     pub fn len(&self) -> usize {
-        self.mapped
+        self.chunks.iter().map(|m| m.pages).sum()
     }
 
     /// Whether none is mapped.
     pub fn is_empty(&self) -> bool {
-        self.mapped == 0
+        self.chunks.is_empty()
     }
 
     /// Page `gref`, if it is mapped.
@@ -193,7 +191,7 @@ impl Persistent {
     /// consecutive addresses. False when they would pass the cap, a reference is past
     /// [`MAX_PERSISTENT_GREF`], or a map fails (what was mapped before the failure stays).
     pub fn map_new(&mut self, p: &impl GrantMapper, domid: DomId, grefs: &[GrantRef]) -> bool {
-        if self.mapped + grefs.len() > self.cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
+        if self.len() + grefs.len() > self.cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
             return false;
         }
         for part in grefs.chunks(MAX_MULTI_MAP) {
@@ -209,7 +207,6 @@ impl Persistent {
                 }
                 self.slot[g] = (chunk << 4 | i as u32) + 1;
             }
-            self.mapped += part.len();
         }
         true
     }
@@ -217,7 +214,6 @@ impl Persistent {
     /// Unmap every grant (at disconnect). Idempotent.
     pub fn unmap_all(&mut self, p: &impl GrantMapper) {
         self.slot = Vec::new();
-        self.mapped = 0;
         for m in core::mem::take(&mut self.chunks) {
             let _ = p.unmap_multi(m);
         }

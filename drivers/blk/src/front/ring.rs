@@ -1008,19 +1008,17 @@ impl<H: PlatformRef> DataPath<H> {
         self.retire(others, None);
         for i in 0..self.shadow.len() {
             let refs = core::mem::take(&mut self.shadow[i].indirect_refs);
+            let Some(run) = self.shadow[i].indirect.take() else {
+                continue;
+            };
             if !refs.is_empty() {
-                let run = self.shadow[i].indirect.take();
-                self.retire(refs, run);
-            }
-        }
-        for i in 0..self.shadow.len() {
-            if let Some(run) = self.shadow[i].indirect.take() {
-                if self.shadow[i].retired {
-                    // Its grant is in quarantine: leak the page rather than reuse it.
-                    let _leaked = run; // never freed: not ours to reuse
-                } else {
-                    self.free_run(run);
-                }
+                // Persistent indirect grants end with their pages.
+                self.retire(refs, Some(run));
+            } else if self.shadow[i].retired {
+                // Its grant is in quarantine: leak the page rather than reuse it.
+                let _leaked = run; // never freed: not ours to reuse
+            } else {
+                self.free_run(run);
             }
         }
         self.retry_quarantine();
