@@ -131,7 +131,12 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 ///   `connection` field reading `XENSTORE_RECONNECT` means a reset is in progress: the
 ///   transport ignores every other field, waits (bounded) for `XENSTORE_CONNECTED`, and reports
 ///   [`XsClientError::ConnectionReset`]. [`reconnect`](Self::reconnect) starts such a reset.
-///   Without the features those fields are not looked at.
+///   A reset that began and completed between two looks at the ring (someone else set
+///   `XENSTORE_RECONNECT` and the daemon was quick) is caught too: `req_prod` and `rsp_cons`
+///   are written only by this side, except by a reset, so when either differs from the value
+///   this transport last left there the ring was reset and the call also ends in
+///   `ConnectionReset` (a reset that happens to restore the very same indexes cannot be told
+///   from no reset). Without the features those fields are not looked at.
 ///
 /// The platform `P` provides the event channel and the clock (in images one object provides
 /// both; in tests a `xen_sim::Domain`).
@@ -139,6 +144,9 @@ pub struct RingTransport<'a, P: Events + Clock + ?Sized> {
     ring: XsGuestRing,
     platform: &'a P,
     port: EvtchnPort,
+    /// `(req_prod, rsp_cons)` as this side last left them: only a reset changes them behind
+    /// our back.
+    owned: (u32, u32),
 }
 
 impl<P: Events + Clock + ?Sized> core::fmt::Debug for RingTransport<'_, P> {
@@ -157,11 +165,19 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
     /// The ring is used as found; call [`connect`](Self::connect) to wait out a reset someone
     /// else started (e.g. the toolstack of a dom0less guest) before the first request.
     pub fn new(ring: XsGuestRing, platform: &'a P, port: EvtchnPort) -> Self {
+        let ix = ring.indexes();
         RingTransport {
             ring,
             platform,
             port,
+            owned: (ix.req_prod, ix.rsp_cons),
         }
+    }
+
+    /// Remember the indexes this side owns, after it moved them (or accepted a reset).
+    fn own_indexes(&mut self) {
+        let ix = self.ring.indexes();
+        self.owned = (ix.req_prod, ix.rsp_cons);
     }
 
     /// The ring.
@@ -184,10 +200,12 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
     /// error.
     pub fn connect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
         let deadline = self.deadline(timeout);
-        match self.check(deadline) {
+        let r = match self.check(deadline) {
             Err(XsClientError::ConnectionReset) => Ok(()),
             other => other,
-        }
+        };
+        self.own_indexes();
+        r
     }
 
     /// Ask the daemon to reset the ring (xenstore-ring.txt, "The ring reconnection feature"):
@@ -206,6 +224,7 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
         self.ring.request_reconnect();
         self.notify()?;
         self.wait_connected(deadline)?;
+        self.own_indexes();
         self.check_error()
     }
 
@@ -244,11 +263,21 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
     /// as `ConnectionReset`.
     fn check(&mut self, deadline: Duration) -> Result<(), XsClientError> {
         self.check_error()?;
-        if self.ring.server_features() & XENSTORE_SERVER_FEATURE_RECONNECTION != 0
-            && self.ring.connection() != XENSTORE_CONNECTED
-        {
+        if self.ring.server_features() & XENSTORE_SERVER_FEATURE_RECONNECTION == 0 {
+            return Ok(());
+        }
+        // `connection` first: a daemon completes a reset by rewriting the indexes and then
+        // setting XENSTORE_CONNECTED, so once that is seen the new indexes are too.
+        if self.ring.connection() != XENSTORE_CONNECTED {
             self.wait_connected(deadline)?;
             self.check_error()?;
+            self.own_indexes();
+            return Err(XsClientError::ConnectionReset);
+        }
+        let ix = self.ring.indexes();
+        if (ix.req_prod, ix.rsp_cons) != self.owned {
+            // Reset and reconnected while we were not looking.
+            self.own_indexes();
             return Err(XsClientError::ConnectionReset);
         }
         Ok(())
@@ -283,6 +312,8 @@ impl<P: Events + Clock + ?Sized> Transport for RingTransport<'_, P> {
             self.check(deadline)?;
             let n = self.ring.write(rest)?;
             if n > 0 {
+                // Moved by exactly n from the value check() just compared (n <= 1024).
+                self.owned.0 = self.owned.0.wrapping_add(n as u32);
                 rest = rest.get(n..).unwrap_or(&[]);
                 self.notify()?;
             }
@@ -310,6 +341,7 @@ impl<P: Events + Clock + ?Sized> Transport for RingTransport<'_, P> {
             self.check(deadline)?;
             let n = self.ring.read(buf)?;
             if n > 0 {
+                self.owned.1 = self.owned.1.wrapping_add(n as u32);
                 self.notify()?;
                 return Ok(n);
             }
