@@ -56,17 +56,37 @@ die() { echo "[run.sh] ERROR: $*"; echo "XENLAB: FAIL ($*)"; exit 1; }
 T_START=$(date +%s.%N)
 
 ########## 1. prerequisites ##########
-need_pkgs=""
-for p in xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER busybox-static grub-xen-host cpio qemu-system-x86 e2fsprogs; do
-    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs="$need_pkgs $p"
-done
-if [ -n "$need_pkgs" ]; then
-    [ -n "${NO_APT:-}" ] && die "missing packages:$need_pkgs"
-    log "installing:$need_pkgs"
-    for try in 1 2 3 4 5 6 7 8 9 10; do
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need_pkgs && break
-        log "apt-get failed (dpkg lock?), retry $try in 20s"; sleep 20
+# Packages (ci/packages says why each one): installed once, a failure stops here with apt's
+# message. QEMU is not installed as a package: bookworm's qemu-system-x86 7.2 needs
+# qemu-system-common 7.2, which the machine image's qemu-utils 10.0 (a bookworm backport)
+# Breaks, and apt would either refuse or remove qemu-utils. We unpack qemu-system-x86's .deb
+# below instead and install only what the binary uses (libraries, firmware, data).
+LAB_PKGS="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER busybox-static grub-xen-host cpio e2fsprogs"
+if [ -n "${NO_APT:-}" ]; then
+    missing=""
+    for p in $LAB_PKGS $("$SRC/../apt-install" --qemu-deps); do
+        dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
     done
+    [ -z "$missing" ] || die "missing packages:$missing (NO_APT=1)"
+else
+    # shellcheck disable=SC2046
+    "$SRC/../apt-install" $LAB_PKGS $("$SRC/../apt-install" --qemu-deps) || die "apt-get install failed (see above)"
+fi
+QPKG_VER=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/{print $2}')
+[ -n "$QPKG_VER" ] && [ "$QPKG_VER" != "(none)" ] || die "no candidate for qemu-system-x86"
+QROOT=$W/qemu-root
+QEMU=$QROOT/usr/bin/qemu-system-x86_64
+if [ ! -x "$QEMU" ] || [ "$(cat "$QROOT/.version" 2>/dev/null)" != "$QPKG_VER" ]; then
+    [ -n "${NO_APT:-}" ] && die "qemu-system-x86 $QPKG_VER not unpacked in $QROOT (NO_APT=1)"
+    log "fetching qemu-system-x86 $QPKG_VER (unpacked, not installed)"
+    rm -rf "$W/qdebs" "$QROOT"; mkdir -p "$W/qdebs"
+    (cd "$W/qdebs" && apt-get download "qemu-system-x86=$QPKG_VER") || die "apt-get download qemu-system-x86"
+    dpkg-deb -x "$W"/qdebs/qemu-system-x86_*.deb "$QROOT" || die "unpack qemu-system-x86"
+    echo "$QPKG_VER" > "$QROOT/.version"
+fi
+# every library it links must be there (a missing one means qemu_deps is out of date)
+if ldd "$QEMU" | grep -q 'not found'; then
+    ldd "$QEMU" | grep 'not found'; die "$QEMU: missing libraries"
 fi
 # Linux kernel: download + unpack the .deb (installing linux-image-amd64 would
 # pull initramfs-tools/udev and upgrade systemd on this host; we only need files)
@@ -82,7 +102,7 @@ if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
 fi
 VMLINUZ=$KROOT/boot/vmlinuz-$KVER
 MODDIR=$KROOT/lib/modules/$KVER/kernel
-log "kernel $KVER, xen $(dpkg-query -W -f '${Version}' xen-hypervisor-$XENVER-amd64)"
+log "kernel $KVER, xen $(dpkg-query -W -f '${Version}' xen-hypervisor-$XENVER-amd64), qemu $QPKG_VER (unpacked)"
 
 ########## 2. Xen image (QEMU multiboot wants it uncompressed) ##########
 zcat /boot/xen-$XENVER-amd64.gz > "$B/xen" || die "no /boot/xen-$XENVER-amd64.gz"
@@ -185,7 +205,7 @@ SERTS=$OUT/serial.ts.log # same, each line prefixed with host seconds since QEMU
 rm -f "$SER" "$SERTS" "$OUT/qemu.log"; : > "$SER"; : > "$SERTS"
 Q0=${EPOCHREALTIME/./}
 set -o pipefail
-timeout "$TIMEOUT" qemu-system-x86_64 \
+timeout "$TIMEOUT" "$QEMU" \
     -accel "$ACCEL_OPT" -cpu "$CPU" -smp "$SMP" -m "$MEM" \
     -machine q35 -display none -no-reboot -nic none \
     -serial stdio -monitor none \
