@@ -72,18 +72,27 @@ else
     # shellcheck disable=SC2046
     "$SRC/../apt-install" $LAB_PKGS $("$SRC/../apt-install" --qemu-deps) || die "apt-get install failed (see above)"
 fi
+# qemu-system-x86 (the binary) and qemu-system-common (its TCG accelerator is a module,
+# accel-tcg-x86_64.so, found through QEMU_MODULE_DIR), unpacked, same version
 QPKG_VER=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/{print $2}')
 [ -n "$QPKG_VER" ] && [ "$QPKG_VER" != "(none)" ] || die "no candidate for qemu-system-x86"
 QROOT=$W/qemu-root
 QEMU=$QROOT/usr/bin/qemu-system-x86_64
-if [ ! -x "$QEMU" ] || [ "$(cat "$QROOT/.version" 2>/dev/null)" != "$QPKG_VER" ]; then
+export QEMU_MODULE_DIR=$QROOT/usr/lib/x86_64-linux-gnu/qemu
+if [ ! -x "$QEMU" ] || [ ! -f "$QEMU_MODULE_DIR/accel-tcg-x86_64.so" ] ||
+    [ "$(cat "$QROOT/.version" 2>/dev/null)" != "$QPKG_VER" ]; then
     [ -n "${NO_APT:-}" ] && die "qemu-system-x86 $QPKG_VER not unpacked in $QROOT (NO_APT=1)"
-    log "fetching qemu-system-x86 $QPKG_VER (unpacked, not installed)"
+    log "fetching qemu-system-x86 and qemu-system-common $QPKG_VER (unpacked, not installed)"
     rm -rf "$W/qdebs" "$QROOT"; mkdir -p "$W/qdebs"
-    (cd "$W/qdebs" && apt-get download "qemu-system-x86=$QPKG_VER") || die "apt-get download qemu-system-x86"
-    dpkg-deb -x "$W"/qdebs/qemu-system-x86_*.deb "$QROOT" || die "unpack qemu-system-x86"
+    (cd "$W/qdebs" && apt-get download -q -o APT::Sandbox::User=root \
+        "qemu-system-x86=$QPKG_VER" "qemu-system-common=$QPKG_VER") || die "apt-get download qemu"
+    for d in "$W"/qdebs/*.deb; do dpkg-deb -x "$d" "$QROOT" || die "unpack $d"; done
     echo "$QPKG_VER" > "$QROOT/.version"
 fi
+[ -f "$QEMU_MODULE_DIR/accel-tcg-x86_64.so" ] || die "no TCG module in $QEMU_MODULE_DIR"
+# Debian's QEMU is relocatable: it looks for its firmware relative to where the binary lies,
+# i.e. under $QROOT; point it at the installed data (qemu-system-data, seabios, ipxe-qemu)
+QEMU_DATA="-L /usr/share/qemu -L /usr/share/seabios -L /usr/lib/ipxe/qemu"
 # every library it links must be there (a missing one means qemu_deps is out of date)
 if ldd "$QEMU" | grep -q 'not found'; then
     ldd "$QEMU" | grep 'not found'; die "$QEMU: missing libraries"
@@ -96,7 +105,7 @@ KVER=${KPKG#linux-image-}
 KROOT=$W/kroot
 if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
     log "fetching $KPKG"
-    mkdir -p "$W/debs" && (cd "$W/debs" && apt-get download "$KPKG") || die "apt-get download $KPKG"
+    mkdir -p "$W/debs" && (cd "$W/debs" && apt-get download -q -o APT::Sandbox::User=root "$KPKG") || die "apt-get download $KPKG"
     rm -rf "$KROOT"; mkdir -p "$KROOT"
     dpkg-deb -x "$W"/debs/${KPKG}_*.deb "$KROOT" || die "unpack $KPKG"
 fi
@@ -207,7 +216,7 @@ Q0=${EPOCHREALTIME/./}
 set -o pipefail
 timeout "$TIMEOUT" "$QEMU" \
     -accel "$ACCEL_OPT" -cpu "$CPU" -smp "$SMP" -m "$MEM" \
-    -machine q35 -display none -no-reboot -nic none \
+    -machine q35 -display none -no-reboot -nic none $QEMU_DATA \
     -serial stdio -monitor none \
     -kernel "$B/xen" -append "$XEN_ARGS" \
     -initrd "$VMLINUZ $DOM0_ARGS,$B/dom0-initrd.img" \
