@@ -4,6 +4,7 @@
 //! implementations use interior mutability (a spin lock in images, a mutex in the simulator).
 //! Nothing here blocks except [`Events::wait`] and [`Scheduler::block`].
 
+use core::ops::Deref;
 use core::ptr::NonNull;
 use core::time::Duration;
 
@@ -231,3 +232,25 @@ pub trait Scheduler {
 pub trait Platform: Events + Grants + GrantMapper + Pages + Console + Clock + Scheduler {}
 
 impl<T: Events + Grants + GrantMapper + Pages + Console + Clock + Scheduler> Platform for T {}
+
+/// A handle to the platform: anything that derefs to one and can be cloned into every driver
+/// and device that keeps it (`&'static Xen` in an image, `Rc<Domain>`/`Arc<Domain>` in the
+/// simulator). Drivers that keep the platform (blkfront, blkback) are generic over it, so the
+/// real platform, a `'static` reference that cannot be put in an `Rc`, works everywhere.
+pub trait PlatformRef: Clone + 'static {
+    /// The platform.
+    type P: Platform + ?Sized;
+    /// Borrow it.
+    fn get(&self) -> &Self::P;
+}
+
+impl<H> PlatformRef for H
+where
+    H: Deref + Clone + 'static,
+    H::Target: Platform,
+{
+    type P = H::Target;
+    fn get(&self) -> &H::Target {
+        self
+    }
+}

@@ -1,6 +1,8 @@
 //! The example apps, written against the platform traits only (`#![no_std]` + `alloc`): the
 //! same code runs in threads of the simulator today (`examples/src/bin`) and in an image on
-//! Xen, where `plat` is the runtime's `Xen` and the bus talks to the XenStore ring.
+//! Xen, where `plat` is the runtime's `&'static Xen` and the bus talks to the XenStore ring.
+//! Every function takes any platform handle ([`PlatformRef`]: `&'static Xen`, `Rc<Domain>`,
+//! `Arc<Domain>`).
 //!
 //! - [`storage_domain`]: a storage domain's main loop — blkback serving what its factory makes
 //!   of each `params` (a RAM disk, a file on a host, a window of a disk this domain received
@@ -17,30 +19,29 @@ use alloc::vec;
 
 use core::time::Duration;
 
-use alloc::rc::Rc;
-
 use xen_blk::back::{BackOptions, BlkBack, StorageFactory};
 use xen_blk::front::{BlkDevice, Blkfront, BlockDevice};
 use xen_bus::store::client::Transport;
 use xen_bus::Bus;
-use xen_platform::Platform;
+use xen_platform::{Clock, Events, PlatformRef};
 
 /// A storage domain: serves its backend devices until `stop()` says so. `front` (registered on
 /// the same bus by the caller, or `None`) receives disks this domain can re-export through its
 /// factory (see `xen_blk::reexport::FrontStorage`). Event-driven: between rounds it waits on
 /// the rings' event channels; `idle` is called instead when there is nothing to wait on (a
 /// storage without ports still working, or no device yet).
-pub fn storage_domain<P: Platform + 'static, T: Transport>(
-    plat: Rc<P>,
+pub fn storage_domain<H: PlatformRef, T: Transport>(
+    plat: H,
     bus: &mut Bus<T>,
     factory: StorageFactory,
-    front: Option<&Blkfront<Rc<P>>>,
+    front: Option<&Blkfront<H>>,
     stop: &dyn Fn() -> bool,
     idle: &dyn Fn(),
 ) -> Result<(), String> {
     let back = BlkBack::new(plat.clone(), BackOptions::default(), factory);
     back.register(bus)
         .map_err(|e| format!("registering blkback: {e:?}"))?;
+    let plat = plat.get();
     while !stop() {
         let _ = bus.poll(plat.now());
         if let Some(f) = front {
@@ -60,13 +61,14 @@ pub fn storage_domain<P: Platform + 'static, T: Transport>(
 }
 
 /// Waits (up to `timeout`) for blkfront's first connected disk.
-pub fn first_disk<P: Platform + 'static, T: Transport>(
-    plat: &Rc<P>,
+pub fn first_disk<H: PlatformRef, T: Transport>(
+    plat: &H,
     bus: &mut Bus<T>,
-    front: &Blkfront<Rc<P>>,
+    front: &Blkfront<H>,
     timeout: Duration,
     idle: &dyn Fn(),
-) -> Result<BlkDevice<Rc<P>>, String> {
+) -> Result<BlkDevice<H>, String> {
+    let plat = plat.get();
     let start = plat.now();
     loop {
         let _ = bus.poll(plat.now());
@@ -92,8 +94,8 @@ pub struct AppReport {
 
 /// Compile-in storage for a single-purpose VM: on its first disk, write `record` (padded to
 /// whole sectors) at `sector`, flush, read it back and verify it.
-pub fn blk_app<P: Platform + 'static>(
-    dev: &mut BlkDevice<Rc<P>>,
+pub fn blk_app<H: PlatformRef>(
+    dev: &mut BlkDevice<H>,
     sector: u64,
     record: &[u8],
 ) -> Result<AppReport, String> {

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 
 use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
-use xen_platform::{Error, GrantMapper, Platform, MAX_MULTI_MAP};
+use xen_platform::{Error, Events, GrantMapper, PlatformRef, MAX_MULTI_MAP};
 
 use super::shared::{cast, PeerSeg, Persistent, SegCursor, SegPages, SharedRing};
 use crate::abi::*;
@@ -115,8 +115,8 @@ struct Stalled {
 type Refusal = i16;
 
 /// A connected blkif ring.
-pub struct Channel<P: Platform> {
-    p: alloc::rc::Rc<P>,
+pub struct Channel<H: PlatformRef> {
+    p: H,
     fe: DomId,
     port: EvtchnPort,
     ring: SharedRing,
@@ -146,27 +146,27 @@ pub struct Channel<P: Platform> {
     wire: Vec<BlkifRequestSegment>,
 }
 
-impl<P: Platform> Channel<P> {
+impl<H: PlatformRef> Channel<H> {
     /// Map the frontend's ring pages and bind its event channel. Tags given to the storage
     /// start at `first_tag`: a storage reused after a [`take_storage`](Self::take_storage) may
     /// still report ops of the previous connection, and their tags must not be reused.
     pub fn connect(
-        p: alloc::rc::Rc<P>,
+        p: H,
         fe: DomId,
         refs: &[GrantRef],
         fe_port: EvtchnPort,
         storage: Box<dyn Storage>,
         limits: Limits,
         first_tag: u64,
-    ) -> Result<Channel<P>, (Error, Box<dyn Storage>)> {
-        let mut ring = match SharedRing::map(&*p, fe, refs) {
+    ) -> Result<Channel<H>, (Error, Box<dyn Storage>)> {
+        let mut ring = match SharedRing::map(p.get(), fe, refs) {
             Ok(r) => r,
             Err(e) => return Err((e, storage)),
         };
-        let port = match p.bind_interdomain(fe, fe_port) {
+        let port = match p.get().bind_interdomain(fe, fe_port) {
             Ok(port) => port,
             Err(e) => {
-                ring.unmap(&*p);
+                ring.unmap(p.get());
                 return Err((e, storage));
             }
         };
@@ -280,7 +280,7 @@ impl<P: Platform> Channel<P> {
                     let copied = if self.resolve(&pend.segs) {
                         SegCursor::new(&self.segs).write_from(&buf) == buf.len()
                     } else {
-                        scatter(&*self.p, self.fe, &pend.segs, &buf)
+                        scatter(self.p.get(), self.fe, &pend.segs, &buf)
                     };
                     if !copied {
                         self.finish(pend, BLKIF_RSP_ERROR);
@@ -336,7 +336,7 @@ impl<P: Platform> Channel<P> {
         if let Some(r) = self.ring.ring() {
             if r.push_responses_and_check_notify() {
                 // A dead peer shows up in XenStore; nothing to do about it here.
-                let _ = self.p.notify(self.port);
+                let _ = self.p.get().notify(self.port);
             }
         }
     }
@@ -560,7 +560,7 @@ impl<P: Platform> Channel<P> {
         if self.resolve(&pages[..npages]) {
             SegCursor::new(&self.segs).read_into(&mut raw);
         } else {
-            let mut pages = match SegPages::map(&*self.p, self.fe, grefs, true) {
+            let mut pages = match SegPages::map(self.p.get(), self.fe, grefs, true) {
                 Ok(m) => m,
                 Err(_) => {
                     self.raw = raw;
@@ -571,7 +571,7 @@ impl<P: Platform> Channel<P> {
             for (i, chunk) in raw.chunks_mut(PAGE_SIZE).enumerate() {
                 ok &= pages.read(i, 0, chunk);
             }
-            pages.unmap(&*self.p);
+            pages.unmap(self.p.get());
             if !ok {
                 self.raw = raw;
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
@@ -597,7 +597,7 @@ impl<P: Platform> Channel<P> {
     fn resolve(&mut self, segs: &[Seg]) -> bool {
         resolve_segs(
             self.persistent.as_mut(),
-            &*self.p,
+            self.p.get(),
             self.fe,
             segs,
             &mut self.segs,
@@ -652,7 +652,7 @@ impl<P: Platform> Channel<P> {
         let len = (total * SECTOR) as usize;
         let persistent = resolve_segs(
             self.persistent.as_mut(),
-            &*self.p,
+            self.p.get(),
             self.fe,
             &self.local,
             &mut self.segs,
@@ -687,7 +687,7 @@ impl<P: Platform> Channel<P> {
             // Copied once, before the storage sees it; a grant not given (or not to us) is
             // refused here. A read's pages are mapped writable only at completion: a grant
             // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
-            if !gather(&*self.p, self.fe, &self.local, &mut buf) {
+            if !gather(self.p.get(), self.fe, &self.local, &mut buf) {
                 return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
             }
         }
@@ -738,11 +738,11 @@ impl<P: Platform> Channel<P> {
         }
         self.flush_responses();
         if let Some(pers) = self.persistent.as_mut() {
-            pers.unmap_all(&*self.p);
+            pers.unmap_all(self.p.get());
         }
-        self.ring.unmap(&*self.p);
+        self.ring.unmap(self.p.get());
         if self.port != 0 {
-            let _ = self.p.close(self.port);
+            let _ = self.p.get().close(self.port);
             self.port = 0;
         }
     }
@@ -770,7 +770,7 @@ impl Storage for Detached {
     }
 }
 
-impl<P: Platform> Channel<P> {
+impl<H: PlatformRef> Channel<H> {
     /// After [`disconnect`](Self::disconnect): the storage back (for a reconnect) and the
     /// first tag the next connection must use.
     pub fn take_storage(&mut self) -> (Box<dyn Storage>, u64) {
@@ -780,7 +780,7 @@ impl<P: Platform> Channel<P> {
     }
 }
 
-impl<P: Platform> Drop for Channel<P> {
+impl<H: PlatformRef> Drop for Channel<H> {
     fn drop(&mut self) {
         self.disconnect();
     }
@@ -813,7 +813,7 @@ impl<V> EmptyExcept for BTreeMap<u64, V> {
 /// be kept mapped.
 fn resolve_segs(
     pers: Option<&mut Persistent>,
-    p: &impl GrantMapper,
+    p: &(impl GrantMapper + ?Sized),
     fe: DomId,
     segs: &[Seg],
     out: &mut Vec<PeerSeg>,
@@ -851,7 +851,7 @@ fn resolve_segs(
 /// mapped (read-only) at a time with one `map_multi`, copied, unmapped with one
 /// `unmap_multi`, so a request never holds more than 16 mappings (a real platform maps foreign
 /// pages into a small window) and no mapping outlives the copy.
-fn gather(p: &impl GrantMapper, fe: DomId, segs: &[Seg], buf: &mut [u8]) -> bool {
+fn gather(p: &(impl GrantMapper + ?Sized), fe: DomId, segs: &[Seg], buf: &mut [u8]) -> bool {
     let mut at = 0;
     for chunk in segs.chunks(MAX_MULTI_MAP) {
         let refs: Vec<GrantRef> = chunk.iter().map(|s| s.gref).collect();
@@ -880,7 +880,7 @@ fn gather(p: &impl GrantMapper, fe: DomId, segs: &[Seg], buf: &mut [u8]) -> bool
 
 /// Copy `buf` into the segments of the frontend's pages, in order, 16 pages (mapped writable)
 /// at a time, as [`gather`].
-fn scatter(p: &impl GrantMapper, fe: DomId, segs: &[Seg], buf: &[u8]) -> bool {
+fn scatter(p: &(impl GrantMapper + ?Sized), fe: DomId, segs: &[Seg], buf: &[u8]) -> bool {
     let mut at = 0;
     for chunk in segs.chunks(MAX_MULTI_MAP) {
         let refs: Vec<GrantRef> = chunk.iter().map(|s| s.gref).collect();

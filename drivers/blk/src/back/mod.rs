@@ -27,7 +27,7 @@ use xen_bus::store::client::XsClientError;
 use xen_bus::store::transport::Transport;
 use xen_bus::{errno, BackDriver, Bus, DeviceCtx, DriverError, DriverResult, Progress};
 use xen_platform::abi::EvtchnPort;
-use xen_platform::{DomId, Platform};
+use xen_platform::{DomId, PlatformRef};
 
 use crate::abi::{
     BLKIF_MAX_INDIRECT_SEGMENTS, BLKIF_MAX_SEGMENTS_PER_REQUEST, VDISK_CDROM, VDISK_READONLY,
@@ -121,27 +121,28 @@ pub struct DeviceReport {
     pub offer: Option<BackendOffer>,
 }
 
-struct Slot<P: Platform> {
-    channel: Option<Channel<P>>,
+struct Slot<H: PlatformRef> {
+    channel: Option<Channel<H>>,
     last_stats: ChannelStats,
     offer: Option<BackendOffer>,
 }
 
-struct Hub<P: Platform> {
-    platform: Rc<P>,
+struct Hub<H: PlatformRef> {
+    platform: H,
     options: BackOptions,
     factory: StorageFactory,
-    devices: BTreeMap<String, Rc<RefCell<Slot<P>>>>,
+    devices: BTreeMap<String, Rc<RefCell<Slot<H>>>>,
     /// Polled mode: frontends are not asked for notifications.
     polled: bool,
 }
 
-/// blkback for every `vbd` this domain serves. Cheap to clone (a shared handle).
-pub struct BlkBack<P: Platform + 'static> {
-    hub: Rc<RefCell<Hub<P>>>,
+/// blkback for every `vbd` this domain serves, on the platform handle `H` (`&'static Xen` in
+/// an image, `Rc<Domain>`/`Arc<Domain>` in the simulator). Cheap to clone (a shared handle).
+pub struct BlkBack<H: PlatformRef> {
+    hub: Rc<RefCell<Hub<H>>>,
 }
 
-impl<P: Platform + 'static> Clone for BlkBack<P> {
+impl<H: PlatformRef> Clone for BlkBack<H> {
     fn clone(&self) -> Self {
         BlkBack {
             hub: self.hub.clone(),
@@ -149,13 +150,13 @@ impl<P: Platform + 'static> Clone for BlkBack<P> {
     }
 }
 
-impl<P: Platform + 'static> BlkBack<P> {
+impl<H: PlatformRef> BlkBack<H> {
     /// A backend on `platform`, making each device's storage with `factory`.
     pub fn new(
-        platform: Rc<P>,
+        platform: H,
         options: BackOptions,
         factory: impl FnMut(&DiskSpec) -> Result<Box<dyn Storage>, DriverError> + 'static,
-    ) -> BlkBack<P> {
+    ) -> BlkBack<H> {
         BlkBack {
             hub: Rc::new(RefCell::new(Hub {
                 platform,
@@ -241,9 +242,9 @@ impl<P: Platform + 'static> BlkBack<P> {
 }
 
 /// The [`BackDriver`] of one `vbd`.
-struct VbdBack<P: Platform + 'static> {
-    hub: Rc<RefCell<Hub<P>>>,
-    slot: Rc<RefCell<Slot<P>>>,
+struct VbdBack<H: PlatformRef> {
+    hub: Rc<RefCell<Hub<H>>>,
+    slot: Rc<RefCell<Slot<H>>>,
     storage: Option<Box<dyn Storage>>,
     offer: Option<BackendOffer>,
     limits: Option<Limits>,
@@ -257,7 +258,7 @@ fn text(v: Vec<u8>) -> String {
         .to_string()
 }
 
-impl<P: Platform + 'static> VbdBack<P> {
+impl<H: PlatformRef> VbdBack<H> {
     fn open(&mut self, ctx: &mut DeviceCtx<'_>) -> Result<(), DriverError> {
         let params = ctx
             .read("params")?
@@ -355,7 +356,7 @@ impl<P: Platform + 'static> VbdBack<P> {
     }
 }
 
-impl<P: Platform + 'static> BackDriver for VbdBack<P> {
+impl<H: PlatformRef> BackDriver for VbdBack<H> {
     fn probe(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
         if self.offer.is_none() {
             self.open(ctx)?;
@@ -443,7 +444,7 @@ impl<P: Platform + 'static> BackDriver for VbdBack<P> {
     }
 }
 
-impl<P: Platform + 'static> Drop for VbdBack<P> {
+impl<H: PlatformRef> Drop for VbdBack<H> {
     fn drop(&mut self) {
         if let Ok(mut hub) = self.hub.try_borrow_mut() {
             hub.devices.retain(|_, s| !Rc::ptr_eq(s, &self.slot));

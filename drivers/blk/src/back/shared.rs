@@ -23,7 +23,11 @@ pub struct SharedRing {
 
 impl SharedRing {
     /// Map `refs` (1..=16 pages) of `domid` writable and attach a back ring at index 0.
-    pub fn map(p: &impl GrantMapper, domid: DomId, refs: &[GrantRef]) -> Result<SharedRing> {
+    pub fn map(
+        p: &(impl GrantMapper + ?Sized),
+        domid: DomId,
+        refs: &[GrantRef],
+    ) -> Result<SharedRing> {
         let map = p.map_multi(domid, refs, false)?;
         // SAFETY: `map` maps `map.pages` pages read-write at `map.addr`, shared with the
         // frontend only; the ring is dropped (in `unmap`, or before the mapping in `Drop`
@@ -47,7 +51,7 @@ impl SharedRing {
     }
 
     /// Detach the ring, then unmap its pages. Idempotent.
-    pub fn unmap(&mut self, p: &impl GrantMapper) {
+    pub fn unmap(&mut self, p: &(impl GrantMapper + ?Sized)) {
         self.ring = None;
         if let Some(m) = self.map.take() {
             let _ = p.unmap_multi(m);
@@ -71,7 +75,7 @@ pub struct SegPages {
 impl SegPages {
     /// Map `refs` of `domid` (read-only when the backend only reads them). All or nothing.
     pub fn map(
-        p: &impl GrantMapper,
+        p: &(impl GrantMapper + ?Sized),
         domid: DomId,
         refs: &[GrantRef],
         readonly: bool,
@@ -125,7 +129,7 @@ impl SegPages {
     }
 
     /// Unmap every chunk (one `unmap_multi` per chunk). Idempotent.
-    pub fn unmap(&mut self, p: &impl GrantMapper) {
+    pub fn unmap(&mut self, p: &(impl GrantMapper + ?Sized)) {
         for m in self.chunks.drain(..) {
             let _ = p.unmap_multi(m);
         }
@@ -190,7 +194,12 @@ impl Persistent {
     /// Map `grefs` of `domid` (distinct, none mapped yet) read-write, up to 16 at a time at
     /// consecutive addresses. False when they would pass the cap, a reference is past
     /// [`MAX_PERSISTENT_GREF`], or a map fails (what was mapped before the failure stays).
-    pub fn map_new(&mut self, p: &impl GrantMapper, domid: DomId, grefs: &[GrantRef]) -> bool {
+    pub fn map_new(
+        &mut self,
+        p: &(impl GrantMapper + ?Sized),
+        domid: DomId,
+        grefs: &[GrantRef],
+    ) -> bool {
         if self.len() + grefs.len() > self.cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
             return false;
         }
@@ -212,7 +221,7 @@ impl Persistent {
     }
 
     /// Unmap every grant (at disconnect). Idempotent.
-    pub fn unmap_all(&mut self, p: &impl GrantMapper) {
+    pub fn unmap_all(&mut self, p: &(impl GrantMapper + ?Sized)) {
         self.slot = Vec::new();
         for m in core::mem::take(&mut self.chunks) {
             let _ = p.unmap_multi(m);

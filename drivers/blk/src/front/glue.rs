@@ -30,9 +30,9 @@ use xen_bus::driver::errno;
 use xen_bus::store::client::{Store, Transport, XsClientError};
 use xen_bus::{Bus, DeviceCtx, DeviceInfo, DriverError, DriverResult, FrontDriver, Progress};
 use xen_bus::{DomId, XenbusState};
-use xen_platform::{EvtchnPort, Pages};
+use xen_platform::{EvtchnPort, Pages, PlatformRef};
 
-use super::ring::{release_ring, setup_ring, DataPath, PlatformRef, RingSetup, WaitMode};
+use super::ring::{release_ring, setup_ring, DataPath, RingSetup, WaitMode};
 use super::{BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
 use crate::negotiate::{
     front_ring_order, negotiate_front, BackendOffer, FrontConfig, FrontLimits, FrontRing,

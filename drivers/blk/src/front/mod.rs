@@ -23,7 +23,10 @@ pub mod io;
 mod ring;
 
 pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS};
-pub use ring::{PlatformRef, WaitMode};
+pub use ring::WaitMode;
+/// The platform handle blkfront keeps (moved to `xen-platform`; re-exported here so that
+/// `xen_blk::front::PlatformRef` keeps working).
+pub use xen_platform::PlatformRef;
 
 /// Why a block operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,15 +16,14 @@
 use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ops::Deref;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use xen_platform::ring::FrontRing;
 use xen_platform::{
-    Clock, DomId, Error, Events, EvtchnPort, GrantRef, Grants, PageRun, Pages, Platform, Scheduler,
-    PAGE_SIZE,
+    Clock, DomId, Error, Events, EvtchnPort, GrantRef, Grants, PageRun, Pages, PlatformRef,
+    Scheduler, PAGE_SIZE,
 };
 
 use super::{BlkError, Buffer, Completion, Persist, Rejected, Request};
@@ -39,26 +38,6 @@ use crate::negotiate::{FlushMode, FrontConfig};
 /// blkif sector numbers, `first_sect` and `last_sect` are in 512-byte units (blkif.h: we do
 /// not write `feature-large-sector-size`).
 const WIRE_SECTOR: usize = 512;
-
-/// A handle to the platform: anything that derefs to one and can be cloned into every device
-/// (`&'static Xen` in an image, `Rc<Domain>`/`Arc<Domain>` in the simulator).
-pub trait PlatformRef: Clone + 'static {
-    /// The platform.
-    type P: Platform + ?Sized;
-    /// Borrow it.
-    fn get(&self) -> &Self::P;
-}
-
-impl<H> PlatformRef for H
-where
-    H: Deref + Clone + 'static,
-    H::Target: Platform,
-{
-    type P = H::Target;
-    fn get(&self) -> &H::Target {
-        self
-    }
-}
 
 /// How blocking calls wait for responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,7 +106,7 @@ pub struct World {
     pub ts: Toolstack,
     pub sd: Guest,
     pub bus: Bus<xen_store_host::OwnedRing<Domain>>,
-    pub back: BlkBack<Domain>,
+    pub back: BlkBack<Rc<Domain>>,
     pub events: Vec<BusEvent>,
     pub t0: Instant,
     pub specs: Rc<RefCell<Vec<DiskSpec>>>,
