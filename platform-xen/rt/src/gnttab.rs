@@ -1,7 +1,11 @@
 //! Grant tables on real Xen: [`Grants`] and [`GrantMapper`] for [`Xen`] (grant table v1).
 //!
 //! * Setup: `GNTTABOP_query_size` gives the domain's `max_nr_frames`; we use a fixed
-//!   [`GRANT_FRAMES`] (fewer if Xen allows fewer) — 4 frames, 2048 v1 entries — and never grow.
+//!   [`GRANT_FRAMES`] (fewer if Xen allows fewer) — 32 frames, 16384 v1 entries — and never
+//!   grow. 4 frames (2048 refs) were too few on real Xen: blkfront with persistent grants
+//!   against Linux blkback (256 indirect segments) keeps 256 refs per 1 MiB buffer in flight,
+//!   and 8 of them plus indirect pages ran out (`NoSpace`). Xen 4.17 allows a domU 64 frames
+//!   by default (`gnttab_max_frames`, xl's `max_grant_frames`).
 //!   PVH: each frame is placed with `XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx i)`
 //!   (memory.h) at a guest frame of an unpopulated hole above RAM (`memory::pvh_hole`); the
 //!   boot page tables map 0–4 GiB 1:1, so its physical address is its virtual one. PV:
@@ -47,7 +51,7 @@ use crate::sync::SpinLock;
 use crate::xen::{Xen, XenAddToPhysmap, UVMF_INVLPG, XENMEM_ADD_TO_PHYSMAP};
 
 /// Grant-table frames we set up (v1: 512 entries per 4 KiB frame). Fixed: never grown.
-pub const GRANT_FRAMES: usize = 4;
+pub const GRANT_FRAMES: usize = 32;
 /// v1 entries per frame.
 pub const ENTRIES_PER_FRAME: usize = PAGE_SIZE / core::mem::size_of::<GrantEntryV1>();
 /// Most grant refs (entries) we manage.

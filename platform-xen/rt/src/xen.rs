@@ -29,7 +29,7 @@ use xen_platform::abi::event_channel::{
     EVTCHNOP_UNMASK, EVTCHN_2L_NR_CHANNELS,
 };
 use xen_platform::abi::hvm::{
-    XenHvmParam, HVMOP_GET_PARAM, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
+    HvmStartInfo, XenHvmParam, HVMOP_GET_PARAM, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
     HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
 use xen_platform::abi::sched::{
@@ -38,7 +38,7 @@ use xen_platform::abi::sched::{
 use xen_platform::abi::xen::{
     GuestHandle, SharedInfo, StartInfo, VcpuInfo, VcpuTimeInfo, HYPERVISOR_EVENT_CHANNEL_OP,
     HYPERVISOR_HVM_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
-    HYPERVISOR_XEN_VERSION,
+    HYPERVISOR_XEN_VERSION, MAX_GUEST_CMDLINE,
 };
 use xen_platform::abi::{DomId, EvtchnPort, DOMID_SELF, PAGE_SHIFT};
 use xen_platform::{Clock, Console, Error, Events, Result, Scheduler, ShutdownReason};
@@ -83,6 +83,14 @@ struct SharedInfoPage(core::cell::UnsafeCell<[u8; 4096]>);
 unsafe impl Sync for SharedInfoPage {}
 static SHARED_INFO_PAGE: SharedInfoPage = SharedInfoPage(core::cell::UnsafeCell::new([0; 4096]));
 
+/// The guest's command line (`extra=` of the xl config), copied at boot: in PVH the page
+/// holding it lies in RAM the page allocator hands out later.
+struct CmdlineBuf(core::cell::UnsafeCell<[u8; MAX_GUEST_CMDLINE]>);
+// SAFETY: written only by `Xen::save_cmdline` during init (one vCPU, before anything reads
+// it) and read-only afterwards.
+unsafe impl Sync for CmdlineBuf {}
+static CMDLINE: CmdlineBuf = CmdlineBuf(core::cell::UnsafeCell::new([0; MAX_GUEST_CMDLINE]));
+
 const PENDING: usize = core::mem::offset_of!(SharedInfo, evtchn_pending);
 const MASK: usize = core::mem::offset_of!(SharedInfo, evtchn_mask);
 const TIME: usize = core::mem::offset_of!(VcpuInfo, time);
@@ -99,6 +107,7 @@ pub struct Xen {
     store_pfn: AtomicU64,
     store_port: AtomicU32,
     start_info: AtomicU64,
+    cmdline_len: AtomicUsize,
 }
 
 static XEN: Xen = Xen {
@@ -109,6 +118,7 @@ static XEN: Xen = Xen {
     store_pfn: AtomicU64::new(0),
     store_port: AtomicU32::new(0),
     start_info: AtomicU64::new(0),
+    cmdline_len: AtomicUsize::new(0),
 };
 
 fn rc(ret: i64) -> Result<()> {
@@ -139,6 +149,15 @@ impl Xen {
     pub unsafe fn init_pvh(start_info: u64) -> core::result::Result<&'static Xen, &'static str> {
         let x = &XEN;
         x.start_info.store(start_info, Ordering::Relaxed);
+        // SAFETY: (caller) ebx at the PVH entry is the physical address of hvm_start_info
+        // (arch-x86/hvm/start_info.h), identity-mapped; so is the command line it points to,
+        // a NUL-terminated string.
+        unsafe {
+            let si = (start_info as *const HvmStartInfo).read_volatile();
+            if si.cmdline_paddr != 0 {
+                x.save_cmdline(si.cmdline_paddr as *const u8);
+            }
+        }
         // SAFETY: (caller) PVH, ring 0.
         let base =
             unsafe { hypercall::init_pvh() }.ok_or("not running on Xen (no CPUID leaves)")?;
@@ -212,6 +231,13 @@ impl Xen {
         if !si.magic.starts_with(b"xen-3.0-x86_64") {
             return Err("bad start_info magic");
         }
+        // SAFETY: start_info.cmd_line lies in the start_info page (mapped, read above); the
+        // copy stops at its end at the latest.
+        unsafe {
+            x.save_cmdline(
+                core::ptr::addr_of!((*(start_info as *const StartInfo)).cmd_line).cast(),
+            );
+        }
         let m2p = |mfn: u64| -> u64 {
             // SAFETY: the M2P table is mapped read-only for every PV guest at
             // MACH2PHYS_VIRT_START (xen-x86_64.h); `mfn` is a frame Xen gave us.
@@ -252,6 +278,36 @@ impl Xen {
             return Err("update_va_mapping(shared_info) failed");
         }
         Ok(x)
+    }
+
+    /// Copy the NUL-terminated command line at `src` (at most `MAX_GUEST_CMDLINE - 1` bytes).
+    ///
+    /// # Safety
+    /// Only during init; `src` readable up to its NUL or `MAX_GUEST_CMDLINE` bytes.
+    unsafe fn save_cmdline(&self, src: *const u8) {
+        let dst = CMDLINE.0.get().cast::<u8>();
+        let mut n = 0;
+        while n < MAX_GUEST_CMDLINE - 1 {
+            // SAFETY: (caller) `src + n` is readable; `dst + n` is inside CMDLINE, which no
+            // one reads before init is over.
+            let b = unsafe { src.add(n).read_volatile() };
+            if b == 0 {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { dst.add(n).write(b) };
+            n += 1;
+        }
+        self.cmdline_len.store(n, Ordering::Release);
+    }
+
+    /// The guest's command line (`extra=` in the xl config; PV: `start_info.cmd_line`, PVH:
+    /// `hvm_start_info.cmdline_paddr`), as copied at boot; empty if it was not UTF-8.
+    pub fn cmdline(&self) -> &str {
+        let n = self.cmdline_len.load(Ordering::Acquire);
+        // SAFETY: CMDLINE is written only during init, before `cmdline_len` is published.
+        let bytes = unsafe { core::slice::from_raw_parts(CMDLINE.0.get().cast::<u8>(), n) };
+        core::str::from_utf8(bytes).unwrap_or("")
     }
 
     /// `HVMOP_get_param` (hvm_op.h, params.h) for `DOMID_SELF`.
