@@ -13,6 +13,8 @@
 
 extern crate alloc;
 
+pub mod disk_check;
+
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
