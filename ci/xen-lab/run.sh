@@ -12,6 +12,8 @@
 #        EXTRA=<dir>: copied to /extra in dom0; its test.sh is run after the
 #               built-in tests (helpers: xl, /boot/domU-vmlinuz ...); it must
 #               write OK to /tmp/extra-result on success
+#        PREPARE=<script>: run (bash, env KROOT KVER MODDIR) once the kernel is
+#               unpacked and before EXTRA is copied: builds what needs the kernel
 #        NO_APT=1 (never call apt-get; fail if something is missing)
 # Output: $W/out/serial.log (full serial console), $W/out/serial.ts.log (same,
 #         host-timestamped); last line of stdout: "XENLAB: PASS (...)" or "XENLAB: FAIL (...)".
@@ -111,6 +113,12 @@ if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
 fi
 VMLINUZ=$KROOT/boot/vmlinuz-$KVER
 MODDIR=$KROOT/lib/modules/$KVER/kernel
+# a test's own preparation that needs the kernel (e.g. an initramfs with its modules), run
+# before EXTRA is copied into dom0
+if [ -n "${PREPARE:-}" ]; then
+    log "PREPARE: $PREPARE"
+    KROOT=$KROOT KVER=$KVER MODDIR=$MODDIR bash "$PREPARE" || die "PREPARE $PREPARE failed"
+fi
 log "kernel $KVER, xen $(dpkg-query -W -f '${Version}' xen-hypervisor-$XENVER-amd64), qemu $QPKG_VER (unpacked)"
 
 ########## 2. Xen image (QEMU multiboot wants it uncompressed) ##########

@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod disk_check;
+pub mod target;
 
 use alloc::format;
 use alloc::string::String;
@@ -21,11 +22,62 @@ use alloc::vec;
 
 use core::time::Duration;
 
-use xen_blk::back::{BackOptions, BlkBack, StorageFactory};
+use xen_blk::back::{BackOptions, BackPoll, BlkBack, StorageFactory};
 use xen_blk::front::{BlkDevice, Blkfront, BlockDevice};
 use xen_bus::store::client::Transport;
 use xen_bus::Bus;
 use xen_platform::{Clock, Events, PlatformRef};
+
+/// A storage domain's moving parts: blkback serving the vbds whose backend is this domain,
+/// and (optionally) the blkfront that receives the disks this domain re-exports. An image
+/// calls [`step`](Self::step) in its main loop, next to its other drivers (the control
+/// driver), and waits on the ports it reports plus its own.
+pub struct StorageDomain<H: PlatformRef> {
+    back: BlkBack<H>,
+    front: Option<Blkfront<H>>,
+}
+
+impl<H: PlatformRef> StorageDomain<H> {
+    /// Register blkback (with `factory`) on `bus`. `front` must be registered on the same bus
+    /// by the caller.
+    pub fn new<T: Transport>(
+        plat: H,
+        bus: &mut Bus<T>,
+        options: BackOptions,
+        factory: StorageFactory,
+        front: Option<Blkfront<H>>,
+    ) -> Result<Self, String> {
+        let back = BlkBack::new(plat, options, factory);
+        back.register(bus)
+            .map_err(|e| format!("registering blkback: {e:?}"))?;
+        Ok(StorageDomain { back, front })
+    }
+
+    /// The backend.
+    pub fn back(&self) -> &BlkBack<H> {
+        &self.back
+    }
+
+    /// One round: the bus (new devices, state changes), the frontend, every ring. Devices
+    /// whose frontend broke the ring protocol are closed. Returns what to wait on, and when
+    /// the bus wants to be polled again at the latest (a handshake in progress re-reads the
+    /// states every `resync_interval`; `None`: only on events).
+    pub fn step<T: Transport>(
+        &mut self,
+        bus: &mut Bus<T>,
+        now: Duration,
+    ) -> (BackPoll, Option<Duration>) {
+        let deadline = bus.poll(now).ok().and_then(|p| p.next_deadline);
+        if let Some(f) = &self.front {
+            f.service(bus);
+        }
+        let p = self.back.poll();
+        for name in &p.broken {
+            let _ = bus.close(name);
+        }
+        (p, deadline)
+    }
+}
 
 /// A storage domain: serves its backend devices until `stop()` says so. `front` (registered on
 /// the same bus by the caller, or `None`) receives disks this domain can re-export through its
@@ -40,19 +92,16 @@ pub fn storage_domain<H: PlatformRef, T: Transport>(
     stop: &dyn Fn() -> bool,
     idle: &dyn Fn(),
 ) -> Result<(), String> {
-    let back = BlkBack::new(plat.clone(), BackOptions::default(), factory);
-    back.register(bus)
-        .map_err(|e| format!("registering blkback: {e:?}"))?;
+    let mut sd = StorageDomain::new(
+        plat.clone(),
+        bus,
+        BackOptions::default(),
+        factory,
+        front.cloned(),
+    )?;
     let plat = plat.get();
     while !stop() {
-        let _ = bus.poll(plat.now());
-        if let Some(f) = front {
-            f.service(bus);
-        }
-        let p = back.poll();
-        for name in &p.broken {
-            let _ = bus.close(name);
-        }
+        let (p, _) = sd.step(bus, plat.now());
         if p.busy || p.ports.is_empty() {
             idle();
         } else if let Ok(port) = plat.wait(&p.ports, Some(Duration::from_millis(2))) {

@@ -1,0 +1,176 @@
+//! A minimal storage service domain, as a bootable image (PVH or 64-bit PV, see
+//! `storage-domain.cfg`): blkback serves every vbd whose backend libxl put in this domain
+//! (`disk = [ 'backend=<this domain>, ...' ]` in a guest's config), with the storage its
+//! `target=` names (`xenolith_apps::target`: `ram:<MiB>`, or `disk:<vdev>[:<start>:<len>]`, a
+//! disk this domain received itself through blkfront and re-exports). Event-driven: between
+//! rounds it sleeps in `SCHEDOP_poll` on the rings', the disks' and the XenStore ports.
+//!
+//! XenStore: `data/storage-domain = ready` once serving; `xl shutdown` closes every device it
+//! serves (the guests' blkfronts see Closing) and its own disks, then powers off.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+use core::time::Duration;
+
+use xen_blk::back::{BackOptions, DiskSpec};
+use xen_blk::front::{Blkfront, WaitMode};
+use xen_bus::{Bus, BusConfig};
+use xen_control::{Control, Event, Request};
+use xen_platform::xs_ring::XsGuestRing;
+use xen_platform::{Clock, Error, Events, Scheduler, ShutdownReason};
+use xen_rt::Xen;
+use xen_store::client::{Client, Store};
+use xen_store::transport::RingTransport;
+use xenolith_apps::target::{describe, make_storage, parse_target};
+use xenolith_apps::StorageDomain;
+
+/// Called by the runtime (xen-rt) once the platform and the heap are up.
+#[no_mangle]
+fn xen_main(xen: &'static Xen) -> ! {
+    let mut out = xen;
+    let _ = writeln!(out, "storage-domain: booting");
+    let reason = match run(xen) {
+        Ok(()) => ShutdownReason::Poweroff,
+        Err(e) => {
+            let _ = writeln!(out, "storage-domain: {e}");
+            ShutdownReason::Crash
+        }
+    };
+    let _ = xen.shutdown(reason);
+    loop {
+        xen.yield_now();
+    }
+}
+
+fn run(xen: &'static Xen) -> Result<(), String> {
+    let mut out = xen;
+    let (page, xs_port) = xen.store().ok_or("no xenstore page")?;
+    // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN / start_info.store_mfn,
+    // identity-mapped), shared only with xenstored, and this is its only user in the image.
+    let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
+    let mut transport = RingTransport::new(ring, xen, xs_port);
+    transport
+        .connect(Duration::from_secs(5))
+        .map_err(|e| format!("xenstore connect: {e:?}"))?;
+    let mut xs = Client::new(transport);
+    let domid: u16 = xs
+        .read_string("domid")
+        .map_err(|e| format!("read domid: {e:?}"))?
+        .parse()
+        .map_err(|_| "domid is not a number")?;
+    let name = xs.read_string("name").unwrap_or_default();
+    let _ = writeln!(out, "storage-domain: domid {domid}, name {name}");
+
+    let mut bus = Bus::with_config(
+        xs,
+        domid,
+        BusConfig {
+            handshake_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(10),
+            resync_interval: Duration::from_millis(500),
+        },
+    );
+    let mut ctl = Control::new(|req: Request| {
+        let mut out = xen;
+        let _ = writeln!(out, "storage-domain: {} requested", req.as_str());
+    })
+    .with_deferred_shutdown();
+    ctl.start(bus.client())
+        .map_err(|e| format!("control start: {e:?}"))?;
+
+    // Its own disks (served on as disk:<vdev> targets), event-driven like everything here.
+    let front = Blkfront::new(xen).with_mode(WaitMode::Event);
+    front
+        .register(&mut bus)
+        .map_err(|e| format!("registering blkfront: {e:?}"))?;
+    let own = front.clone();
+    let factory = Box::new(move |spec: &DiskSpec| {
+        let mut out = xen;
+        let what = parse_target(&spec.params).map_or_else(|e| e, |t| describe(&t));
+        let r = make_storage(spec, Some(&own));
+        match &r {
+            Ok(_) => {
+                let _ = writeln!(
+                    out,
+                    "storage-domain: serving vbd {}/{} ({}): {what}",
+                    spec.frontend_id,
+                    spec.devid,
+                    if spec.read_only { "r" } else { "w" }
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "storage-domain: refusing vbd {}/{}: {} (errno {})",
+                    spec.frontend_id, spec.devid, e.message, e.errno
+                );
+            }
+        }
+        r
+    });
+    let mut sd = StorageDomain::new(xen, &mut bus, BackOptions::default(), factory, Some(front))?;
+    bus.client()
+        .write_str("data/storage-domain", "ready")
+        .map_err(|e| format!("write data/storage-domain: {e:?}"))?;
+    let _ = writeln!(out, "storage-domain: ready");
+
+    let mut ports: Vec<u32> = Vec::new();
+    loop {
+        let (p, deadline) = sd.step(&mut bus, xen.now());
+        while let Some(ev) = ctl
+            .poll(bus.client(), xen)
+            .map_err(|e| format!("control: {e:?}"))?
+        {
+            if let Event::ShutdownPending { request, .. } = ev {
+                // Close every device, served and received, in order, bounded.
+                let s = bus.shutdown(xen, Duration::from_secs(20), |bp| {
+                    // Rings go on being served (requests in flight complete or fail) while
+                    // the devices close.
+                    let p = sd.back().poll();
+                    let _ = wait(xen, xs_port, &p.ports, bp.next_deadline);
+                });
+                let _ = writeln!(
+                    out,
+                    "storage-domain: {}: devices closed: {s:?}",
+                    request.as_str()
+                );
+                ctl.finish_shutdown(xen)
+                    .map_err(|e| format!("shutdown: {e:?}"))?;
+                return Ok(()); // not reached on Xen
+            }
+        }
+        if p.busy {
+            continue;
+        }
+        ports.clear();
+        ports.extend_from_slice(&p.ports);
+        let until = deadline.map_or(xen.now() + Duration::from_secs(10), |d| {
+            d.min(xen.now() + Duration::from_secs(10))
+        });
+        wait(xen, xs_port, &ports, Some(until))?;
+    }
+}
+
+/// Sleep in `SCHEDOP_poll` on the XenStore port and `ports` until `deadline` (absolute,
+/// platform clock); clear the port that fired.
+fn wait(xen: &Xen, xs_port: u32, ports: &[u32], deadline: Option<Duration>) -> Result<(), String> {
+    let mut all: Vec<u32> = Vec::with_capacity(ports.len() + 1);
+    all.push(xs_port);
+    all.extend(ports.iter().copied().filter(|&p| p != xs_port));
+    let timeout = deadline.map(|d| d.saturating_sub(xen.now()).max(Duration::from_millis(1)));
+    match xen.wait(&all, timeout) {
+        Ok(p) => {
+            xen.clear(p);
+            Ok(())
+        }
+        Err(Error::Timeout) => Ok(()),
+        Err(e) => Err(format!("wait: {e}")),
+    }
+}
