@@ -147,6 +147,13 @@ pub trait GrantMapper {
     /// `GNTTABOP_copy`: perform each copy; `status[i]` receives its result. `status` must be
     /// at least as long as `ops`.
     fn copy(&self, ops: &[GrantCopy], status: &mut [Result<()>]) -> Result<()>;
+    /// `(free, total)` pages of the address range foreign pages are mapped into, when it is
+    /// bounded (a real guest maps into a fixed window); `None`: no bound worth managing. A
+    /// backend that keeps mappings (rings, persistent grants) uses it to leave room for the
+    /// short-lived ones every request needs.
+    fn map_slots(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// A run of page-aligned memory we own.

@@ -429,6 +429,13 @@ impl Domain {
         &self.hv
     }
 
+    /// Let this domain hold at most `pages` foreign mappings at once (`None`: no window), as a
+    /// real guest that maps grants into a fixed window does (xen-rt: 1024 pages; it was 32):
+    /// a map beyond it fails with `NoSpace`, and [`GrantMapper::map_slots`] reports the window.
+    pub fn set_map_window(&self, pages: Option<usize>) -> Result<()> {
+        self.hv.lock().set_map_window(self.id_(), pages)
+    }
+
     /// Whether the domain exists (not destroyed). A shut-down domain is still alive until the
     /// toolstack destroys it.
     pub fn is_alive(&self) -> bool {
@@ -640,6 +647,10 @@ impl GrantMapper for Domain {
 
     fn copy(&self, ops: &[GrantCopy], status: &mut [Result<()>]) -> Result<()> {
         self.hv.lock().copy(self.id_(), ops, status)
+    }
+
+    fn map_slots(&self) -> Option<(usize, usize)> {
+        self.hv.lock().map_slots(self.id_())
     }
 }
 

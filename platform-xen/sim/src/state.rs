@@ -259,6 +259,9 @@ pub(crate) struct DomState {
     next_handle: GrantHandle,
     /// Page runs: start address -> frames.
     runs: BTreeMap<usize, Vec<XenPfn>>,
+    /// Pages of foreign mappings this domain may hold at once, as a real guest that maps into
+    /// a fixed window (xen-rt); `None`: only the hypervisor's maptrack limit.
+    pub(crate) map_window: Option<usize>,
 }
 
 impl DomState {
@@ -271,6 +274,7 @@ impl DomState {
             maptrack: HashMap::new(),
             next_handle: 0,
             runs: BTreeMap::new(),
+            map_window: None,
         }
     }
 
@@ -702,10 +706,26 @@ impl State {
     }
 
     fn check_maptrack_room(&self, me: DomId, n: usize) -> Result<()> {
-        let used = self.live(me)?.maptrack.len() as u64;
+        let d = self.live(me)?;
+        let used = d.maptrack.len() as u64;
         if used + n as u64 > u64::from(self.config.maptrack_entries) {
             return Err(Error::NoSpace);
         }
+        if d.map_window.is_some_and(|w| d.maptrack.len() + n > w) {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// `(free, total)` of the domain's mapping window, if it has one.
+    pub(crate) fn map_slots(&self, me: DomId) -> Option<(usize, usize)> {
+        let d = self.live(me).ok()?;
+        let w = d.map_window?;
+        Some((w.saturating_sub(d.maptrack.len()), w))
+    }
+
+    pub(crate) fn set_map_window(&mut self, me: DomId, pages: Option<usize>) -> Result<()> {
+        self.live_mut(me)?.map_window = pages;
         Ok(())
     }
 

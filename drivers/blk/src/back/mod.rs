@@ -27,7 +27,7 @@ use xen_bus::store::client::XsClientError;
 use xen_bus::store::transport::Transport;
 use xen_bus::{errno, BackDriver, Bus, DeviceCtx, DriverError, DriverResult, Progress};
 use xen_platform::abi::EvtchnPort;
-use xen_platform::{DomId, PlatformRef};
+use xen_platform::{DomId, GrantMapper, PlatformRef};
 
 use crate::abi::{
     BLKIF_MAX_INDIRECT_SEGMENTS, BLKIF_MAX_SEGMENTS_PER_REQUEST, VDISK_CDROM, VDISK_READONLY,
@@ -388,8 +388,17 @@ impl<H: PlatformRef> BackDriver for VbdBack<H> {
         }
         limits.persistent_grants = if cfg.persistent(&offer) {
             let ideal = cfg.max_requests as usize * BLKIF_MAX_SEGMENTS_PER_REQUEST;
-            let cap = self.hub.borrow().options.max_persistent_grants;
-            cap.unwrap_or(ideal.max(LINUX_MAX_PGRANTS))
+            let hub = self.hub.borrow();
+            let cap = hub
+                .options
+                .max_persistent_grants
+                .unwrap_or(ideal.max(LINUX_MAX_PGRANTS));
+            // In a bounded mapping window (a real guest's) one device may keep a quarter of
+            // it: the others, and every request's short-lived mappings, need the rest.
+            match hub.platform.get().map_slots() {
+                Some((_, total)) => cap.min(total / 4),
+                None => cap,
+            }
         } else {
             0
         };

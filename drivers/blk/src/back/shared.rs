@@ -155,6 +155,11 @@ pub struct Persistent {
     cap: usize,
 }
 
+/// Pages of a bounded mapping window (`GrantMapper::map_slots`) that persistent grants leave
+/// free: two `map_multi` chunks for the per-request path, a 16-page ring of a device that
+/// connects later.
+pub const WINDOW_RESERVE: usize = 3 * MAX_MULTI_MAP;
+
 /// Grant references at or above this are never kept mapped (the lookup table stays ≤ 256 KiB).
 pub const MAX_PERSISTENT_GREF: GrantRef = 1 << 16;
 
@@ -202,6 +207,14 @@ impl Persistent {
     ) -> bool {
         if self.len() + grefs.len() > self.cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
             return false;
+        }
+        // A bounded mapping window (a real guest's): keep room for the short-lived mappings
+        // of the per-request path and for rings still to come, or every later request of
+        // every device fails once persistent grants filled it (seen on real Xen with Linux).
+        if let Some((free, _)) = p.map_slots() {
+            if free < grefs.len() + WINDOW_RESERVE {
+                return false;
+            }
         }
         for part in grefs.chunks(MAX_MULTI_MAP) {
             let Ok(m) = p.map_multi(domid, part, false) else {
