@@ -124,6 +124,7 @@ fn the_whole_check_passes_on_a_good_disk() {
     let r = r.unwrap();
     assert_eq!(r.verified, 4 << 20);
     assert!(r.write_kib_s > 0 && r.read_kib_s > 0 && r.iops_qd1 > 0 && r.iops_queued > 0);
+    assert!(r.write_qd1_kib_s > 0 && r.read_qd1_kib_s > 0);
     // Our blkback offers discard on a RAM disk, which then reads zeros.
     assert_eq!(r.discard, Some(true), "{log:?}");
     assert!(log[0].starts_with("dom0 pattern verified"), "{log:?}");

@@ -40,6 +40,9 @@ pub struct DiskCheck {
     pub small_ops: u32,
     /// Bytes to discard after the pattern (0: no discard), when the backend offers it.
     pub discard_bytes: u64,
+    /// The 4 KiB reads go through the region in order instead of at random places (what a
+    /// `dd bs=4k` in a Linux guest does, for side-by-side numbers).
+    pub small_sequential: bool,
 }
 
 impl Default for DiskCheck {
@@ -53,6 +56,7 @@ impl Default for DiskCheck {
             depth: 8,
             small_ops: 2000,
             discard_bytes: 1 << 20,
+            small_sequential: false,
         }
     }
 }
@@ -66,6 +70,10 @@ pub struct DiskReport {
     pub write_kib_s: u64,
     /// Sequential read rate (KiB/s, verification excluded).
     pub read_kib_s: u64,
+    /// The same with one request in flight: write (flush included) and read.
+    pub write_qd1_kib_s: u64,
+    /// See `write_qd1_kib_s`.
+    pub read_qd1_kib_s: u64,
     /// 4 KiB random reads, one at a time.
     pub iops_qd1: u64,
     /// 4 KiB random reads, `depth` in flight.
@@ -207,8 +215,9 @@ fn sequential(
     Ok(took)
 }
 
-/// `ops` 4 KiB reads at pseudo-random 4 KiB-aligned places of the app's region, `depth` in
-/// flight; each is checked against the pattern. Returns the time taken.
+/// `ops` 4 KiB reads at pseudo-random (or, `small_sequential`, consecutive) 4 KiB-aligned
+/// places of the app's region, `depth` in flight; each is checked against the pattern.
+/// Returns the time taken.
 fn small_reads(
     dev: &mut dyn BlockDevice,
     c: &DiskCheck,
@@ -236,7 +245,12 @@ fn small_reads(
             rng = rng
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
-            let at = c.offset + ((rng >> 33) % slots.max(1)) * SMALL;
+            let slot = if c.small_sequential {
+                u64::from(issued)
+            } else {
+                rng >> 33
+            };
+            let at = c.offset + (slot % slots.max(1)) * SMALL;
             let buf = spare.pop().unwrap_or_else(|| unreachable!());
             if let Err(r) = dev.submit(
                 Request::Read {
@@ -346,6 +360,22 @@ pub fn disk_check(
         report.read_kib_s
     ));
 
+    // The same pattern again, one request at a time (what a simple `dd` does).
+    let one = DiskCheck {
+        depth: 1,
+        ..c.clone()
+    };
+    let tw1 = sequential(dev, &one, true, now, wait)?;
+    let t0 = now();
+    dev.flush().map_err(|x| e("flush", x))?;
+    report.write_qd1_kib_s = rate(c.bytes / 1024, tw1 + now().saturating_sub(t0));
+    let tr1 = sequential(dev, &one, false, now, wait)?;
+    report.read_qd1_kib_s = rate(c.bytes / 1024, tr1);
+    log(&format!(
+        "the same with 1 request in flight: write {} KiB/s, read {} KiB/s",
+        report.write_qd1_kib_s, report.read_qd1_kib_s
+    ));
+
     // 3. 4 KiB random reads, QD1 and queued.
     if c.small_ops > 0 {
         let t1 = small_reads(dev, c, 1, now, wait)?;
@@ -353,8 +383,15 @@ pub fn disk_check(
         let tq = small_reads(dev, c, c.depth, now, wait)?;
         report.iops_queued = rate(u64::from(c.small_ops), tq);
         log(&format!(
-            "4 KiB random reads: {} IOPS at QD1, {} IOPS at QD{}",
-            report.iops_qd1, report.iops_queued, c.depth
+            "4 KiB {} reads: {} IOPS at QD1, {} IOPS at QD{}",
+            if c.small_sequential {
+                "sequential"
+            } else {
+                "random"
+            },
+            report.iops_qd1,
+            report.iops_queued,
+            c.depth
         ));
     }
 

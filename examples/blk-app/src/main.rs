@@ -6,11 +6,12 @@
 //!
 //! XenStore (the domain's home): `data/blk-app` = `ok` or `fail: <reason>`;
 //! `data/blk-app-config` = the negotiated parameters; `data/blk-app-perf` =
-//! `write-kib-s=.. read-kib-s=.. iops-qd1=.. iops-qdN=..`; `data/blk-app-discard` =
+//! `write-kib-s=.. read-kib-s=.. write-qd1-kib-s=.. read-qd1-kib-s=.. iops-qd1=.. iops-qdN=..`
+//! (sequential 1 MiB requests, N in flight then one; 4 KiB random reads); `data/blk-app-discard` =
 //! `zeros`, `kept` or `none`.
 //!
 //! Options on the command line (`extra=`): `mib=N nonce=HEX qd=N ops=N mode=event|polled
-//! discard=N dom0=0|1`.
+//! discard=N dom0=0|1 small=random|seq`.
 #![no_std]
 #![no_main]
 
@@ -77,6 +78,13 @@ fn options(cmdline: &str) -> Result<Options, String> {
             "ops" => check.small_ops = num()?.min(1 << 24) as u32,
             "discard" => check.discard_bytes = num()? << 20,
             "dom0" => check.dom0_bytes = if num()? == 0 { 0 } else { 1 << 20 },
+            "small" => {
+                check.small_sequential = match v {
+                    "seq" => true,
+                    "random" => false,
+                    _ => return Err(format!("option small: '{v}' (seq or random)")),
+                }
+            }
             "mode" => {
                 mode = match v {
                     "event" => WaitMode::Event,
@@ -241,9 +249,11 @@ fn check_disk<T: xen_store::client::Transport>(
         },
     )?;
     let perf = format!(
-        "write-kib-s={} read-kib-s={} iops-qd1={} iops-qd{}={} mib={}",
+        "write-kib-s={} read-kib-s={} write-qd1-kib-s={} read-qd1-kib-s={} iops-qd1={} iops-qd{}={} mib={}",
         report.write_kib_s,
         report.read_kib_s,
+        report.write_qd1_kib_s,
+        report.read_qd1_kib_s,
         report.iops_qd1,
         opts.check.depth,
         report.iops_queued,
