@@ -2,17 +2,23 @@
 //! interdomain event channels on real Xen. Booted twice; the role comes from the domain name:
 //!
 //! * `gnttest-a-*` (A, the granter): allocates 4 pages (`Pages`), fills a pattern, grants
-//!   pages 0–2 read-only and page 3 writable to B, allocates an unbound event channel for B and
+//!   pages 0–2 read-only and page 3 writable to B; grants [`MANY`] (100) more pages read-only
+//!   and publishes their refs as `gnttest/many`; allocates an unbound event channel for B and
 //!   publishes `gnttest/offer = "<port> <r0> <r1> <r2> <r3>"` in its home. When B notifies, it
 //!   checks B's write and B's grant copy in page 3, shows that `end` fails (`Busy`) and
-//!   `Pages::free` refuses while B still maps the pages, tells B to unmap, then ends all grants
-//!   with `end_batch` and frees the pages. It waits on 20 more (unbound) ports than it needs,
-//!   the real one last, so `Events::wait` is exercised with more than 16 ports.
+//!   `Pages::free` refuses while B still maps the pages (the 100 too), tells B to unmap, then
+//!   ends all 104 grants with `end_batch` and frees the pages. It waits on 20 more (unbound)
+//!   ports than it needs, the real one last, so `Events::wait` is exercised with more than 16
+//!   ports.
 //! * `gnttest-b-*` (B, the mapper): maps r0 (`map`), r1+r2 (`map_multi`) read-only and checks
 //!   the pattern; checks that a writable map of a read-only grant and a `map_multi` with a bad
-//!   ref fail; maps r3 writable and writes into it; grant-copies a local page into r3 and r1
-//!   into a local page; binds the event channel and notifies; after A's answer unmaps all and
-//!   notifies again.
+//!   ref fail; maps r3 writable and writes into it. Then the mapping window (xen-rt's
+//!   `MAP_SLOTS` pages): maps the 100 pages of `gnttest/many` at once (`map_multi`, chunks of
+//!   16, all held) and checks each one's pattern and `map_slots()`; fills the rest of the
+//!   window with more mappings of the same refs (Xen lets a grant be mapped several times),
+//!   sees one more map fail with `NoSpace`, and unmaps those. Grant-copies a local page into r3
+//!   and r1 into a local page; binds the event channel and notifies; after A's answer unmaps
+//!   all and checks `map_slots()` is back to all free, and notifies again.
 //!
 //! dom0 writes each side's `gnttest/peer` (the other's domid) and gives B read access to A's
 //! `gnttest` directory (`xenstore-chmod`); see `gnttest.cfg` and `ci/xen-lab-test`. Both write
@@ -33,9 +39,10 @@ use xen_control::{Control, Event, Request};
 use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{
-    Clock, CopyPtr, Error, Events, GrantCopy, GrantMapper, Grants, PageRun, Pages, Platform,
-    Scheduler, ShutdownReason,
+    Clock, CopyPtr, Error, Events, GrantCopy, GrantMapper, Grants, MultiMapping, PageRun, Pages,
+    Platform, Scheduler, ShutdownReason, MAX_MULTI_MAP,
 };
+use xen_rt::gnttab::MAP_SLOTS;
 use xen_rt::Xen;
 use xen_store::client::{Client, Store};
 use xen_store::transport::RingTransport;
@@ -44,6 +51,9 @@ type Xs = Client<RingTransport<'static, Xen>>;
 
 const WORDS: usize = PAGE_SIZE / 4;
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Pages A grants besides the first 4, which B maps all at once: more than xen-rt's old
+/// 32-page mapping window.
+const MANY: usize = 100;
 
 /// The pattern word `j` of A's page `i`.
 fn pattern(i: usize, j: usize) -> u32 {
@@ -240,6 +250,33 @@ fn granter(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     xen.free(big)
         .map_err(|e| format!("Pages::free(1024): {e}"))?;
     let run = xen.alloc(4).map_err(|e| format!("Pages::alloc(4): {e}"))?;
+    // MANY more pages, read-only, each with its pattern (pages 4.. of the pattern).
+    let many_run = xen
+        .alloc(MANY)
+        .map_err(|e| format!("Pages::alloc({MANY}): {e}"))?;
+    let mut many = Vec::with_capacity(MANY);
+    for i in 0..MANY {
+        fill(many_run.page(i), |j| pattern(4 + i, j));
+        let frame = xen
+            .frame(many_run.page(i))
+            .map_err(|e| format!("frame: {e}"))?;
+        many.push(
+            xen.grant(peer, frame, true)
+                .map_err(|e| format!("grant page {} of {MANY}: {e}", i))?,
+        );
+    }
+    let list: Vec<String> = many.iter().map(|r| format!("{r}")).collect();
+    xs.write_str("gnttest/many", &list.join(" "))
+        .map_err(|e| format!("write gnttest/many: {e:?}"))?;
+    say(
+        xen,
+        &format!(
+            "A: {MANY} more pages at {:p} granted read-only as refs {}..{} (gnttest/many)",
+            many_run.addr,
+            many[0],
+            many[MANY - 1]
+        ),
+    );
     let mut refs = [0 as GrantRef; 4];
     for (i, r) in refs.iter_mut().enumerate() {
         fill(run.page(i), |j| pattern(i, j));
@@ -298,14 +335,30 @@ fn granter(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     );
     expect_err("end(r3) while B maps it", xen.end(refs[3]), Error::Busy)?;
     expect_err("end(r0) while B maps it", xen.end(refs[0]), Error::Busy)?;
+    for (k, &r) in many.iter().enumerate() {
+        expect_err(
+            &format!("end of many[{k}] (ref {r}) while B maps it"),
+            xen.end(r),
+            Error::Busy,
+        )?;
+    }
     let alias = PageRun {
         addr: run.addr,
         pages: run.pages,
     };
     expect_err("Pages::free while granted", xen.free(alias), Error::Busy)?;
+    let alias = PageRun {
+        addr: many_run.addr,
+        pages: many_run.pages,
+    };
+    expect_err(
+        &format!("Pages::free of the {MANY} while granted"),
+        xen.free(alias),
+        Error::Busy,
+    )?;
     say(
         xen,
-        "A: end(r3), end(r0) -> Busy and Pages::free -> Busy while B maps them: ok",
+        &format!("A: end(r3), end(r0), end of all {MANY} -> Busy and Pages::free -> Busy while B maps them: ok"),
     );
 
     fill_word(p3, 0, GO);
@@ -313,13 +366,19 @@ fn granter(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     wait_for(xen, &extra, port)?;
     say(xen, "A: B unmapped");
     let mut failed = Vec::new();
-    let n = xen.end_batch(&refs, &mut |r, e| failed.push((r, e)));
+    let all: Vec<GrantRef> = refs.iter().chain(&many).copied().collect();
+    let n = xen.end_batch(&all, &mut |r, e| failed.push((r, e)));
     if n != 0 {
         return Err(format!("end_batch after unmap: {failed:?}"));
     }
     expect_err("end(r0) again", xen.end(refs[0]), Error::NotFound)?;
     xen.free(run).map_err(|e| format!("Pages::free: {e}"))?;
-    say(xen, "A: end_batch of 4 refs ok, Pages::free ok");
+    xen.free(many_run)
+        .map_err(|e| format!("Pages::free({MANY}): {e}"))?;
+    say(
+        xen,
+        &format!("A: end_batch of {} refs ok, Pages::free ok", all.len()),
+    );
     for p in extra.into_iter().chain([port]) {
         xen.close(p).map_err(|e| format!("close {p}: {e}"))?;
     }
@@ -401,6 +460,8 @@ fn mapper(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
         };
     }
     say(xen, "B: map r3 writable, wrote words 0..512");
+
+    let many = many_at_once(xen, xs, peer)?;
 
     let local = xen.alloc(2).map_err(|e| format!("Pages::alloc(2): {e}"))?;
     fill(local.page(0), |j| 0xc000_0000 | j as u32);
@@ -492,6 +553,17 @@ fn mapper(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     xen.unmap_multi(mm)
         .map_err(|e| format!("unmap_multi: {e}"))?;
     xen.unmap(m3).map_err(|e| format!("unmap r3: {e}"))?;
+    for m in many {
+        xen.unmap_multi(m)
+            .map_err(|e| format!("unmap_multi (many): {e}"))?;
+    }
+    match xen.map_slots() {
+        Some((free, total)) if free == total => say(
+            xen,
+            &format!("B: all unmapped: map_slots() = ({free}, {total}), the whole window free"),
+        ),
+        other => return Err(format!("map_slots() after unmapping all: {other:?}")),
+    }
     xen.free(local).map_err(|e| format!("Pages::free: {e}"))?;
     xen.notify(lport).map_err(|e| format!("notify: {e}"))?;
     xen.close(lport).map_err(|e| format!("close: {e}"))?;
@@ -500,6 +572,146 @@ fn mapper(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
         "B: A answered; unmapped all, notified, closed the port",
     );
     Ok(())
+}
+
+/// The mapping window: map A's `MANY` pages at once (held: returned), then fill the rest of
+/// the window with more mappings of the same refs, see it full, and unmap those.
+fn many_at_once(xen: &'static Xen, xs: &mut Xs, peer: DomId) -> Result<Vec<MultiMapping>, String> {
+    let path = format!("/local/domain/{peer}/gnttest/many");
+    let list = read_when_there(xen, xs, &path)?;
+    let many: Vec<GrantRef> = list
+        .split_whitespace()
+        .map(|s| s.parse().map_err(|_| format!("bad gnttest/many {list:?}")))
+        .collect::<Result<_, _>>()?;
+    if many.len() != MANY {
+        return Err(format!(
+            "gnttest/many has {} refs, expected {MANY}",
+            many.len()
+        ));
+    }
+    let (free0, total) = xen
+        .map_slots()
+        .ok_or("map_slots() = None: no mapping window")?;
+    if total != MAP_SLOTS || free0 + 4 != total {
+        return Err(format!(
+            "map_slots() = ({free0}, {total}) with 4 pages mapped, expected ({}, {MAP_SLOTS})",
+            MAP_SLOTS - 4
+        ));
+    }
+    // The MANY pages, all held at once.
+    let mut held = Vec::new();
+    for (c, chunk) in many.chunks(MAX_MULTI_MAP).enumerate() {
+        let m = xen.map_multi(peer, chunk, true).map_err(|e| {
+            format!(
+                "map_multi of many[{}..] ({} held): {e}",
+                c * MAX_MULTI_MAP,
+                c * MAX_MULTI_MAP
+            )
+        })?;
+        held.push(m);
+    }
+    for (c, m) in held.iter().enumerate() {
+        for k in 0..m.pages {
+            let i = c * MAX_MULTI_MAP + k;
+            // SAFETY: page k of a k-page mapping.
+            let p = unsafe { m.addr.add(k * PAGE_SIZE) };
+            if let Some(j) = check(p, 0, WORDS, |j| pattern(4 + i, j)) {
+                return Err(format!(
+                    "many[{i}] mapped at {p:p}: pattern wrong at word {j}"
+                ));
+            }
+        }
+    }
+    let free1 = xen.map_slots().map(|s| s.0);
+    if free1 != Some(free0 - MANY) {
+        return Err(format!(
+            "map_slots() free {free1:?} with {MANY} more mapped, expected {}",
+            free0 - MANY
+        ));
+    }
+    let last = &held[held.len() - 1];
+    say(
+        xen,
+        &format!(
+            "B: {MANY} pages mapped at once ({} map_multi, {:p}..{:p}), all patterns ok; map_slots() = ({}, {total})",
+            held.len(),
+            held[0].addr,
+            // SAFETY: one past the last mapping's end, not dereferenced.
+            unsafe { last.addr.add(last.pages * PAGE_SIZE) },
+            free0 - MANY
+        ),
+    );
+    // The rest of the window: the same refs again (several mappings of one grant).
+    let mut extra: Vec<MultiMapping> = Vec::new();
+    let mut next = 0;
+    let mut mapped = 0;
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    loop {
+        let left = free0 - MANY - mapped;
+        let n = left.clamp(1, MAX_MULTI_MAP);
+        let refs: Vec<GrantRef> = (0..n).map(|k| many[(next + k) % MANY]).collect();
+        match xen.map_multi(peer, &refs, true) {
+            Ok(m) => {
+                for k in 0..n {
+                    let i = (next + k) % MANY;
+                    // SAFETY: page k of an n-page mapping.
+                    let p = unsafe { m.addr.add(k * PAGE_SIZE) };
+                    if check(p, 0, 1, |j| pattern(4 + i, j)).is_some()
+                        || check(p, WORDS - 1, WORDS, |j| pattern(4 + i, j)).is_some()
+                    {
+                        return Err(format!("many[{i}] mapped again at {p:p}: pattern wrong"));
+                    }
+                }
+                let a = m.addr.as_ptr() as usize;
+                lo = lo.min(a);
+                hi = hi.max(a + n * PAGE_SIZE);
+                extra.push(m);
+                next = (next + n) % MANY;
+                mapped += n;
+            }
+            Err(Error::NoSpace) if n == 1 => break,
+            Err(e) => {
+                return Err(format!(
+                    "map_multi of {n} more ({mapped} extra, {} in all): {e}",
+                    4 + MANY + mapped
+                ))
+            }
+        }
+    }
+    let full = xen.map_slots();
+    if mapped != free0 - MANY || full != Some((0, total)) {
+        return Err(format!(
+            "window full after {mapped} extra mappings ({} in all), map_slots() = {full:?}, expected {} and (0, {total})",
+            4 + MANY + mapped,
+            free0 - MANY
+        ));
+    }
+    say(
+        xen,
+        &format!(
+            "B: window filled: {mapped} more mappings of the same refs ({} in all, {lo:#x}..{hi:#x}), first and last word of each ok; map_slots() = (0, {total}); one more map -> NoSpace",
+            4 + MANY + mapped
+        ),
+    );
+    for m in extra {
+        xen.unmap_multi(m)
+            .map_err(|e| format!("unmap_multi (extra): {e}"))?;
+    }
+    let after = xen.map_slots();
+    if after != Some((free0 - MANY, total)) {
+        return Err(format!(
+            "map_slots() {after:?} after unmapping the extra ones, expected ({}, {total})",
+            free0 - MANY
+        ));
+    }
+    say(
+        xen,
+        &format!(
+            "B: extra mappings unmapped: map_slots() = ({}, {total}); holding the {MANY}",
+            free0 - MANY
+        ),
+    );
+    Ok(held)
 }
 
 fn control_loop(xen: &'static Xen, xs: &mut Xs, port: EvtchnPort) -> Result<(), String> {

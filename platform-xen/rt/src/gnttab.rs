@@ -10,7 +10,7 @@
 //!   (memory.h) at a guest frame of an unpopulated hole above RAM (`memory::pvh_hole`); the
 //!   boot page tables map 0–4 GiB 1:1, so its physical address is its virtual one. PV:
 //!   `GNTTABOP_setup_table` returns the frames' MFNs, mapped read-write with
-//!   `update_va_mapping` into a reserved window of the bootstrap region (Mini-OS
+//!   `update_va_mapping` into reserved pages of the bootstrap region's padding (Mini-OS
 //!   `gnttab.c`/`gnttab_init` does the same with `map_frames`; Linux `arch_gnttab_map_shared`).
 //! * Granting (grant_table.h, "Introducing a valid entry"): write `domid`, `frame`, a write
 //!   barrier, then `flags` = `GTF_permit_access` (| `GTF_readonly`). Ending ("Invalidating an
@@ -19,10 +19,15 @@
 //!   retried if Xen changed the flags in between. Refs 0..`GNTTAB_NR_RESERVED_ENTRIES` (the
 //!   toolstack's console and xenstore grants) are never handed out; the rest form a free list.
 //! * Mapping: `GNTTABOP_map_grant_ref` with `GNTMAP_host_map` (| `GNTMAP_readonly`) at a slot
-//!   of a fixed window of [`MAP_SLOTS`] pages. PVH: `host_addr` is a guest-physical address in
-//!   the same hole as the grant frames (not RAM, identity-mapped), Xen puts the foreign frame
-//!   in our p2m there. PV: `host_addr` is a virtual address in a reserved window of the
-//!   bootstrap region (its L1 page table exists, which Xen needs); Xen rewrites the PTE, and
+//!   of a fixed window of [`MAP_SLOTS`] = 1024 pages (4 MiB; [`MapWindow`]: a bitmap, first
+//!   fit for `n` ≤ `MAX_MULTI_MAP` consecutive slots; `GrantMapper::map_slots` reports
+//!   `(free, MAP_SLOTS)`). 32 pages were far too few for a storage domain: rings (up to 16
+//!   pages per device) and persistent grants filled them, and then every request's
+//!   short-lived mapping failed. PVH: `host_addr` is a guest-physical address in the same hole
+//!   as the grant frames (not RAM, identity-mapped by the boot page tables), Xen puts the
+//!   foreign frame in our p2m there. PV: `host_addr` is a virtual address in a range of its
+//!   own right above the RAM xen-rt maps (below 1 GiB; `memory::pv_map_empty` gave it L1
+//!   tables with no present entry — Xen needs the L1 table to exist); Xen writes the PTE, and
 //!   `GNTTABOP_unmap_grant_ref` zaps it (not-present) — the window is used for nothing else,
 //!   so nothing needs restoring. `map_multi` maps consecutive slots in one hypercall and, if
 //!   any op fails, unmaps those that succeeded (all or nothing).
@@ -57,7 +62,7 @@ pub const ENTRIES_PER_FRAME: usize = PAGE_SIZE / core::mem::size_of::<GrantEntry
 /// Most grant refs (entries) we manage.
 pub const NR_REFS: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
 /// Pages of the mapping window: at most this many foreign pages mapped at once.
-pub const MAP_SLOTS: usize = 32;
+pub const MAP_SLOTS: usize = 1024;
 /// `XENMAPSPACE_grant_table` (memory.h).
 pub const XENMAPSPACE_GRANT_TABLE: u32 = 1;
 
@@ -202,28 +207,34 @@ impl GrantTable {
     }
 }
 
-/// A window of `MAP_SLOTS` pages at which foreign pages are mapped.
+/// A window of `MAP_SLOTS` pages at which foreign pages are mapped: a bitmap of its slots (set =
+/// in use) and a first-fit search for `n` consecutive free slots.
 #[derive(Debug)]
 pub struct MapWindow {
     base: usize,
-    used: u64,
+    used: [u64; MAP_WORDS],
 }
 
-const _: () = assert!(MAP_SLOTS <= 64);
+/// Words of [`MapWindow`]'s bitmap.
+const MAP_WORDS: usize = MAP_SLOTS / 64;
+const _: () = assert!(MAP_SLOTS.is_multiple_of(64) && MAP_SLOTS >= MAX_MULTI_MAP);
 
 impl MapWindow {
     /// No window: every map fails with `Unsupported`.
     pub const fn new() -> Self {
-        MapWindow { base: 0, used: 0 }
+        MapWindow {
+            base: 0,
+            used: [0; MAP_WORDS],
+        }
     }
 
-    /// The window starts at `base` (`MAP_SLOTS` pages).
+    /// The window starts at `base` (`MAP_SLOTS` pages), all free.
     pub fn set(&mut self, base: usize) {
         self.base = base;
-        self.used = 0;
+        self.used = [0; MAP_WORDS];
     }
 
-    /// `n` consecutive free slots: their address.
+    /// `n` consecutive free slots, the first such run: their address.
     pub fn take(&mut self, n: usize) -> Result<usize> {
         if self.base == 0 {
             return Err(Error::Unsupported);
@@ -231,25 +242,67 @@ impl MapWindow {
         if n == 0 || n > MAP_SLOTS {
             return Err(Error::Invalid);
         }
-        let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-        (0..=MAP_SLOTS - n)
-            .find(|&i| self.used & (mask << i) == 0)
-            .map(|i| {
-                self.used |= mask << i;
-                self.base + i * PAGE_SIZE
-            })
-            .ok_or(Error::NoSpace)
+        // Walk runs, not bits: a word's free (or used) bits from slot i on are counted with one
+        // trailing_zeros (trailing_ones), so a full or empty word costs one step.
+        let (mut i, mut run) = (0, 0);
+        while i < MAP_SLOTS {
+            let (w, b) = (i / 64, i % 64);
+            let bits = self.used[w] >> b; // slots i.. of this word; 0-filled from the top
+            let left = 64 - b;
+            let free = (bits.trailing_zeros() as usize).min(left);
+            if free == 0 {
+                run = 0;
+                i += bits.trailing_ones() as usize; // ≥ 1: slot i is in use
+                continue;
+            }
+            run += free;
+            i += free;
+            if run >= n {
+                let first = i - run;
+                self.mark(first, n, true);
+                return Ok(self.base + first * PAGE_SIZE);
+            }
+        }
+        Err(Error::NoSpace)
     }
 
-    /// Give back `n` slots at `addr`.
+    /// Give back `n` slots at `addr` (ignored unless they lie in the window).
     pub fn put(&mut self, addr: usize, n: usize) {
-        if n == 0 || addr < self.base {
+        if n == 0 || addr < self.base || !(addr - self.base).is_multiple_of(PAGE_SIZE) {
             return;
         }
         let i = (addr - self.base) / PAGE_SIZE;
         if i + n <= MAP_SLOTS {
-            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-            self.used &= !(mask << i);
+            self.mark(i, n, false);
+        }
+    }
+
+    /// `(free, total)` slots; `None` before [`set`](Self::set).
+    pub fn slots(&self) -> Option<(usize, usize)> {
+        if self.base == 0 {
+            return None;
+        }
+        let used: u32 = self.used.iter().map(|w| w.count_ones()).sum();
+        Some((MAP_SLOTS - used as usize, MAP_SLOTS))
+    }
+
+    /// Set (`in_use`) or clear slots `first..first + n` (inside the window).
+    fn mark(&mut self, first: usize, n: usize, in_use: bool) {
+        let (mut i, end) = (first, first + n);
+        while i < end {
+            let (w, b) = (i / 64, i % 64);
+            let k = (64 - b).min(end - i);
+            let mask = if k == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << k) - 1) << b
+            };
+            if in_use {
+                self.used[w] |= mask;
+            } else {
+                self.used[w] &= !mask;
+            }
+            i += k;
         }
     }
 }
@@ -352,8 +405,9 @@ impl Xen {
     /// (`MAP_SLOTS` pages) for mappings. Returns the number of grant frames.
     ///
     /// # Safety
-    /// Once, at boot, in PV. Both ranges must be pages of the bootstrap region (their L1
-    /// tables exist) that nothing else uses, for good.
+    /// Once, at boot, in PV. `table_va`: pages of the bootstrap region that nothing else
+    /// uses, for good. `window_va`: a virtual range whose L1 tables exist (`pv_map_empty`)
+    /// and that nothing else maps or uses, for good.
     pub unsafe fn init_grants_pv(&self, table_va: usize, window_va: usize) -> Result<usize> {
         let n = self.grant_frames_wanted()?;
         let mut mfns = [0 as XenPfn; GRANT_FRAMES];
@@ -583,6 +637,10 @@ impl GrantMapper for Xen {
         }
         Ok(())
     }
+
+    fn map_slots(&self) -> Option<(usize, usize)> {
+        WINDOW.with(|w| w.slots())
+    }
 }
 
 #[cfg(test)]
@@ -653,14 +711,110 @@ mod tests {
     fn window_slots() {
         let mut w = MapWindow::new();
         assert_eq!(w.take(1), Err(Error::Unsupported));
+        assert_eq!(w.slots(), None);
         w.set(0x10_0000);
+        assert_eq!(w.slots(), Some((MAP_SLOTS, MAP_SLOTS)));
         let a = w.take(1).unwrap();
         let b = w.take(16).unwrap();
         assert_eq!((a, b), (0x10_0000, 0x10_1000));
-        assert_eq!(w.take(16), Err(Error::NoSpace)); // 15 left
+        assert_eq!(w.slots(), Some((MAP_SLOTS - 17, MAP_SLOTS)));
         w.put(a, 1);
-        assert_eq!(w.take(15).unwrap(), 0x11_1000);
-        assert_eq!(w.take(1).unwrap(), 0x10_0000);
+        assert_eq!(w.take(2).unwrap(), 0x11_1000, "slot 0 alone is too small");
+        assert_eq!(w.take(1).unwrap(), 0x10_0000, "first fit");
         assert_eq!(w.take(0), Err(Error::Invalid));
+        assert_eq!(w.take(MAP_SLOTS + 1), Err(Error::Invalid));
+        w.put(0x10_0800, 1); // not a slot address: ignored
+        w.put(0x10_0000 + MAP_SLOTS * PAGE_SIZE, 1); // beyond: ignored
+        assert_eq!(w.slots(), Some((MAP_SLOTS - 19, MAP_SLOTS)));
+    }
+
+    /// Slots in use as a sorted list of `(first, n)`, from the bitmap.
+    fn runs(w: &MapWindow) -> Vec<(usize, usize)> {
+        let bit = |i: usize| w.used[i / 64] >> (i % 64) & 1 == 1;
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for i in (0..MAP_SLOTS).filter(|&i| bit(i)) {
+            match out.last_mut() {
+                Some((f, n)) if *f + *n == i => *n += 1,
+                _ => out.push((i, 1)),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn window_runs_cross_words_and_fill_up() {
+        let mut w = MapWindow::new();
+        w.set(0x4000_0000);
+        let slot = |a: usize| (a - 0x4000_0000) / PAGE_SIZE;
+        // 60 + 16: the second run straddles words 0 and 1.
+        let a = w.take(60).unwrap();
+        let b = w.take(16).unwrap();
+        assert_eq!((slot(a), slot(b)), (0, 60));
+        assert_eq!(runs(&w), [(0, 76)]);
+        // Free 4 slots at 60..64 (end of word 0) and 64..66: a 3-run fits across the border.
+        w.put(b, 6);
+        assert_eq!(runs(&w), [(0, 60), (66, 10)]);
+        assert_eq!(slot(w.take(3).unwrap()), 60);
+        assert_eq!(slot(w.take(4).unwrap()), 76, "63..66 is only 3 long");
+        assert_eq!(slot(w.take(3).unwrap()), 63);
+        assert_eq!(runs(&w), [(0, 80)]);
+        // Fill the window with 16-page runs, then single pages: exactly MAP_SLOTS in all.
+        let mut n = 80;
+        while let Ok(x) = w.take(16) {
+            assert_eq!(slot(x), n);
+            n += 16;
+        }
+        while w.take(1).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, MAP_SLOTS);
+        assert_eq!(w.slots(), Some((0, MAP_SLOTS)));
+        assert_eq!(w.take(1), Err(Error::NoSpace));
+        // A hole of 16 in the last word, one of 15 in the middle: the 16-run goes last.
+        w.put(0x4000_0000 + 500 * PAGE_SIZE, 15);
+        w.put(0x4000_0000 + (MAP_SLOTS - 16) * PAGE_SIZE, 16);
+        assert_eq!(slot(w.take(16).unwrap()), MAP_SLOTS - 16);
+        assert_eq!(slot(w.take(15).unwrap()), 500);
+        assert_eq!(w.take(1), Err(Error::NoSpace));
+        // All free again: the whole window is one run.
+        for i in 0..MAP_SLOTS / 16 {
+            w.put(0x4000_0000 + i * 16 * PAGE_SIZE, 16);
+        }
+        assert_eq!(w.slots(), Some((MAP_SLOTS, MAP_SLOTS)));
+        assert_eq!(slot(w.take(MAP_SLOTS).unwrap()), 0);
+    }
+
+    #[test]
+    fn window_take_matches_a_naive_first_fit() {
+        // Random takes and puts against a bit-by-bit model (xorshift, fixed seed).
+        let mut w = MapWindow::new();
+        w.set(0x1000);
+        let mut model = vec![false; MAP_SLOTS];
+        let mut held: Vec<(usize, usize)> = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as usize
+        };
+        for _ in 0..20_000 {
+            if held.is_empty() || rnd(3) != 0 {
+                let n = 1 + rnd(MAX_MULTI_MAP);
+                let want = (0..=MAP_SLOTS - n).find(|&i| model[i..i + n].iter().all(|u| !u));
+                let got = w.take(n).ok().map(|a| (a - 0x1000) / PAGE_SIZE);
+                assert_eq!(got, want, "take({n})");
+                if let Some(i) = got {
+                    model[i..i + n].iter_mut().for_each(|u| *u = true);
+                    held.push((i, n));
+                }
+            } else {
+                let (i, n) = held.swap_remove(rnd(held.len()));
+                w.put(0x1000 + i * PAGE_SIZE, n);
+                model[i..i + n].iter_mut().for_each(|u| *u = false);
+            }
+            let free = model.iter().filter(|u| !**u).count();
+            assert_eq!(w.slots(), Some((free, MAP_SLOTS)));
+        }
     }
 }

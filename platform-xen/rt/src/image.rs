@@ -11,7 +11,9 @@ use xen_platform::{Console, Scheduler, ShutdownReason};
 
 use crate::gnttab::{GRANT_FRAMES, MAP_SLOTS};
 use crate::heap::Heap;
-use crate::memory::{heap_grow, pv_map_ram, pvh_hole, MemmapEntry, PAGES, PV_MAP_LIMIT};
+use crate::memory::{
+    heap_grow, pv_map_empty, pv_map_ram, pvh_hole, MemmapEntry, PAGES, PV_MAP_LIMIT,
+};
 use crate::xen::Xen;
 
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
@@ -33,11 +35,20 @@ static HEAP: Heap = Heap::new(Some(heap_grow));
 const PAGE: u64 = 4096;
 /// RAM assumed after the image if the start info has no memory map (version 0).
 const FALLBACK_RAM: u64 = 4 << 20;
-/// The grant table's and the mapping window's frames (PVH hole, PV reserved pages).
+/// PVH: the grant table's and the mapping window's frames, in one hole above RAM (1056 pages,
+/// 4.125 MiB; for a 32 MiB guest 0x2000000..0x2420000, seen in the lab).
 const GRANT_PAGES: u64 = (GRANT_FRAMES + MAP_SLOTS) as u64;
-/// PVH: the hole for them must end below this (0-4 GiB is identity-mapped; leave the
-/// special pages, LAPIC and IO-APIC just under 4 GiB alone).
+/// PVH: the hole for them must end below this (0-4 GiB is identity-mapped by boot.s; leave
+/// the special pages, LAPIC and IO-APIC just under 4 GiB alone).
 const HOLE_LIMIT: u64 = 0xF000_0000;
+const _: () = assert!(HOLE_LIMIT <= 4 << 30 && GRANT_PAGES * PAGE <= 16 << 20);
+/// PV: the mapping window's own virtual range (2 MiB per L1 table) right above the RAM that
+/// `pv_map_ram` maps, so RAM is mapped only up to `PV_MAP_LIMIT` minus this.
+const PV_WINDOW_L1S: usize = MAP_SLOTS.div_ceil(512);
+const M2: usize = 2 << 20;
+/// PV: pages of the bootstrap padding (at least 512 KiB, xen.h) we take: the grant frames,
+/// the window's L1 tables and `pv_map_ram`'s spare L1.
+const _: () = assert!((GRANT_FRAMES + PV_WINDOW_L1S + 1) * PAGE as usize <= 512 << 10);
 /// Memory-map entries looked at (libxl writes a handful).
 const MAX_MEMMAP: usize = 32;
 
@@ -103,7 +114,8 @@ extern "C" fn xen_rt_pvh_start(start_info: u64) -> ! {
     let grants = match pvh_hole(&map[..n_map], end, GRANT_PAGES, HOLE_LIMIT) {
         // SAFETY: the hole's frames are in no memory-map entry and above RAM (pvh_hole),
         // below HOLE_LIMIT, so identity-mapped by boot.s.
-        Some(pfn) => unsafe { xen.init_grants_pvh(pfn) }.map(|n| (n, pfn << 12)),
+        Some(pfn) => unsafe { xen.init_grants_pvh(pfn) }
+            .map(|n| (n, pfn << 12, (pfn << 12) + GRANT_FRAMES as u64 * PAGE)),
         None => Err(xen_platform::Error::NoSpace),
     };
     run(xen, "PVH", start, end, grants)
@@ -117,40 +129,46 @@ extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
     let xen = unsafe { Xen::init_pv(start_info) }.unwrap_or_else(|e| fail(e));
     // xen.h start of day: the bootstrap region ends on a 4 MiB boundary, at least 512 KiB
     // after the bootstrap stack, and is mapped read-write: that padding holds the grant
-    // table and the mapping window (pages whose L1 tables exist), then the page allocator.
+    // table, then the page allocator; its last pages are L1 tables (the window's, the RAM's).
     const MB4: u64 = 4 << 20;
     let table = align_up(xen_sp);
-    let window = table + GRANT_FRAMES as u64 * PAGE;
-    let start = table + GRANT_PAGES * PAGE;
+    let start = table + GRANT_FRAMES as u64 * PAGE;
     let pad_end = ((xen_sp + MB4 - 1) & !(MB4 - 1)) as usize;
     // SAFETY: rsi at the PV entry points to start_info_t (xen.h); init_pv checked its magic.
     let si = unsafe { (start_info as *const StartInfo).read_volatile() };
-    // The rest of RAM: mapped 2 MiB at a time, L1 tables in pages of ours.
-    let mut l1s = [0usize; PV_MAP_LIMIT / (2 << 20)];
+    // The rest of RAM: mapped 2 MiB at a time, L1 tables in pages of ours; below 1 GiB minus
+    // the window's range.
+    let mut l1s = [0usize; PV_MAP_LIMIT / M2];
     let spare = pad_end - PAGE as usize;
+    let window_l1s: [usize; PV_WINDOW_L1S] =
+        core::array::from_fn(|k| pad_end - (2 + k) * PAGE as usize);
+    let ram_pages = (si.nr_pages as usize).min((PV_MAP_LIMIT - PV_WINDOW_L1S * M2) / PAGE as usize);
     // SAFETY: once, at boot, PV; the spare page (the padding's last) and the frames above
     // the bootstrap region are ours and unused; init_pv set the p2m list.
-    let (top, n_l1, err) = unsafe {
-        pv_map_ram(
-            si.pt_base as usize,
-            pad_end,
-            si.nr_pages as usize,
-            spare,
-            &mut l1s,
-        )
-    };
+    let (top, n_l1, err) =
+        unsafe { pv_map_ram(si.pt_base as usize, pad_end, ram_pages, spare, &mut l1s) };
+    // The mapping window: its own 2 MiB-aligned range right above that RAM, L1 tables
+    // (nothing present) in the padding pages below the spare one.
+    let window = top.max(pad_end).next_multiple_of(M2);
+    // SAFETY: once, at boot, PV; the range is above all RAM mapped and below 1 GiB
+    // (ram_pages); the window_l1s pages are padding nothing else uses (the page allocator
+    // gets them reserved below).
+    let window_ok = unsafe { pv_map_empty(si.pt_base as usize, window, &window_l1s) };
     // SAFETY: [start, top) is bootstrap padding and RAM mapped just now, used by nothing
     // else; the L1 tables in it are reserved below.
     unsafe { PAGES.init(start as usize, top) };
-    for &l1 in &l1s[..n_l1] {
+    for &l1 in l1s[..n_l1].iter().chain(&window_l1s) {
         PAGES.reserve(l1, 1);
     }
     if let Some(e) = err {
         let _ = writeln!(&*xen, "xen-rt: RAM above {top:#x} not mapped: {e}");
     }
     let end = top as u64;
-    // SAFETY: [table, start) is bootstrap padding too (mapped, L1 tables present), for good.
-    let grants = unsafe { xen.init_grants_pv(table as usize, window as usize) }.map(|n| (n, table));
+    let grants = window_ok.and_then(|()| {
+        // SAFETY: [table, start) is bootstrap padding (mapped, L1 tables present), for good;
+        // the window's MAP_SLOTS pages have L1 tables now and nothing else maps them.
+        unsafe { xen.init_grants_pv(table as usize, window) }.map(|n| (n, table, window as u64))
+    });
     run(xen, "PV", start, end, grants)
 }
 
@@ -168,7 +186,7 @@ fn run(
     mode: &str,
     start: u64,
     end: u64,
-    grants: xen_platform::Result<(usize, u64)>,
+    grants: xen_platform::Result<(usize, u64, u64)>,
 ) -> ! {
     xen.set_frame_low(core::ptr::addr_of!(__image_start) as usize);
     let v = xen.version();
@@ -180,11 +198,11 @@ fn run(
         v & 0xffff
     );
     match grants {
-        Ok((n, at)) => {
+        Ok((n, at, window)) => {
             let _ = writeln!(
                 &*xen,
-                "xen-rt: grant table v1: {n} frames at {at:#x}, mapping window {:#x}",
-                at + GRANT_FRAMES as u64 * PAGE
+                "xen-rt: grant table v1: {n} frames at {at:#x}, mapping window {MAP_SLOTS} pages at {window:#x}..{:#x}",
+                window + MAP_SLOTS as u64 * PAGE
             );
         }
         Err(e) => {

@@ -13,9 +13,11 @@
 //!   pages must be mapped read-only, Xen validates the L1 when the L2 entry is written). The
 //!   first L1 is the padding's last page, the others are consecutive pages at the start of
 //!   the first chunk mapped (so the rest of RAM stays contiguous); they are reserved in the
-//!   page allocator, which gets the padding (minus the grant
-//!   table's and the mapping window's pages) and all the mapped RAM. A frame to grant is the
-//!   MFN, `mfn_list[addr >> 12]` (the p2m list of start_info).
+//!   page allocator, which gets the padding (minus the grant table's pages) and all the mapped
+//!   RAM. [`pv_map_empty`] gives the grant mapping window (`gnttab::MAP_SLOTS` pages) its own
+//!   virtual range right above that RAM, with L1 tables (in padding pages, reserved too) that
+//!   map nothing: Xen writes and zaps the window's PTEs itself. A frame to grant is the MFN,
+//!   `mfn_list[addr >> 12]` (the p2m list of start_info).
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -102,6 +104,66 @@ fn table_va(entry: u64) -> usize {
     (mfn_to_pfn((entry & PTE_ADDR) >> 12) as usize) << 12
 }
 
+/// PV: the bootstrap L2 table (mapped read-only) and its machine frame.
+///
+/// # Safety
+/// PV; `pt_base` is `start_info.pt_base`; the p2m list is set ([`set_p2m`]).
+unsafe fn bootstrap_l2(pt_base: usize) -> Result<(*const u64, u64)> {
+    // SAFETY: (caller) the bootstrap page tables are mapped read-only in the bootstrap region
+    // (xen.h start of day, item 6); L4[0] and L3[0] cover the region, so they are present.
+    let l2 = unsafe {
+        let l3 = table_va((pt_base as *const u64).read_volatile());
+        table_va((l3 as *const u64).read_volatile())
+    } as *const u64;
+    let mfn = pfn_to_mfn(l2 as usize >> 12).ok_or(Error::Invalid)?;
+    Ok((l2, mfn))
+}
+
+/// PV: make `l1` (a page of ours, filled with the L1 table) read-only and point entry `idx`
+/// of the bootstrap L2 table (machine frame `l2_mfn`) at it.
+///
+/// # Safety
+/// PV; `l1` is a mapped page of ours that nothing else uses, for good; its PTEs map only
+/// frames of ours (or are not present); entry `idx` is not present.
+unsafe fn install_l1(l2_mfn: u64, idx: usize, l1: usize) -> Result<()> {
+    let l1_mfn = pfn_to_mfn(l1 >> 12).ok_or(Error::Invalid)?;
+    // SAFETY: update_va_mapping(va, pte, flags) of our own page: read-only from now on, as
+    // Xen requires of a page-table page.
+    let r = unsafe {
+        hypercall::hypercall5(
+            xen_platform::abi::xen::HYPERVISOR_UPDATE_VA_MAPPING,
+            l1 as u64,
+            (l1_mfn << 12) | PTE_RO,
+            crate::xen::UVMF_INVLPG,
+            0,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(Error::from_xen_errno(r as i32));
+    }
+    let mut req = MmuUpdate {
+        ptr: ((l2_mfn << 12) + idx as u64 * 8) | MMU_NORMAL_PT_UPDATE,
+        val: (l1_mfn << 12) | PDE,
+    };
+    // SAFETY: mmu_update(reqs, count, done, foreigndom) (xen.h): one request, alive across the
+    // call; Xen validates the new L1 table before installing it.
+    let r = unsafe {
+        hypercall::hypercall5(
+            xen_platform::abi::xen::HYPERVISOR_MMU_UPDATE,
+            &mut req as *mut _ as u64,
+            1,
+            0,
+            xen_platform::abi::DOMID_SELF as u64,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(Error::from_xen_errno(r as i32));
+    }
+    Ok(())
+}
+
 /// PV: map the pseudo-physical frames from `from` (2 MiB-aligned) up to `nr_pages` (at most
 /// [`PV_MAP_LIMIT`]) at virtual = pseudo-physical address, skipping 2 MiB chunks that are
 /// mapped already (the bootstrap region). `spare_l1` is a free, mapped page of ours for the
@@ -119,15 +181,10 @@ pub unsafe fn pv_map_ram(
     l1s: &mut [usize],
 ) -> (usize, usize, Option<Error>) {
     let top = (nr_pages * PAGE_SIZE).min(PV_MAP_LIMIT);
-    // SAFETY: the bootstrap page tables are mapped read-only in the bootstrap region (xen.h
-    // start of day, item 6); L4[0] and L3[0] cover the region, so they are present.
-    let l2 = unsafe {
-        let l3 = table_va((pt_base as *const u64).read_volatile());
-        table_va((l3 as *const u64).read_volatile())
-    } as *const u64;
-    let l2_mfn = match pfn_to_mfn(l2 as usize >> 12) {
-        Some(m) => m,
-        None => return (from, 0, Some(Error::Invalid)),
+    // SAFETY: (caller) PV, pt_base from start_info, p2m list set.
+    let (l2, l2_mfn) = match unsafe { bootstrap_l2(pt_base) } {
+        Ok(x) => x,
+        Err(e) => return (from, 0, Some(e)),
     };
     let (mut mapped, mut n, mut next_l1) = (from, 0, spare_l1);
     let mut first_chunk: Option<usize> = None;
@@ -143,48 +200,16 @@ pub unsafe fn pv_map_ram(
         if n == l1s.len() {
             return (mapped, n, Some(Error::NoSpace));
         }
-        let Some(l1_mfn) = pfn_to_mfn(next_l1 >> 12) else {
-            return (mapped, n, Some(Error::Invalid));
-        };
         for i in 0..512 {
             let pfn = va / PAGE_SIZE + i;
             let pte = pfn_to_mfn(pfn).map_or(0, |m| (m << 12) | PTE_RW);
             // SAFETY: next_l1 is a mapped, writable page of ours that nothing else uses.
             unsafe { (next_l1 as *mut u64).add(i).write_volatile(pte) };
         }
-        // SAFETY: update_va_mapping(va, pte, flags) of our own page: read-only from now on,
-        // as Xen requires of a page-table page.
-        let r = unsafe {
-            hypercall::hypercall5(
-                xen_platform::abi::xen::HYPERVISOR_UPDATE_VA_MAPPING,
-                next_l1 as u64,
-                (l1_mfn << 12) | PTE_RO,
-                crate::xen::UVMF_INVLPG,
-                0,
-                0,
-            )
-        };
-        if r < 0 {
-            return (mapped, n, Some(Error::from_xen_errno(r as i32)));
-        }
-        let mut req = MmuUpdate {
-            ptr: ((l2_mfn << 12) + idx as u64 * 8) | MMU_NORMAL_PT_UPDATE,
-            val: (l1_mfn << 12) | PDE,
-        };
-        // SAFETY: mmu_update(reqs, count, done, foreigndom) (xen.h): one request, alive
-        // across the call; Xen validates the new L1 table before installing it.
-        let r = unsafe {
-            hypercall::hypercall5(
-                xen_platform::abi::xen::HYPERVISOR_MMU_UPDATE,
-                &mut req as *mut _ as u64,
-                1,
-                0,
-                xen_platform::abi::DOMID_SELF as u64,
-                0,
-            )
-        };
-        if r < 0 {
-            return (mapped, n, Some(Error::from_xen_errno(r as i32)));
+        // SAFETY: next_l1 is ours, filled with PTEs of our own frames; entry idx is not
+        // present (checked above).
+        if let Err(e) = unsafe { install_l1(l2_mfn, idx, next_l1) } {
+            return (mapped, n, Some(e));
         }
         l1s[n] = next_l1;
         n += 1;
@@ -196,6 +221,35 @@ pub unsafe fn pv_map_ram(
         mapped = va.min(top);
     }
     (mapped, n, None)
+}
+
+/// PV: give the virtual range from `va` (2 MiB-aligned, `l1s.len()` × 2 MiB, below
+/// [`PV_MAP_LIMIT`], mapped by nothing) L1 page tables without a present entry, in the pages
+/// `l1s` — a window for grant mappings: `GNTTABOP_map_grant_ref` with `GNTMAP_host_map` (no
+/// `GNTMAP_contains_pte`) writes the PTE of `host_addr` into the existing L1 table, and
+/// `GNTTABOP_unmap_grant_ref` zaps it again.
+///
+/// # Safety
+/// Once per range, at boot, in PV; `pt_base` is `start_info.pt_base`; the `l1s` pages are
+/// mapped pages of ours that nothing else uses, for good; the p2m list is set ([`set_p2m`]).
+pub unsafe fn pv_map_empty(pt_base: usize, va: usize, l1s: &[usize]) -> Result<()> {
+    if !va.is_multiple_of(M2) || va + l1s.len() * M2 > PV_MAP_LIMIT {
+        return Err(Error::Invalid);
+    }
+    // SAFETY: (caller) PV, pt_base from start_info, p2m list set.
+    let (l2, l2_mfn) = unsafe { bootstrap_l2(pt_base) }?;
+    for (k, &l1) in l1s.iter().enumerate() {
+        let idx = va / M2 + k;
+        // SAFETY: entry idx < 512 of the (read-only mapped) L2 table.
+        if unsafe { l2.add(idx).read_volatile() } & PTE_PRESENT != 0 {
+            return Err(Error::Busy);
+        }
+        // SAFETY: (caller) l1 is a mapped, writable page of ours that nothing else uses.
+        unsafe { core::ptr::write_bytes(l1 as *mut u8, 0, PAGE_SIZE) };
+        // SAFETY: l1 is ours and holds no present PTE; entry idx is not present.
+        unsafe { install_l1(l2_mfn, idx, l1) }?;
+    }
+    Ok(())
 }
 
 /// A memory-map entry: `(addr, size, type)`.
