@@ -101,7 +101,10 @@ impl GrantTable {
         GrantTable {
             entries: 0,
             nr: 0,
-            head: LINK_END,
+            // Not LINK_END: an all-zero static lives in .bss, not in the image file (the 64 KiB
+            // link array made every image 64 KiB larger). Unused until `setup` sets it: `grant`
+            // and `end` refuse while `entries == 0` / `nr == 0`.
+            head: 0,
             link: [0; NR_REFS],
             in_use: 0,
         }
