@@ -13,9 +13,9 @@ fn main() {
         "-Wl,--build-id=none",
         "-Wl,-z,noexecstack",
         "-Wl,-z,max-page-size=4096",
-        // The workspace release profile keeps debuginfo (debug = 1, for benches); an image
-        // does not need it in the file Xen loads (the target is <= 256 KiB). Symbols stay.
-        "-Wl,--strip-debug",
+        // No --strip-* here: the profile decides (`--profile image` strips everything, rustc
+        // passes --strip-all; `--release` keeps symbols and debuginfo to debug a crash). A
+        // --strip-debug here came after rustc's --strip-all and undid it.
     ] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }

@@ -901,8 +901,7 @@ impl<T: Transport> Bus<T> {
         match info.role {
             Role::Front => {
                 let be =
-                    path::check_backend_details(self.domid, &info.class, &info.id, &oe, &oe_id)
-                        .map_err(bad)?;
+                    path::check_backend_details(self.domid, &info.id, &oe, &oe_id).map_err(bad)?;
                 info.backend_id = be;
                 info.otherend_id = be;
             }

@@ -91,18 +91,28 @@ pub fn back_nodename(class: &str, fe: DomId, id: &str) -> String {
 }
 
 /// Check a frontend's `backend` / `backend-id`: the backend of frontend `fe`'s device
-/// `<class>/<id>` must be `/local/domain/<backend-id>/backend/<class>/<fe>/<id>`. Returns the
+/// `<id>` (of any class) must be `/local/domain/<backend-id>/backend/<type>/<fe>/<id>`. Returns the
 /// backend domid.
+///
+/// `<type>` is the backend's own class, which need not be the frontend's: libxl puts a vbd's
+/// backend under `backend/vbd` (kernel blkback), `backend/qdisk` (QEMU's xen-block,
+/// `backendtype=qdisk`) or `backend/vbd3` (tapdisk3) — seen in the lab: a qdisk backend at
+/// `/local/domain/0/backend/qdisk/<fe>/51712` for frontend `device/vbd/51712`. Linux's
+/// `xenbus_read_otherend_details()` does not look at the path at all; we still require the
+/// backend domain's home, our domid and our device id, with any valid class name.
 pub fn check_backend_details(
     fe: DomId,
-    class: &str,
     id: &str,
     backend: &[u8],
     backend_id: &[u8],
 ) -> Result<DomId, DetailsError> {
     let be = parse_domid(backend_id).ok_or(DetailsError::BadDomid)?;
     let path = core::str::from_utf8(backend).map_err(|_| DetailsError::NotUtf8)?;
-    if path != format!("{}/{}", home(be), back_nodename(class, fe, id)) {
+    let rest = path
+        .strip_prefix(&format!("{}/backend/", home(be)))
+        .ok_or(DetailsError::BadPath)?;
+    let (ty, rest) = rest.split_once('/').ok_or(DetailsError::BadPath)?;
+    if !is_valid_name(ty) || rest != format!("{fe}/{id}") {
         return Err(DetailsError::BadPath);
     }
     Ok(be)
@@ -144,9 +154,14 @@ mod tests {
     #[test]
     fn backend_details() {
         let ok = b"/local/domain/0/backend/vbd/1/51712";
-        assert_eq!(check_backend_details(1, "vbd", "51712", ok, b"0"), Ok(0));
+        assert_eq!(check_backend_details(1, "51712", ok, b"0"), Ok(0));
         let dd = b"/local/domain/7/backend/vbd/3/51712";
-        assert_eq!(check_backend_details(3, "vbd", "51712", dd, b"7"), Ok(7));
+        assert_eq!(check_backend_details(3, "51712", dd, b"7"), Ok(7));
+        // other backend types libxl uses for a vbd: QEMU's qdisk, tapdisk3's vbd3
+        let qdisk = b"/local/domain/0/backend/qdisk/1/51712";
+        assert_eq!(check_backend_details(1, "51712", qdisk, b"0"), Ok(0));
+        let vbd3 = b"/local/domain/0/backend/vbd3/1/51712";
+        assert_eq!(check_backend_details(1, "51712", vbd3, b"0"), Ok(0));
         let bad: &[(&[u8], &[u8], DetailsError)] = &[
             (ok, b"1", DetailsError::BadPath),
             (ok, b"", DetailsError::BadDomid),
@@ -159,7 +174,27 @@ mod tests {
                 DetailsError::BadPath,
             ),
             (
-                b"/local/domain/0/backend/vif/1/51712",
+                b"/local/domain/0/backend//1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/backend/q.d/1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/backend/1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/0/backend/vbd/x/1/51712",
+                b"0",
+                DetailsError::BadPath,
+            ),
+            (
+                b"/local/domain/00/backend/vbd/1/51712",
                 b"0",
                 DetailsError::BadPath,
             ),
@@ -189,7 +224,7 @@ mod tests {
         ];
         for (path, id, e) in bad {
             assert_eq!(
-                check_backend_details(1, "vbd", "51712", path, id).as_ref(),
+                check_backend_details(1, "51712", path, id).as_ref(),
                 Err(e),
                 "{path:?} {id:?}"
             );

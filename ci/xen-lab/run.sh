@@ -15,6 +15,7 @@
 #        PREPARE=<script>: run (bash, env KROOT KVER MODDIR) once the kernel is
 #               unpacked and before EXTRA is copied: builds what needs the kernel
 #        NO_APT=1 (never call apt-get; fail if something is missing)
+#        QDISK=1 (put QEMU's xen-block backend in dom0: disks with backendtype=qdisk)
 # Output: $W/out/serial.log (full serial console), $W/out/serial.ts.log (same,
 #         host-timestamped); last line of stdout: "XENLAB: PASS (...)" or "XENLAB: FAIL (...)".
 #         exit status 0 = PASS (every requested test OK).
@@ -101,6 +102,31 @@ QEMU_DATA="-L /usr/share/qemu -L /usr/share/seabios -L /usr/lib/ipxe/qemu"
 # every library it links must be there (a missing one means qemu_deps is out of date)
 if ldd "$QEMU" | grep -q 'not found'; then
     ldd "$QEMU" | grep 'not found'; die "$QEMU: missing libraries"
+fi
+# QDISK=1: QEMU's Xen userspace block backend (xen-block, `backendtype=qdisk`) in dom0. libxl
+# starts /usr/libexec/xen-qemu-system-i386 (qemu-system-xen) as the device model of a PV/PVH
+# guest that has a qdisk disk. Unpacked like the rest of QEMU, with the libraries it links that
+# this machine lacks (spice and its gstreamer/opus/orc, libusb): installing qemu-system-xen
+# would pull ~60 packages (spice's codecs) onto the host for a binary that only runs in dom0.
+QXEN_DEBS="qemu-system-xen libspice-server1 libusb-1.0-0 libopus0 liborc-0.4-0 libgstreamer-plugins-base1.0-0 libgstreamer1.0-0"
+QXROOT=$W/qemu-xen-root
+QXEN=$QXROOT/usr/libexec/xen-qemu-system-i386
+if [ -n "${QDISK:-}" ]; then
+    QX_VER=$(apt-cache policy qemu-system-xen 2>/dev/null | awk '/Candidate:/{print $2}')
+    [ -n "$QX_VER" ] && [ "$QX_VER" != "(none)" ] || die "no candidate for qemu-system-xen"
+    if [ ! -x "$QXEN" ] || [ "$(cat "$QXROOT/.version" 2>/dev/null)" != "$QX_VER" ]; then
+        [ -n "${NO_APT:-}" ] && die "qemu-system-xen $QX_VER not unpacked in $QXROOT (NO_APT=1)"
+        log "fetching qemu-system-xen $QX_VER and the libraries it needs (unpacked, not installed)"
+        rm -rf "$W/qxdebs" "$QXROOT"; mkdir -p "$W/qxdebs"
+        # shellcheck disable=SC2086
+        (cd "$W/qxdebs" && apt-get download -q -o APT::Sandbox::User=root $QXEN_DEBS) || die "apt-get download qemu-system-xen"
+        for d in "$W"/qxdebs/*.deb; do dpkg-deb -x "$d" "$QXROOT" || die "unpack $d"; done
+        echo "$QX_VER" > "$QXROOT/.version"
+    fi
+    if LD_LIBRARY_PATH=$QXROOT/usr/lib/x86_64-linux-gnu ldd "$QXEN" | grep -q 'not found'; then
+        LD_LIBRARY_PATH=$QXROOT/usr/lib/x86_64-linux-gnu ldd "$QXEN" | grep 'not found'
+        die "$QXEN: missing libraries (QXEN_DEBS in run.sh is out of date)"
+    fi
 fi
 # Linux kernel: download + unpack the .deb (installing linux-image-amd64 would
 # pull initramfs-tools/udev and upgrade systemd on this host; we only need files)
@@ -193,6 +219,19 @@ done
 copy_bin "$R" $XENBIN/xl $XENBIN/xenstored $XENBIN/oxenstored $XENBIN/xenconsoled $XENBIN/xenconsole \
     $XENBIN/xen-init-dom0 $XENBIN/libxl-save-helper $XENBIN/xenstore-control \
     /usr/bin/xenstore /usr/bin/bash /usr/sbin/losetup /usr/bin/flock /usr/bin/stat
+if [ -n "${QDISK:-}" ]; then
+    # the device model libxl runs for qdisk disks, at the path libxl was built with, and every
+    # library it links (from the unpacked packages first, else from this machine)
+    mkdir -p "$R/usr/libexec" "$R/usr/lib/x86_64-linux-gnu"
+    cp "$QXEN" "$R/usr/libexec/"
+    # libxl runs it with -vnc none, which still loads a keymap (qemu-system-data's, found
+    # relative to the binary: /usr/libexec/../share/qemu)
+    mkdir -p "$R/usr/share/qemu"; cp -r /usr/share/qemu/keymaps "$R/usr/share/qemu/"
+    LD_LIBRARY_PATH=$QXROOT/usr/lib/x86_64-linux-gnu ldd "$QXEN" | grep -o '/[^ ]*' | grep -v ld-linux |
+        while read -r l; do
+            [ -e "$R/usr/lib/x86_64-linux-gnu/$(basename "$l")" ] || cp -L "$l" "$R/usr/lib/x86_64-linux-gnu/"
+        done
+fi
 # xl aborts in pthread_cancel without libgcc_s (dlopen'ed, so ldd does not list it)
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$R/usr/lib/x86_64-linux-gnu/"
 for t in read write exists list ls rm chmod watch; do

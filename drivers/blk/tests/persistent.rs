@@ -19,6 +19,7 @@ use xen_blk::back::channel::ChannelStats;
 use xen_blk::back::{BackOptions, BlkBack, DeviceReport};
 use xen_blk::front::{
     BlkDevice, BlockDevice, Buffer, Completion, DeviceState, Request, WaitMode, DEFAULT_LIMITS,
+    PERSISTENT_PAGES_MAX,
 };
 use xen_blk::negotiate::FrontLimits;
 use xen_blk::storage::{MemDisk, Storage};
@@ -639,6 +640,52 @@ fn frontend_beyond_its_persistent_cap() {
     assert!(got == data);
     dev.read(0, &mut got).unwrap();
     assert_eq!(dev.state(), DeviceState::Connected);
+}
+
+/// With a 16-page ring (512 requests × 11 = 5632 pages it could keep), blkfront keeps at most
+/// `PERSISTENT_PAGES_MAX` (1056, Linux blkback's own cap) pages granted for the connection:
+/// 12 MiB of buffers in flight, of sizes no spare buffer matches, leave no more than that
+/// (plus the ring) granted once they are freed, and every byte reads back.
+#[test]
+fn frontend_keeps_at_most_linux_blkbacks_persistent_cap() {
+    let (mut s, _back) = world(DEFAULT_LIMITS, BackOptions::default());
+    let mut dev = s.connect();
+    let cfg = dev.config().unwrap();
+    assert!(cfg.persistent);
+    assert!(cfg.max_requests as usize * 11 > PERSISTENT_PAGES_MAX);
+    let before = guest_grants(&s);
+    let sizes = [256usize, 255, 254, 253, 252, 251];
+    let mut sector = 0;
+    let mut reqs = Vec::new();
+    let mut written = Vec::new();
+    for (i, &pages) in sizes.iter().cycle().take(12).enumerate() {
+        let data = pattern(pages * PAGE_SIZE, 40 + i as u8);
+        let mut b = dev.alloc_buffer(data.len()).unwrap();
+        b.as_mut_slice().copy_from_slice(&data);
+        reqs.push((Request::Write { sector, buf: b }, i as u64));
+        written.push((sector, data));
+        sector += (pages * PAGE_SIZE / 512) as u64;
+    }
+    for c in run_all(&mut dev, reqs) {
+        assert_eq!(c.result, Ok(()), "write {}: {}", c.tag, why_failed(&mut s));
+        dev.free_buffer(c.buffer.unwrap()).unwrap();
+    }
+    // Besides the data pages: what was granted before (the ring), and one indirect page per
+    // request slot used (kept with its slot for the connection).
+    let held = guest_grants(&s) - before;
+    assert!(
+        held <= PERSISTENT_PAGES_MAX + 12,
+        "{held} more grants held after 12 MiB of distinct buffers (cap {PERSISTENT_PAGES_MAX} + 12 indirect pages)"
+    );
+    for (sector, data) in written {
+        let mut back = vec![0u8; data.len()];
+        dev.read(sector, &mut back).unwrap();
+        assert!(
+            back == data,
+            "{} bytes at sector {sector} differ",
+            data.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

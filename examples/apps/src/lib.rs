@@ -7,6 +7,8 @@
 //! - [`storage_domain`]: a storage domain's main loop — blkback serving what its factory makes
 //!   of each `params` (a RAM disk, a file on a host, a window of a disk this domain received
 //!   through its own blkfront), and blkfront for the disks it receives.
+//! - [`start`]: what every bootable image does first (XenStore over the guest ring, domid and
+//!   name) and how it sleeps (`SCHEDOP_poll` on its ports until a deadline).
 //! - [`blk_app`]: compile-in storage for a single-purpose VM — wait for its first disk, write
 //!   a record, flush, read it back and verify it.
 #![no_std]
@@ -14,6 +16,7 @@
 extern crate alloc;
 
 pub mod disk_check;
+pub mod start;
 pub mod target;
 
 use alloc::format;

@@ -27,11 +27,11 @@ use xen_blk::negotiate::FlushMode;
 use xen_bus::{Bus, BusConfig};
 use xen_control::{Control, Event, Request};
 use xen_platform::xs_ring::XsGuestRing;
-use xen_platform::{Clock, Error, Events, Scheduler, ShutdownReason};
+use xen_platform::{Clock, Scheduler, ShutdownReason};
 use xen_rt::Xen;
-use xen_store::client::{Client, Store};
-use xen_store::transport::RingTransport;
+use xen_store::client::Store;
 use xenolith_apps::disk_check::{disk_check, DiskCheck};
+use xenolith_apps::start::{open_store, wait_until, StoreSession};
 
 /// Called by the runtime (xen-rt) once the platform and the heap are up.
 #[no_mangle]
@@ -104,17 +104,12 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN / start_info.store_mfn,
     // identity-mapped), shared only with xenstored, and this is its only user in the image.
     let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
-    let mut transport = RingTransport::new(ring, xen, xs_port);
-    transport
-        .connect(Duration::from_secs(5))
-        .map_err(|e| format!("xenstore connect: {e:?}"))?;
-    let mut xs = Client::new(transport);
-    let domid: u16 = xs
-        .read_string("domid")
-        .map_err(|e| format!("read domid: {e:?}"))?
-        .parse()
-        .map_err(|_| "domid is not a number")?;
-    let name = xs.read_string("name").unwrap_or_default();
+    let StoreSession {
+        client: xs,
+        domid,
+        name,
+        ..
+    } = open_store(xen, ring, xs_port)?;
     let _ = writeln!(out, "blk-app: domid {domid}, name {name}");
 
     let mut bus = Bus::with_config(
@@ -157,7 +152,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
             if let Event::ShutdownPending { request, .. } = ev {
                 // Close the disk in order (Closing -> Closed) before SCHEDOP_shutdown.
                 let s = bus.shutdown(xen, Duration::from_secs(10), |p| {
-                    let _ = wait(xen, &[xs_port], p.next_deadline);
+                    let _ = wait_until(xen, &[xs_port], p.next_deadline);
                 });
                 let _ = writeln!(out, "blk-app: {}: devices closed: {s:?}", request.as_str());
                 ctl.finish_shutdown(xen)
@@ -165,20 +160,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
                 return Ok(()); // not reached on Xen
             }
         }
-        wait(xen, &[xs_port], Some(xen.now() + Duration::from_secs(10)))?;
-    }
-}
-
-/// Wait on `ports` until `deadline` (absolute, platform clock), clearing the port that fired.
-fn wait(xen: &Xen, ports: &[u32], deadline: Option<Duration>) -> Result<(), String> {
-    let timeout = deadline.map(|d| d.saturating_sub(xen.now()).max(Duration::from_millis(1)));
-    match xen.wait(ports, timeout) {
-        Ok(p) => {
-            xen.clear(p);
-            Ok(())
-        }
-        Err(Error::Timeout) => Ok(()),
-        Err(e) => Err(format!("wait: {e}")),
+        wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_secs(10)))?;
     }
 }
 
@@ -195,7 +177,7 @@ fn check_disk<T: xen_store::client::Transport>(
         .map_err(|e| format!("registering blkfront: {e:?}"))?;
     let t0 = xen.now();
     let mut dev = xenolith_apps::first_disk(&xen, bus, &front, Duration::from_secs(60), &|| {
-        let _ = wait(xen, &[xs_port], Some(xen.now() + Duration::from_millis(20)));
+        let _ = wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_millis(20)));
     })?;
     let attach_ms = xen.now().saturating_sub(t0).as_millis();
     let cfg = dev

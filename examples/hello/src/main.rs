@@ -2,7 +2,7 @@
 //! XenStore, writes `data/hello = "ready"`, then runs the control driver until `xl shutdown`
 //! (or `xl reboot`/`xl destroy`) ends it.
 //!
-//! Build: `cargo build --release -p xenolith-hello` → `target/release/xenolith-hello`.
+//! Build: `cargo build --profile image -p xenolith-hello` → `target/image/xenolith-hello`.
 #![no_std]
 #![no_main]
 
@@ -15,10 +15,10 @@ use core::time::Duration;
 
 use xen_control::{Control, Event, Request};
 use xen_platform::xs_ring::XsGuestRing;
-use xen_platform::{Clock, Error, Events, Scheduler, ShutdownReason};
+use xen_platform::{Clock, Events, Scheduler, ShutdownReason};
 use xen_rt::Xen;
-use xen_store::client::{Client, Store};
-use xen_store::transport::RingTransport;
+use xen_store::client::Store;
+use xenolith_apps::start::{open_store, wait_until, StoreSession};
 
 /// Called by the runtime (xen-rt) once the platform and the heap are up.
 #[no_mangle]
@@ -54,18 +54,12 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN, identity-mapped), shared
     // only with xenstored, and this is its only user in the image.
     let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
-    let mut transport = RingTransport::new(ring, xen, port);
-    transport
-        .connect(Duration::from_secs(5))
-        .map_err(|e| format!("xenstore connect: {e:?}"))?;
-    let mut xs = Client::new(transport);
-
-    let domid = xs
-        .read_string("domid")
-        .map_err(|e| format!("read domid: {e:?}"))?;
-    let name = xs
-        .read_string("name")
-        .map_err(|e| format!("read name: {e:?}"))?;
+    let StoreSession {
+        client: mut xs,
+        domid,
+        name,
+        ..
+    } = open_store(xen, ring, port)?;
     let _ = writeln!(out, "domid = {domid}, name = {name}");
     xs.write_str("data/hello", "ready")
         .map_err(|e| format!("write data/hello: {e:?}"))?;
@@ -88,12 +82,6 @@ fn run(xen: &'static Xen) -> Result<(), String> {
             }
             let _ = writeln!(out, "hello: {ev:?}");
         }
-        match xen.wait(&[port], Some(Duration::from_secs(10))) {
-            Ok(p) => {
-                xen.clear(p);
-            }
-            Err(Error::Timeout) => {}
-            Err(e) => return Err(format!("wait: {e}")),
-        }
+        wait_until(xen, &[port], Some(xen.now() + Duration::from_secs(10)))?;
     }
 }

@@ -20,14 +20,15 @@ use core::fmt::Write as _;
 use core::time::Duration;
 
 use xen_blk::back::{BackOptions, DiskSpec};
-use xen_blk::front::{Blkfront, WaitMode};
+use xen_blk::front::{Blkfront, WaitMode, DEFAULT_LIMITS};
+use xen_blk::negotiate::FrontLimits;
 use xen_bus::{Bus, BusConfig};
 use xen_control::{Control, Event, Request};
 use xen_platform::xs_ring::XsGuestRing;
-use xen_platform::{Clock, Error, Events, Scheduler, ShutdownReason};
+use xen_platform::{Clock, Scheduler, ShutdownReason};
 use xen_rt::Xen;
-use xen_store::client::{Client, Store};
-use xen_store::transport::RingTransport;
+use xen_store::client::Store;
+use xenolith_apps::start::{open_store, wait_on, StoreSession};
 use xenolith_apps::target::{describe, make_storage, parse_target};
 use xenolith_apps::StorageDomain;
 
@@ -55,17 +56,12 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN / start_info.store_mfn,
     // identity-mapped), shared only with xenstored, and this is its only user in the image.
     let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
-    let mut transport = RingTransport::new(ring, xen, xs_port);
-    transport
-        .connect(Duration::from_secs(5))
-        .map_err(|e| format!("xenstore connect: {e:?}"))?;
-    let mut xs = Client::new(transport);
-    let domid: u16 = xs
-        .read_string("domid")
-        .map_err(|e| format!("read domid: {e:?}"))?
-        .parse()
-        .map_err(|_| "domid is not a number")?;
-    let name = xs.read_string("name").unwrap_or_default();
+    let StoreSession {
+        client: xs,
+        domid,
+        name,
+        ..
+    } = open_store(xen, ring, xs_port)?;
     let _ = writeln!(out, "storage-domain: domid {domid}, name {name}");
 
     let mut bus = Bus::with_config(
@@ -86,7 +82,15 @@ fn run(xen: &'static Xen) -> Result<(), String> {
         .map_err(|e| format!("control start: {e:?}"))?;
 
     // Its own disks (served on as disk:<vdev> targets), event-driven like everything here.
-    let front = Blkfront::new(xen).with_mode(WaitMode::Event);
+    // No persistent grants on its own disks: each one pins a page of this domain for the whole
+    // connection (Linux blkback keeps up to 1056 per disk, 4 MiB), which a storage domain of
+    // 16 MiB cannot give (seen in the lab: the second guest's devices ran the heap dry).
+    let front = Blkfront::new(xen)
+        .with_mode(WaitMode::Event)
+        .with_limits(FrontLimits {
+            persistent: false,
+            ..DEFAULT_LIMITS
+        });
     front
         .register(&mut bus)
         .map_err(|e| format!("registering blkfront: {e:?}"))?;
@@ -97,12 +101,15 @@ fn run(xen: &'static Xen) -> Result<(), String> {
         let r = make_storage(spec, Some(&own));
         match &r {
             Ok(_) => {
+                let (used, managed) = xen.page_usage();
+                let (free, blocks) = xen.heap_free();
                 let _ = writeln!(
                     out,
-                    "storage-domain: serving vbd {}/{} ({}): {what}",
+                    "storage-domain: serving vbd {}/{} ({}): {what} [pages {used}/{managed}, heap free {} KiB in {blocks}]",
                     spec.frontend_id,
                     spec.devid,
-                    if spec.read_only { "r" } else { "w" }
+                    if spec.read_only { "r" } else { "w" },
+                    free >> 10
                 );
             }
             Err(e) => {
@@ -134,7 +141,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
                     // Rings go on being served (requests in flight complete or fail) while
                     // the devices close.
                     let p = sd.back().poll();
-                    let _ = wait(xen, xs_port, &p.ports, bp.next_deadline);
+                    let _ = wait_on(xen, &mut Vec::new(), xs_port, &p.ports, bp.next_deadline);
                 });
                 let _ = writeln!(
                     out,
@@ -149,28 +156,9 @@ fn run(xen: &'static Xen) -> Result<(), String> {
         if p.busy {
             continue;
         }
-        ports.clear();
-        ports.extend_from_slice(&p.ports);
         let until = deadline.map_or(xen.now() + Duration::from_secs(10), |d| {
             d.min(xen.now() + Duration::from_secs(10))
         });
-        wait(xen, xs_port, &ports, Some(until))?;
-    }
-}
-
-/// Sleep in `SCHEDOP_poll` on the XenStore port and `ports` until `deadline` (absolute,
-/// platform clock); clear the port that fired.
-fn wait(xen: &Xen, xs_port: u32, ports: &[u32], deadline: Option<Duration>) -> Result<(), String> {
-    let mut all: Vec<u32> = Vec::with_capacity(ports.len() + 1);
-    all.push(xs_port);
-    all.extend(ports.iter().copied().filter(|&p| p != xs_port));
-    let timeout = deadline.map(|d| d.saturating_sub(xen.now()).max(Duration::from_millis(1)));
-    match xen.wait(&all, timeout) {
-        Ok(p) => {
-            xen.clear(p);
-            Ok(())
-        }
-        Err(Error::Timeout) => Ok(()),
-        Err(e) => Err(format!("wait: {e}")),
+        wait_on(xen, &mut ports, xs_port, &p.ports, Some(until))?;
     }
 }

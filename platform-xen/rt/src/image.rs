@@ -316,3 +316,11 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: forwarded from the caller.
     unsafe { memcmp(a, b, n) }
 }
+
+impl crate::Xen {
+    /// The heap's free memory: `(bytes, blocks)` (memory it took from the page allocator and
+    /// holds free; it never gives pages back).
+    pub fn heap_free(&self) -> (usize, usize) {
+        (HEAP.free_bytes(), HEAP.free_blocks())
+    }
+}

@@ -23,7 +23,7 @@ pub mod io;
 mod ring;
 
 pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS};
-pub use ring::WaitMode;
+pub use ring::{WaitMode, PERSISTENT_PAGES_MAX};
 /// The platform handle blkfront keeps (moved to `xen-platform`; re-exported here so that
 /// `xen_blk::front::PlatformRef` keeps working).
 pub use xen_platform::PlatformRef;
