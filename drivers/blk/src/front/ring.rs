@@ -526,8 +526,10 @@ impl<H: PlatformRef> DataPath<H> {
                 let sector = op.sector512 + (off / WIRE_SECTOR) as u64;
                 // The backend only reads our buffer for a write: grant it read-only
                 // (Linux blkfront: `rq_data_dir(req) == WRITE` as the readonly flag) — unless
-                // the grant is persistent, which blkif.h note 8 wants read-write.
-                let readonly = kind == Kind::Write;
+                // persistent grants were negotiated: then blkif.h note 8 wants *every* grant
+                // read-write, kept or not, and Linux blkback maps them all read-write (seen in
+                // the lab: past our cap of kept pages, read-only grants made its writes fail).
+                let readonly = kind == Kind::Write && self.persist_cap == 0;
                 // Per-request grants, ended when the response comes (persistent ones are not),
                 // and the buffer page of each.
                 let mut refs = Vec::new();
@@ -569,7 +571,7 @@ impl<H: PlatformRef> DataPath<H> {
                                 }
                             };
                             let keep = persistent && self.persistent.len() < self.persist_cap;
-                            match p.grant(backend, frame, readonly && !keep) {
+                            match p.grant(backend, frame, readonly) {
                                 Ok(r) if keep => {
                                     self.persistent.push(r);
                                     if let Some(slot) = buf

@@ -39,6 +39,8 @@ pub struct Counting {
     pub end_batch_calls: AtomicUsize,
     pub end_calls: AtomicUsize,
     pub grants: AtomicUsize,
+    /// Grants made read-only (blkif.h note 8: none once persistent grants are negotiated).
+    pub readonly_grants: AtomicUsize,
 }
 
 impl Counting {
@@ -48,6 +50,7 @@ impl Counting {
             end_batch_calls: AtomicUsize::new(0),
             end_calls: AtomicUsize::new(0),
             grants: AtomicUsize::new(0),
+            readonly_grants: AtomicUsize::new(0),
         })
     }
     pub fn batches(&self) -> usize {
@@ -88,6 +91,9 @@ impl Events for Counting {
 impl Grants for Counting {
     fn grant(&self, domid: DomId, frame: XenPfn, readonly: bool) -> PResult<GrantRef> {
         self.grants.fetch_add(1, Ordering::SeqCst);
+        if readonly {
+            self.readonly_grants.fetch_add(1, Ordering::SeqCst);
+        }
         self.dom.grant(domid, frame, readonly)
     }
     fn end(&self, gref: GrantRef) -> PResult<()> {
