@@ -300,8 +300,12 @@ impl Guest {
 /// A device's identity: class (`vbd`, or any name), frontend and backend domains, devid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Device {
-    /// The device class (`vbd`, `vif`, or a test's own).
+    /// The device class (`vbd`, `vif`, or a test's own): the frontend's `device/<class>`.
     pub class: String,
+    /// The backend's class, `backend/<backend_class>`: the same as `class` except where libxl
+    /// picks another (a vbd with `backendtype=qdisk` is served from `backend/qdisk`, as seen
+    /// on real Xen 4.17).
+    pub backend_class: String,
     /// The frontend domain.
     pub frontend: DomId,
     /// The backend domain.
@@ -321,12 +325,12 @@ impl Device {
         )
     }
 
-    /// `/local/domain/<be>/backend/<class>/<fe>/<devid>`.
+    /// `/local/domain/<be>/backend/<backend_class>/<fe>/<devid>`.
     pub fn backend_path(&self) -> String {
         format!(
             "{}/backend/{}/{}/{}",
             dom_path(self.backend),
-            self.class,
+            self.backend_class,
             self.frontend,
             self.devid
         )
@@ -339,6 +343,15 @@ impl Device {
             self.frontend, self.class, self.devid
         )
     }
+}
+
+/// The `<type>` of a backend path `/local/domain/<be>/backend/<type>/<fe>/<devid>`.
+fn backend_class_of(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/local/domain/")?;
+    let mut parts = rest.split('/');
+    parts.next()?;
+    (parts.next()? == "backend").then_some(())?;
+    parts.next().map(str::to_string)
 }
 
 /// A generic device for [`Toolstack::add_device`]: the identity plus the keys libxl's
@@ -361,6 +374,7 @@ impl DeviceSpec {
         DeviceSpec {
             device: Device {
                 class: class.to_string(),
+                backend_class: class.to_string(),
                 frontend,
                 backend,
                 devid,
@@ -468,9 +482,21 @@ impl Vbd {
         if let Some(p) = &self.protocol {
             fe.push(("protocol".into(), p.clone()));
         }
-        let be = vec![
-            ("params".to_string(), self.target.clone()),
-            ("script".into(), self.script.clone()),
+        // libxl (seen on Xen 4.17): a qdisk vbd's backend is under backend/qdisk, its params
+        // "aio:<target>" for a raw file, and it has no hotplug script
+        let qdisk = self.backendtype == "qdisk";
+        let mut be = vec![(
+            "params".to_string(),
+            if qdisk {
+                format!("aio:{}", self.target)
+            } else {
+                self.target.clone()
+            },
+        )];
+        if !qdisk {
+            be.push(("script".into(), self.script.clone()));
+        }
+        be.extend([
             ("frontend-id".into(), self.frontend.to_string()),
             ("online".into(), "1".into()),
             (
@@ -488,10 +514,11 @@ impl Vbd {
                 if self.discard { "1" } else { "0" }.into(),
             ),
             ("specification".into(), "xen".into()),
-        ];
+        ]);
         Ok(DeviceSpec {
             device: Device {
                 class: "vbd".into(),
+                backend_class: if qdisk { "qdisk" } else { "vbd" }.into(),
                 frontend: self.frontend,
                 backend: self.backend,
                 devid,
@@ -972,6 +999,7 @@ impl Toolstack {
                 };
                 let mut d = Device {
                     class: class.clone(),
+                    backend_class: class.clone(),
                     frontend: fe,
                     backend: 0,
                     devid,
@@ -980,6 +1008,12 @@ impl Toolstack {
                 if let Ok(Some(v)) = xs.try_read(&bkey) {
                     if let Some(b) = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
                         d.backend = b;
+                    }
+                }
+                let pkey = format!("{}/backend", d.frontend_path());
+                if let Ok(Some(v)) = xs.try_read(&pkey) {
+                    if let Some(c) = std::str::from_utf8(&v).ok().and_then(backend_class_of) {
+                        d.backend_class = c;
                     }
                 }
                 out.push(d);
@@ -1004,6 +1038,7 @@ impl Toolstack {
             .ok_or_else(|| Error::NoSuchDevice(fp.clone()))?;
         Ok(Device {
             class: class.to_string(),
+            backend_class: backend_class_of(&s).unwrap_or_else(|| class.to_string()),
             frontend: fe,
             backend: be,
             devid,

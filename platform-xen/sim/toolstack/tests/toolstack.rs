@@ -417,6 +417,28 @@ fn add_vbd_with_a_driver_domain_backend() {
     );
 }
 
+/// As libxl does on Xen 4.17 (seen in the lab with `backendtype=qdisk`): the backend lives
+/// under `backend/qdisk`, `params` is `aio:<target>`, there is no hotplug `script`, and the
+/// frontend (still `device/vbd`) names that backend; the toolstack finds the device again.
+#[test]
+fn a_qdisk_vbd_is_served_from_backend_qdisk() {
+    let ts = ts();
+    ts.create_domain("guest", DomainConfig::with_domid(3))
+        .unwrap();
+    let mut vbd = Vbd::new(3, 0, "xvda", "/tmp/disk.img");
+    vbd.backendtype = "qdisk".into();
+    let dev = ts.add_vbd(&vbd).unwrap();
+    assert_eq!(dev.backend_path(), "/local/domain/0/backend/qdisk/3/51712");
+    assert_eq!(dev.frontend_path(), "/local/domain/3/device/vbd/51712");
+    let bp = dev.backend_path();
+    assert_eq!(read(&ts, &format!("{bp}/params")), "aio:/tmp/disk.img");
+    assert_eq!(read(&ts, &format!("{bp}/type")), "qdisk");
+    absent(&ts, &format!("{bp}/script"));
+    absent(&ts, "/local/domain/0/backend/vbd");
+    assert_eq!(read(&ts, &format!("{}/backend", dev.frontend_path())), bp);
+    assert_eq!(ts.device("vbd", 3, 51712).unwrap(), dev);
+}
+
 #[test]
 fn a_generic_device_class_has_the_same_shape() {
     let ts = ts();
