@@ -12,7 +12,7 @@ use xen_platform::{Console, Scheduler, ShutdownReason};
 use crate::gnttab::{GRANT_FRAMES, MAP_SLOTS};
 use crate::heap::Heap;
 use crate::memory::{
-    heap_grow, pv_map_empty, pv_map_ram, pvh_hole, MemmapEntry, PAGES, PV_MAP_LIMIT,
+    heap_grow, heap_release, pv_map_empty, pv_map_ram, pvh_hole, MemmapEntry, PAGES, PV_MAP_LIMIT,
 };
 use crate::xen::Xen;
 
@@ -28,9 +28,10 @@ extern "C" {
     static __image_end: u8;
 }
 
-/// The heap takes its memory from the page allocator, 16 pages (or more) at a time.
+/// The heap takes its memory from the page allocator, 16 pages (or more) at a time, and gives
+/// runs of 64 free pages or more back.
 #[global_allocator]
-static HEAP: Heap = Heap::new(Some(heap_grow));
+static HEAP: Heap = Heap::with_release(heap_grow, heap_release);
 
 const PAGE: u64 = 4096;
 /// RAM assumed after the image if the start info has no memory map (version 0).

@@ -73,6 +73,13 @@ pub fn heap_grow(bytes: usize) -> Option<(usize, usize)> {
     Some((a.0, a.0 + a.1 * PAGE_SIZE))
 }
 
+/// Release function of the image's heap: whole free pages back to the page allocator (they
+/// came from it through [`heap_grow`]). Only the page allocator's lock is taken: the heap may
+/// free while any other lock is held.
+pub fn heap_release(addr: usize, pages: usize) -> bool {
+    PAGES.free(addr, pages)
+}
+
 /// `struct mmu_update` (xen.h): `ptr` = machine address of the entry | `MMU_*`, `val`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
