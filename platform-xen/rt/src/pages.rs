@@ -8,6 +8,8 @@ use crate::sync::SpinLock;
 
 /// Page size.
 pub const PAGE: usize = 4096;
+/// Runs of at least this many pages come from the top of the range (see [`PageAlloc::alloc`]).
+pub const LARGE: usize = 64;
 
 #[derive(Debug)]
 struct Inner {
@@ -101,10 +103,33 @@ impl PageAlloc {
         (b..e).contains(&addr)
     }
 
-    /// Allocate `n` contiguous pages (not zeroed); their address.
+    /// Allocate `n` contiguous pages (not zeroed); their address. Runs of [`LARGE`] pages or
+    /// more are taken from the top of the range, smaller ones from the bottom, so that small
+    /// long-lived pages (heap chunks, rings) do not split the space big ones need again after
+    /// they are freed (a storage domain's RAM disk of one guest, then of the next).
     pub fn alloc(&self, n: usize) -> Option<usize> {
         if n == 0 {
             return None;
+        }
+        if n >= LARGE {
+            return self.inner.with(|i| {
+                let mut run = 0;
+                for p in (0..i.pages).rev() {
+                    if i.get(p) {
+                        run = 0;
+                        continue;
+                    }
+                    run += 1;
+                    if run == n {
+                        for q in p..p + n {
+                            i.set(q, true);
+                        }
+                        i.used += n;
+                        return Some(i.base + p * PAGE);
+                    }
+                }
+                None
+            });
         }
         self.inner.with(|i| {
             let mut run = 0;
@@ -236,5 +261,28 @@ mod tests {
         assert!(a.free(base, 1));
         assert!(a.reserve(base, 1));
         assert_eq!(a.alloc(1), None);
+    }
+
+    #[test]
+    fn large_runs_come_from_the_top_small_ones_from_the_bottom() {
+        const N: usize = 300;
+        // SAFETY: test: a fresh page-aligned region, leaked (the allocator's from now on).
+        let start = unsafe {
+            std::alloc::alloc_zeroed(core::alloc::Layout::from_size_align(N * PAGE, PAGE).unwrap())
+        } as usize;
+        let a = PageAlloc::new();
+        // SAFETY: as above.
+        let n = unsafe { a.init(start, start + N * PAGE) };
+        let (base, end) = a.range();
+        let big = a.alloc(128).unwrap();
+        assert_eq!(big, end - 128 * PAGE, "a large run from the top");
+        let small = a.alloc(16).unwrap();
+        assert_eq!(small, base, "a small one from the bottom");
+        // the large one freed, another small one does not land in its space...
+        assert!(a.free(big, 128));
+        assert_eq!(a.alloc(16).unwrap(), base + 16 * PAGE);
+        // ...so the next large run fits where the first one was
+        assert_eq!(a.alloc(n - 32).unwrap(), base + 32 * PAGE);
+        assert_eq!(a.alloc(LARGE), None);
     }
 }
