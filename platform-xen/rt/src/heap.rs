@@ -189,38 +189,56 @@ impl Inner {
             let start = b.checked_add(align - 1)? & !(align - 1);
             let end = start.checked_add(size)?;
             if end <= b + bs {
-                // The gap before `start` stays free (a multiple of 16, so ≥ 16 if non-zero),
-                // as does the tail after `end`.
-                let mut after = next;
-                if end < b + bs {
-                    // SAFETY: [end, b+bs) is part of the free block, 16-aligned, ≥ 16 bytes.
-                    unsafe {
-                        Self::hdr(end).write(Free {
-                            size: b + bs - end,
-                            next,
-                        })
-                    };
-                    after = end;
-                }
-                if start > b {
-                    // SAFETY: b is still a free block, now of start - b bytes.
-                    unsafe {
-                        Self::hdr(b).write(Free {
-                            size: start - b,
-                            next: after,
-                        })
-                    };
-                } else {
-                    // SAFETY: prev is 0 or a free block.
-                    unsafe { self.link(prev, after) };
-                }
-                self.free -= size;
+                // SAFETY: [start, end) lies in the free block b, whose predecessor is prev.
+                unsafe { self.split(prev, b, bs, next, start, end) };
                 return Some(start);
             }
             prev = b;
             b = next;
         }
         None
+    }
+
+    /// Take `[start, end)` out of free block `b` (`bs` bytes, followed by `next`, preceded by
+    /// `prev` on the list): the gap before `start` stays free (a multiple of 16, so ≥ 16 if
+    /// non-zero), as does the tail after `end`.
+    ///
+    /// # Safety
+    /// `b` is a free block on the list after `prev` (0: the head), `b <= start <= end <= b + bs`,
+    /// both bounds 16-aligned.
+    unsafe fn split(
+        &mut self,
+        prev: usize,
+        b: usize,
+        bs: usize,
+        next: usize,
+        start: usize,
+        end: usize,
+    ) {
+        let mut after = next;
+        if end < b + bs {
+            // SAFETY: [end, b+bs) is part of the free block, 16-aligned, ≥ 16 bytes.
+            unsafe {
+                Self::hdr(end).write(Free {
+                    size: b + bs - end,
+                    next,
+                })
+            };
+            after = end;
+        }
+        if start > b {
+            // SAFETY: b is still a free block, now of start - b bytes.
+            unsafe {
+                Self::hdr(b).write(Free {
+                    size: start - b,
+                    next: after,
+                })
+            };
+        } else {
+            // SAFETY: prev is 0 or a free block.
+            unsafe { self.link(prev, after) };
+        }
+        self.free -= end - start;
     }
 
     /// Take `[a, e)` (16-aligned) off the list: it must lie inside one free block. `false`
@@ -234,30 +252,8 @@ impl Inner {
             // SAFETY: (caller) b is a free block: its header is readable.
             let Free { size: bs, next } = unsafe { Self::hdr(b).read() };
             if b <= a && e <= b + bs {
-                let mut after = next;
-                if e < b + bs {
-                    // SAFETY: [e, b+bs) is the rest of the free block, 16-aligned, ≥ 16 bytes.
-                    unsafe {
-                        Self::hdr(e).write(Free {
-                            size: b + bs - e,
-                            next,
-                        })
-                    };
-                    after = e;
-                }
-                if a > b {
-                    // SAFETY: b stays a free block, of a - b bytes.
-                    unsafe {
-                        Self::hdr(b).write(Free {
-                            size: a - b,
-                            next: after,
-                        })
-                    };
-                } else {
-                    // SAFETY: prev is 0 or a free block.
-                    unsafe { self.link(prev, after) };
-                }
-                self.free -= e - a;
+                // SAFETY: [a, e) lies in the free block b, whose predecessor is prev.
+                unsafe { self.split(prev, b, bs, next, a, e) };
                 return true;
             }
             prev = b;
