@@ -386,15 +386,27 @@ fn granter(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     Ok(())
 }
 
+/// Wait for `path` (see [`read_when_there`]) and parse it as whitespace-separated numbers;
+/// the text too. An unparsable word fails with "bad <what> <text>".
+fn read_numbers<T: core::str::FromStr>(
+    xen: &'static Xen,
+    xs: &mut Xs,
+    path: &str,
+    what: &str,
+) -> Result<(String, Vec<T>), String> {
+    let text = read_when_there(xen, xs, path)?;
+    let nums = text
+        .split_whitespace()
+        .map(|s| s.parse().map_err(|_| format!("bad {what} {text:?}")))
+        .collect::<Result<_, _>>()?;
+    Ok((text, nums))
+}
+
 fn mapper(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
     let peer = peer(xen, xs)?;
     say(xen, &format!("B: peer A is domain {peer}"));
     let path = format!("/local/domain/{peer}/gnttest/offer");
-    let offer = read_when_there(xen, xs, &path)?;
-    let nums: Vec<u32> = offer
-        .split_whitespace()
-        .map(|s| s.parse().map_err(|_| format!("bad offer {offer:?}")))
-        .collect::<Result<_, _>>()?;
+    let (offer, nums) = read_numbers::<u32>(xen, xs, &path, "offer")?;
     let [port, r0, r1, r2, r3] = nums[..] else {
         return Err(format!("bad offer {offer:?}"));
     };
@@ -578,11 +590,7 @@ fn mapper(xen: &'static Xen, xs: &mut Xs) -> Result<(), String> {
 /// the window with more mappings of the same refs, see it full, and unmap those.
 fn many_at_once(xen: &'static Xen, xs: &mut Xs, peer: DomId) -> Result<Vec<MultiMapping>, String> {
     let path = format!("/local/domain/{peer}/gnttest/many");
-    let list = read_when_there(xen, xs, &path)?;
-    let many: Vec<GrantRef> = list
-        .split_whitespace()
-        .map(|s| s.parse().map_err(|_| format!("bad gnttest/many {list:?}")))
-        .collect::<Result<_, _>>()?;
+    let (_, many) = read_numbers::<GrantRef>(xen, xs, &path, "gnttest/many")?;
     if many.len() != MANY {
         return Err(format!(
             "gnttest/many has {} refs, expected {MANY}",
