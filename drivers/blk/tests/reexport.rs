@@ -152,3 +152,116 @@ fn storage_domain_reexports_a_disk_it_received() {
         stop.store(true, Ordering::SeqCst);
     });
 }
+
+/// A `FrontStorage` holds at most its buffer budget in flight: with dom0's blkback not
+/// answering, 1 MiB writes are taken while they fit in a 2 MiB budget and the next one is
+/// given back (`Busy`); once dom0 answers, it is taken, and every write lands on dom0's disk.
+#[test]
+fn front_storage_keeps_its_buffers_within_the_budget() {
+    use xen_blk::storage::{Busy, Completion as SCompletion, Op};
+
+    let ts = Toolstack::new().unwrap();
+    ts.set_timeouts(Timeouts::all(Duration::from_secs(10)));
+    let storage = ts
+        .create_domain("storage", DomainConfig::default().driver_domain())
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let answer = AtomicBool::new(true);
+    /// Stops dom0's thread when the test body ends, also by a failed assertion (the scope
+    /// would otherwise wait for it forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    std::thread::scope(|sc| {
+        let dom0 = ts.dom0().clone();
+        let (stop0, answer0) = (&stop, &answer);
+        let dom0_xs = ts.dom0_client().unwrap();
+        sc.spawn(move || {
+            let mut bus = Bus::with_config(dom0_xs, 0, cfg());
+            let back = BlkBack::new(Rc::new(dom0.clone()), BackOptions::default(), |_| {
+                Ok(Box::new(MemDisk::new(16 << 11)) as Box<dyn Storage>)
+            });
+            back.register(&mut bus).unwrap();
+            let t0 = Instant::now();
+            while !stop0.load(Ordering::SeqCst) {
+                let _ = bus.poll(t0.elapsed());
+                if answer0.load(Ordering::SeqCst) {
+                    let _ = back.poll();
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        ts.add_vbd(&Vbd::new(storage.domid(), 0, "xvda", "/dom0/disk.img"))
+            .unwrap();
+        let plat = Rc::new(storage.domain().clone());
+        let mut bus = Bus::with_config(storage.xs_client().unwrap(), storage.domid(), cfg());
+        let front = Blkfront::new(plat).with_mode(WaitMode::Event);
+        front.register(&mut bus).unwrap();
+        let t0 = Instant::now();
+        let dev = loop {
+            let _ = bus.poll(t0.elapsed());
+            front.service(&mut bus);
+            if let Some(d) = front.device("device/vbd/51712") {
+                break d;
+            }
+            assert!(t0.elapsed() < LIMIT, "blkfront did not connect");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let _stop = StopOnDrop(&stop);
+        let mut fs = FrontStorage::new(dev).with_buffer_budget(2 << 20);
+        let data = |i: u64| vec![i as u8 ^ 0x5a; 1 << 20];
+        answer.store(false, Ordering::SeqCst);
+        for i in 0..2u64 {
+            let op = Op::Write {
+                sector: i * 2048,
+                buf: data(i),
+            };
+            assert!(fs.submit(i, op).is_ok(), "write {i} within the budget");
+        }
+        let third = Op::Write {
+            sector: 2 * 2048,
+            buf: data(2),
+        };
+        let Err(Busy(third)) = fs.submit(2, third) else {
+            panic!("a third 1 MiB write was taken beyond the 2 MiB budget");
+        };
+        answer.store(true, Ordering::SeqCst);
+        let mut done: Vec<SCompletion> = Vec::new();
+        let mut pending = Some(third);
+        while done.len() < 3 {
+            assert!(t0.elapsed() < LIMIT, "{} of 3 writes completed", done.len());
+            fs.poll_completions(&mut |c| done.push(c));
+            if let Some(op) = pending.take() {
+                if let Err(Busy(op)) = fs.submit(2, op) {
+                    pending = Some(op);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            done.iter().all(|c| c.status.is_ok()),
+            "every write succeeded"
+        );
+        // read back through the same storage: every write is on dom0's disk
+        for i in 0..3u64 {
+            let op = Op::Read {
+                sector: i * 2048,
+                buf: vec![0; 1 << 20],
+            };
+            assert!(fs.submit(10 + i, op).is_ok());
+            let mut got = None;
+            while got.is_none() {
+                assert!(t0.elapsed() < LIMIT, "read {i} did not complete");
+                fs.poll_completions(&mut |c| got = Some(c));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let c = got.unwrap();
+            assert!(c.status.is_ok());
+            assert_eq!(c.buf.as_deref(), Some(&data(i)[..]), "write {i} read back");
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+}
