@@ -1,6 +1,7 @@
 //! A bootable image, PVH or 64-bit PV (see `hello.cfg`): prints a greeting, reads `domid` and `name` from
 //! XenStore, writes `data/hello = "ready"`, then runs the control driver until `xl shutdown`
-//! (or `xl reboot`/`xl destroy`) ends it.
+//! (or `xl reboot`/`xl destroy`) ends it. With `hello.fault=ud2` on its command line
+//! (`extra=`), it executes `ud2` instead: the lab's check of the runtime's exception handler.
 //!
 //! Build: `cargo build --profile image -p xenolith-hello` → `target/image/xenolith-hello`.
 #![no_std]
@@ -35,6 +36,18 @@ fn xen_main(xen: &'static Xen) -> ! {
         t0.as_millis(),
         xen.now().saturating_sub(t0).as_millis()
     );
+    if xen
+        .cmdline()
+        .split_whitespace()
+        .any(|w| w == "hello.fault=ud2")
+    {
+        // The lab's check of xen-rt's PVH exception handler: it must report "#UD" with this
+        // rip on the debug port and crash the domain (not triple-fault).
+        let _ = writeln!(out, "hello: raising #UD (hello.fault=ud2)");
+        // SAFETY: ud2 touches no memory; it raises #UD, which the runtime reports and turns
+        // into a crash of this domain: nothing runs after it.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
     let reason = match run(xen) {
         Ok(()) => ShutdownReason::Poweroff,
         Err(e) => {

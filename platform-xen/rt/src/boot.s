@@ -89,6 +89,47 @@ xen_pvh_start:
     mov %eax, %fs
     mov %eax, %gs
     mov $xen_rt_boot_stack_top, %esp    /* zero-extends into rsp; 16-byte aligned */
+
+    /* CPU exceptions: without an IDT any fault is a triple fault and Xen reports only
+     * "Triple fault" with the registers. 32 interrupt gates (type 0xE, P, DPL 0, cs 0x08)
+     * to the stubs below, 16 bytes apart; #DF (8), NMI (2) and #MC (18) switch to the trap
+     * stack (IST1 of the TSS) so that a stack overflow is reported too. */
+    mov $xen_rt_trap_stubs, %eax
+    mov $xen_rt_idt, %edi
+    xor %ecx, %ecx
+6:  mov %eax, %edx
+    mov %dx, (%rdi)                  /* offset 15:0 */
+    movw $0x08, 2(%rdi)              /* selector */
+    movw $0x8e00, 4(%rdi)            /* IST 0, interrupt gate, present */
+    shr $16, %edx
+    mov %dx, 6(%rdi)                 /* offset 31:16 */
+    movq $0, 8(%rdi)                 /* offset 63:32 (the image is below 4 GiB), reserved */
+    add $16, %eax
+    add $16, %edi
+    inc %ecx
+    cmp $32, %ecx
+    jb 6b
+    movb $1, xen_rt_idt + 2 * 16 + 4
+    movb $1, xen_rt_idt + 8 * 16 + 4
+    movb $1, xen_rt_idt + 18 * 16 + 4
+    lidt xen_rt_idt_ptr
+    /* The TSS only carries IST1; its descriptor (GDT 0x18, 16 bytes) gets its base here. */
+    mov $xen_rt_trap_stack_top, %eax
+    mov %eax, xen_rt_tss + 36         /* IST1, low half (high half zero) */
+    movw $104, xen_rt_tss + 102       /* I/O map base = limit + 1: no I/O bitmap */
+    mov $xen_rt_tss, %eax
+    mov $xen_rt_boot_gdt + 0x18, %edi
+    movw $103, (%rdi)                 /* limit 15:0 */
+    mov %ax, 2(%rdi)                  /* base 15:0 */
+    shr $16, %eax
+    mov %al, 4(%rdi)                  /* base 23:16 */
+    movb $0x89, 5(%rdi)               /* available 64-bit TSS, present */
+    movb $0, 6(%rdi)
+    mov %ah, 7(%rdi)                  /* base 31:24 */
+    movq $0, 8(%rdi)                  /* base 63:32, reserved */
+    mov $0x18, %eax
+    ltr %ax
+
     mov %esi, %edi                       /* rdi = start_info paddr, zero-extended */
     xor %ebp, %ebp
     call xen_rt_pvh_start
@@ -114,17 +155,63 @@ xen_pv_start:
     call xen_rt_pv_start
 5:  jmp 5b
 
-    .section .rodata.boot, "a"
+/* Exception stubs (PVH), 16 bytes each: push a zero where the CPU pushes no error code,
+ * then the vector, and go to xen_rt_trap_common. The CPU pushes an error code for 8, 10-14,
+ * 17, 21, 29 and 30 (Intel SDM vol. 3, table 6-1). */
     .balign 16
+xen_rt_trap_stubs:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .balign 16
+    .if (\v == 8) || ((\v >= 10) && (\v <= 14)) || (\v == 17) || (\v == 21) || (\v == 29) || (\v == 30)
+    pushq $\v
+    .else
+    pushq $0
+    pushq $\v
+    .endif
+    jmp xen_rt_trap_common
+    .endr
+
+/* Saves the general registers under the vector and error code and calls
+ * xen_rt_trap(frame), which reports and never returns (image.rs, TrapFrame). */
+xen_rt_trap_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    and $-16, %rsp
+    call xen_rt_trap
+7:  hlt
+    jmp 7b
+
+    .section .data.boot, "aw"
+    .balign 16
+/* Written at boot: the TSS descriptor at 0x18 gets its base, and ltr sets its busy bit. */
 xen_rt_boot_gdt:
     .quad 0                         /* null */
     .quad 0x00af9a000000ffff        /* 0x08: 64-bit code, DPL 0 */
     .quad 0x00cf92000000ffff        /* 0x10: data, DPL 0 */
+    .quad 0, 0                      /* 0x18: 64-bit TSS (filled in at boot) */
 xen_rt_boot_gdt_end:
     .balign 8
 xen_rt_boot_gdt_ptr:
     .word xen_rt_boot_gdt_end - xen_rt_boot_gdt - 1
     .quad xen_rt_boot_gdt
+    .balign 8
+xen_rt_idt_ptr:
+    .word 32 * 16 - 1
+    .quad xen_rt_idt
 
     .section .bss.boot, "aw", @nobits
     .balign 4096
@@ -138,6 +225,16 @@ xen_rt_boot_pd:
 xen_rt_boot_stack:
     .skip 128 * 1024
 xen_rt_boot_stack_top:
+    .balign 16
+xen_rt_trap_stack:
+    .skip 8 * 1024
+xen_rt_trap_stack_top:
+    .balign 16
+xen_rt_idt:
+    .skip 32 * 16
+    .balign 16
+xen_rt_tss:
+    .skip 104
 
 /* Xen ELF notes (elfnote.h). */
     .section .note.Xen, "a", @note

@@ -161,9 +161,19 @@ pub fn debug_port_write(bytes: &[u8]) {
     if !cfg!(feature = "image") || mode() != Mode::Pvh {
         return; // only PVH runs in ring 0 (on the host or in PV `out` would fault)
     }
+    // SAFETY: a PVH image, in ring 0 (checked just above).
+    unsafe { debug_port_write_ring0(bytes) }
+}
+
+/// [`debug_port_write`] without the mode check, for the PVH exception handler (which may run
+/// before the mode is recorded).
+///
+/// # Safety
+/// Only in ring 0 (PVH images): elsewhere `out` faults.
+pub unsafe fn debug_port_write_ring0(bytes: &[u8]) {
     for &b in bytes {
         // SAFETY: port 0xE9 is Xen's debug port for HVM/PVH guests; an `out` there has no
-        // effect on memory. Only executed in images (ring 0).
+        // effect on memory; (caller) ring 0.
         unsafe {
             asm!("out dx, al", in("dx") 0xe9u16, in("al") b, options(nomem, nostack, preserves_flags));
         }

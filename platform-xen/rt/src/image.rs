@@ -229,6 +229,111 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     halt()
 }
 
+/// What `boot.s`'s `xen_rt_trap_common` leaves on the stack of a CPU exception (PVH): the
+/// general registers it pushed, the vector and error code (0 where the CPU pushes none) from
+/// the stub, then the CPU's own frame.
+#[repr(C)]
+struct TrapFrame {
+    r15: u64,
+    r14: u64,
+    r13: u64,
+    r12: u64,
+    r11: u64,
+    r10: u64,
+    r9: u64,
+    r8: u64,
+    rbp: u64,
+    rdi: u64,
+    rsi: u64,
+    rdx: u64,
+    rcx: u64,
+    rbx: u64,
+    rax: u64,
+    vector: u64,
+    error: u64,
+    rip: u64,
+    cs: u64,
+    rflags: u64,
+    rsp: u64,
+    ss: u64,
+}
+
+/// Names of the architectural exceptions (Intel SDM vol. 3, table 6-1).
+const EXCEPTIONS: [&str; 22] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved",
+    "#MF x87 error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD exception",
+    "#VE virtualization exception",
+    "#CP control protection",
+];
+
+/// A CPU exception in a PVH image (`boot.s` installs the IDT): report it on the debug port
+/// (it works whatever state the console ring is in) and crash the domain, instead of the
+/// triple fault Xen would report with no cause.
+#[no_mangle]
+extern "C" fn xen_rt_trap(f: &TrapFrame) -> ! {
+    let cr2: u64;
+    // SAFETY: reading cr2 has no side effect; PVH images run in ring 0.
+    unsafe {
+        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags))
+    };
+    let name = EXCEPTIONS
+        .get(f.vector as usize)
+        .copied()
+        .unwrap_or("reserved");
+    let mut w = DebugPort;
+    let _ = writeln!(
+        w,
+        "\nxen-rt: CPU exception {} ({name}), error code {:#x}, at {:#x}:{:#x}, rflags {:#x}, rsp {:#x}, cr2 {cr2:#x}",
+        f.vector, f.error, f.cs, f.rip, f.rflags, f.rsp
+    );
+    let _ = writeln!(
+        w,
+        "xen-rt: rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}",
+        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp
+    );
+    let _ = writeln!(
+        w,
+        "xen-rt: r8 {:#x} r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x} r13 {:#x} r14 {:#x} r15 {:#x}",
+        f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15
+    );
+    let _ = f.ss;
+    if crate::hypercall::ready() {
+        let _ = Xen::get().shutdown(ShutdownReason::Crash);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// `fmt::Write` on I/O port 0xE9 only (PVH).
+struct DebugPort;
+
+impl core::fmt::Write for DebugPort {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        // SAFETY: only the PVH exception handler (ring 0) writes through DebugPort.
+        unsafe { crate::hypercall::debug_port_write_ring0(s.as_bytes()) };
+        Ok(())
+    }
+}
+
 /// The precompiled `core` (built for unwinding) refers to it in unoptimised builds; an image
 /// never unwinds (IMAGES.md).
 #[no_mangle]
