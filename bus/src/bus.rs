@@ -28,6 +28,13 @@ pub const TOKEN_OTHEREND: &str = "xenbus-otherend";
 /// How many state-machine steps one device may take in one [`Bus::poll`].
 const STEPS_PER_POLL: usize = 8;
 
+/// How long a backend closed for removal (`online` = 0) waits before it removes its
+/// directory. libxl in dom0 first waits for the backend's `state` to read 6 (Closed) and
+/// treats a `state` node that is already gone as a failure ("unable to remove device");
+/// only then does it wait, `LIBXL_DESTROY_TIMEOUT` (10 s), for the directory to go. Under
+/// the lab's emulation dom0 takes seconds to react to a watch, so: 3 s, well inside 10 s.
+pub const BACKEND_REMOVE_DELAY: Duration = Duration::from_secs(3);
+
 /// Tunables of a [`Bus`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BusConfig {
@@ -174,6 +181,9 @@ struct Device {
     /// A backend closed in order while `online` = 1: it goes back to InitWait if the
     /// frontend starts again (Linux blkback `frontend_changed()`, "prepare for reconnect").
     reconnectable: bool,
+    /// When to remove our backend directory (closed with `online` = 0:
+    /// [`BACKEND_REMOVE_DELAY`] after noticing).
+    remove_at: Option<Duration>,
     /// Started again after an orderly close: the other end's Closed is the previous
     /// session's until it is seen starting again (not the peer closing this one).
     restarted: bool,
@@ -657,11 +667,15 @@ impl<T: Transport> Bus<T> {
                 return Err(e);
             }
             poll.busy |= dev.pending;
-            if dev.phase != Phase::Closed {
-                let t = match dev.deadline {
+            let t = if dev.phase != Phase::Closed {
+                Some(match dev.deadline {
                     Some(d) => d.min(dev.next_resync),
                     None => dev.next_resync,
-                };
+                })
+            } else {
+                dev.remove_at
+            };
+            if let Some(t) = t {
                 poll.next_deadline = Some(poll.next_deadline.map_or(t, |x| x.min(t)));
             }
             self.devices.insert(n, dev);
@@ -791,6 +805,13 @@ impl<T: Transport> Bus<T> {
                 d.dirty = true;
                 return Ok(());
             }
+            // A closed backend the toolstack is removing (`online` = 0): remove its
+            // directory, as `xl devd` does in a driver domain.
+            if d.info.role == Role::Back && d.remove_at.is_none() {
+                let mut d = self.devices.remove(&key).expect("just found");
+                self.schedule_removal(&mut d, now);
+                self.devices.insert(key.clone(), d);
+            }
             // A closed device whose toolstack started it again: begin afresh.
             match read_state(&mut self.xs, &abs) {
                 Ok(Some(XenbusState::Initialising)) if !self.closing_all => {
@@ -840,6 +861,7 @@ impl<T: Transport> Bus<T> {
             toolstack_closing: false,
             pending: false,
             reconnectable: false,
+            remove_at: None,
             restarted: false,
         };
         dev.set_phase(Phase::Probe, now, &self.cfg);
@@ -918,6 +940,10 @@ impl<T: Transport> Bus<T> {
     fn step(&mut self, dev: &mut Device, now: Duration) {
         dev.pending = false;
         if dev.phase == Phase::Closed {
+            if dev.remove_at.is_some_and(|t| now >= t) {
+                self.remove_backend_dir(dev);
+                return;
+            }
             if !(dev.reconnectable && dev.dirty) || self.closing_all {
                 return;
             }
@@ -1167,7 +1193,64 @@ impl<T: Transport> Bus<T> {
             nodename: dev.info.nodename.clone(),
             error: None,
         });
+        self.schedule_removal(dev, now);
         Ok(false)
+    }
+
+    /// A backend in Closed whose `online` is 0: the toolstack is removing the device, and in
+    /// a driver domain the backend directory is ours to remove. libxl in dom0 removes only
+    /// the frontend's and its own nodes and waits `LIBXL_DESTROY_TIMEOUT` (10 s) for the
+    /// backend path to go ("timed out while waiting for ... to be removed" otherwise); `xl
+    /// devd` removes it on backend state 6 with `online` = 0, with its parents as far as they
+    /// are empty and ours to remove (libxl_device.c `backend_watch_callback`,
+    /// `libxl__device_destroy`: "The driver domain is in charge of removing what it can from
+    /// the backend path"). In dom0 libxl removes it itself (and may create the next device
+    /// at the same path at once), so a dom0 backend leaves it.
+    ///
+    /// Here: note the time; [`remove_backend_dir`](Self::remove_backend_dir) runs
+    /// [`BACKEND_REMOVE_DELAY`] later.
+    fn schedule_removal(&mut self, dev: &mut Device, now: Duration) {
+        if dev.info.role == Role::Back
+            && self.domid != 0
+            && dev.phase == Phase::Closed
+            && matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == b"0")
+        {
+            self.unwatch(dev);
+            dev.remove_at = Some(now.saturating_add(BACKEND_REMOVE_DELAY));
+        }
+    }
+
+    /// Remove a closed backend's directory ([`schedule_removal`](Self::schedule_removal)),
+    /// with the parents that became empty and are ours to remove.
+    fn remove_backend_dir(&mut self, dev: &mut Device) {
+        dev.remove_at = None;
+        // Still the directory of this removal (a new device there would have `online` = 1).
+        if dev.info.role != Role::Back
+            || dev.phase != Phase::Closed
+            || !matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == b"0")
+        {
+            return;
+        }
+        if self.xs.rm(&dev.info.path).is_err() {
+            return;
+        }
+        // The parents up to (not including) our `backend` directory, while empty; libxl
+        // owns them in a driver domain (`(n0,r<us>)`), so this usually stops at the first.
+        let stop = format!("{}/backend", self.home);
+        let mut p = dev.info.path.clone();
+        while let Some(i) = p.rfind('/') {
+            p.truncate(i);
+            if p.len() <= stop.len() {
+                break;
+            }
+            match self.xs.directory(&p) {
+                Ok(children) if children.is_empty() => {}
+                _ => break,
+            }
+            if self.xs.rm(&p).is_err() {
+                break;
+            }
+        }
     }
 
     /// Start a closed device's handshake again with the same driver (its `detach` ran).
@@ -1233,6 +1316,7 @@ impl<T: Transport> Bus<T> {
             nodename: dev.info.nodename.clone(),
             error: Some(e),
         });
+        self.schedule_removal(dev, now);
     }
 }
 

@@ -203,6 +203,55 @@ fn xl_create_connect_and_block_detach() {
     });
 }
 
+/// `xl block-detach` of a device served by a driver domain: libxl in dom0 waits for the
+/// driver domain to remove its backend directory (what `xl devd` does), and our bus does.
+#[test]
+fn block_detach_from_a_driver_domain_removes_its_backend_directory() {
+    let mut w = World::new();
+    let sd =
+        w.ts.create_domain("storage", DomainConfig::default().driver_domain())
+            .unwrap();
+    let g =
+        w.ts.create_domain("guest", DomainConfig::default())
+            .unwrap();
+    let (sdid, fe) = (sd.domid(), g.domid());
+    w.guest_bus("storage", &sd, false, true);
+    w.guest_bus("guest", &g, true, false);
+    let dev =
+        w.ts.add_vbd(&Vbd::new(fe, sdid, "xvda", "/root/disk.img"))
+            .unwrap();
+    w.run_until("both Connected", |w| {
+        w.connected("guest", XVDA) && w.connected("storage", &be(fe))
+    });
+    let World {
+        ts,
+        buses,
+        events,
+        t0,
+        ..
+    } = &mut w;
+    std::thread::scope(|s| {
+        let detach = s.spawn(|| ts.block_detach(fe, "xvda"));
+        let end = Instant::now() + LIMIT;
+        while !detach.is_finished() {
+            assert!(Instant::now() < end, "block-detach did not return");
+            World::poll_all(buses, events, t0.elapsed());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        detach.join().unwrap().unwrap();
+    });
+    assert_eq!(w.closed("storage", &be(fe)), Some(None));
+    assert_eq!(w.read(&dev.backend_path()), None);
+    assert_eq!(w.read(&dev.frontend_path()), None);
+    // The parent libxl made (`(n0,r<sd>)`) is not ours to remove.
+    assert!(w
+        .read(&format!("/local/domain/{sdid}/backend/vbd/{fe}"))
+        .is_some());
+    w.run_until("device forgotten", |w| {
+        w.buses.iter().all(|(_, b)| b.status(&be(fe)).is_none())
+    });
+}
+
 #[test]
 fn driver_domain_backend_then_destroyed() {
     let mut w = World::new();

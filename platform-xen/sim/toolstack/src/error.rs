@@ -74,6 +74,14 @@ pub enum Error {
         /// Whether the nodes were removed anyway (a forced removal).
         cleaned_up: bool,
     },
+    /// `device_destroy_be_watch_cb`: "timed out while waiting for %s to be removed" — a
+    /// driver domain's backend reached Closed but its directory was not removed in time
+    /// (the driver domain's part, `xl devd`'s in Linux). The frontend's and libxl's nodes
+    /// are removed all the same.
+    BackendNotRemoved {
+        /// The backend directory.
+        backend_path: String,
+    },
 }
 
 impl Error {
@@ -113,6 +121,12 @@ impl fmt::Display for Error {
             }
             Error::DeviceRemoveTimeout { backend_path, .. } => {
                 write!(f, "unable to remove device with path {backend_path}")
+            }
+            Error::BackendNotRemoved { backend_path } => {
+                write!(
+                    f,
+                    "timed out while waiting for {backend_path} to be removed"
+                )
             }
         }
     }

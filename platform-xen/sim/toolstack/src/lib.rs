@@ -78,8 +78,10 @@
 //! also wait for the backend's InitWait as libxl does and then write only the script's
 //! `hotplug-status=connected` for a dom0 backend (never `node`, `physical-device`). A
 //! detach waits for the frontend's Closed as well as the backend's (libxl: the backend's
-//! only). `xl reboot` here does not re-create the domain (xl's daemon would). `xl destroy`
-//! does not wait for backends to close after `online=0`.
+//! only). A detach of a driver domain's device, as libxl, leaves the backend directory to the
+//! driver domain and waits for it to go. `xl reboot` here does not re-create the domain
+//! (xl's daemon would). `xl destroy` does not wait for backends to close after `online=0`,
+//! and removes a driver domain's backend directory itself.
 //!
 //! # Waiting
 //! Every wait ([`Toolstack::wait_for`]) is bounded: it opens its own dom0 connection,
@@ -537,10 +539,11 @@ pub struct DetachOptions {
     /// On timeout, remove the nodes anyway (and still report the error) — what libxl does
     /// after its forced retry. Without it the nodes stay for inspection.
     pub force: bool,
-    /// Remove the backend directory of a driver-domain backend too. Real libxl in dom0
-    /// leaves it to the driver domain's `xl devd` (`libxl__device_destroy` removes the
-    /// backend path only in the backend's own domain); the simulator's toolstack plays
-    /// that part too unless this is `false`. Default `true`.
+    /// Remove the backend directory of a driver-domain backend too, as a stand-in for a
+    /// driver domain that does not. Real libxl in dom0 leaves it to the driver domain
+    /// (`xl devd`; our bus does it: `libxl__device_destroy` removes the backend path only in
+    /// the backend's own domain) and waits `timeout` for it to go. Default `false`, as
+    /// libxl: the lab showed real libxl timing out on a storage domain that did not.
     pub remove_driver_domain_backend: bool,
 }
 
@@ -1058,25 +1061,30 @@ impl Toolstack {
         self.remove_device_with(dev, self.detach_options())
     }
 
-    /// The default [`DetachOptions`]: [`Timeouts::device_remove`], not forced, the
-    /// backend directory removed.
+    /// The default [`DetachOptions`]: [`Timeouts::device_remove`], not forced, a driver
+    /// domain's backend directory left to the driver domain.
     pub fn detach_options(&self) -> DetachOptions {
         DetachOptions {
             timeout: self.timeouts().device_remove,
             force: false,
-            remove_driver_domain_backend: true,
+            remove_driver_domain_backend: false,
         }
     }
 
-    /// `libxl__initiate_device_generic_remove`: unless the backend is already Closed (or
-    /// gone), write backend `online=0` and `state=5` (Closing) in one transaction; wait up to
-    /// `opts.timeout` for the backend and the frontend to reach Closed (6; a missing
-    /// `state` counts as closed — libxl itself waits for the backend only); then
-    /// `libxl__device_destroy`: remove the frontend directory, libxl's copy and the backend
-    /// directory, each with its parents that became empty (`libxl__xs_path_cleanup`).
+    /// `libxl__initiate_device_generic_remove`: unless the backend is gone, write backend
+    /// `online=0` and, unless it is already Closed, `state=5` (Closing), in one
+    /// transaction; wait up to `opts.timeout` for the backend and the frontend to reach
+    /// Closed (6; a missing `state` counts as closed — libxl itself waits for the backend
+    /// only). A driver domain's backend: wait up to `opts.timeout` more for the driver
+    /// domain to remove the backend directory (libxl's `device_hotplug`, "removal of
+    /// backend path"). Then `libxl__device_destroy`: remove the frontend directory,
+    /// libxl's copy and a dom0 backend's directory, each with its parents that became
+    /// empty (`libxl__xs_path_cleanup`).
     ///
     /// On timeout: [`Error::DeviceRemoveTimeout`] (`unable to remove device with path
     /// <backend>`); with `opts.force` the nodes are removed first, otherwise they stay.
+    /// A driver domain that leaves its backend directory: [`Error::BackendNotRemoved`], the
+    /// other nodes removed.
     pub fn remove_device_with(&self, dev: &Device, opts: DetachOptions) -> Result<()> {
         let (fp, bp) = (dev.frontend_path(), dev.backend_path());
         let (fstate, bstate) = (format!("{fp}/state"), format!("{bp}/state"));
@@ -1084,11 +1092,13 @@ impl Toolstack {
         let start = {
             let mut xs = lock(&self.xs);
             xs.transact(|tx| {
-                let be = read_u32(tx, &bstate)?;
-                if closed(be) {
+                let Some(be) = read_u32(tx, &bstate)? else {
+                    return Ok(false); // "backend already removed, cleanup frontend only"
+                };
+                tx.write(&format!("{bp}/online"), b"0")?;
+                if be == state::CLOSED {
                     return Ok(false);
                 }
-                tx.write(&format!("{bp}/online"), b"0")?;
                 tx.write(&bstate, state::CLOSING.to_string().as_bytes())?;
                 Ok(true)
             })
@@ -1112,6 +1122,13 @@ impl Toolstack {
                     backend_state: last.1,
                     cleaned_up: opts.force,
                 });
+            }
+        }
+        if dev.backend != 0 && !opts.remove_driver_domain_backend {
+            let gone = self.wait_for(&[&bp], opts.timeout, |xs| Ok(xs.try_read(&bp)?.is_none()))?;
+            if !gone {
+                self.destroy_device_nodes(dev, false)?;
+                return Err(Error::BackendNotRemoved { backend_path: bp });
             }
         }
         self.destroy_device_nodes(dev, opts.remove_driver_domain_backend)

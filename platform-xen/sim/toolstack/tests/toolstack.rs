@@ -487,11 +487,14 @@ fn a_generic_device_class_has_the_same_shape() {
         Some("1"),
         &own(0, &[]),
     );
-    // Removal with a peer that closes at once (a dom0 thread plays both ends).
+    // Removal with a peer that closes at once (a dom0 thread plays both ends) and, in the
+    // driver domain's part, removes the backend directory once Closed with online = 0.
     let t = ts.socket();
-    let (fs, bs) = (
+    let (fs, bs, bdir, online) = (
         format!("{}/state", dev.frontend_path()),
         format!("{}/state", dev.backend_path()),
+        dev.backend_path(),
+        format!("{}/online", dev.backend_path()),
     );
     let peer = thread::spawn(move || {
         let mut c =
@@ -499,8 +502,17 @@ fn a_generic_device_class_has_the_same_shape() {
         let deadline = Instant::now() + LONG;
         while Instant::now() < deadline {
             if c.read_string(&bs).ok().as_deref() == Some("5") {
+                assert_eq!(c.read_string(&online).unwrap(), "0");
                 c.write(&fs, b"6").unwrap();
                 c.write(&bs, b"6").unwrap();
+                // libxl waits for Closed, then for the backend directory to go.
+                thread::sleep(Duration::from_millis(50));
+                assert_eq!(
+                    c.read_string(&fs).unwrap(),
+                    "6",
+                    "removed before the driver domain's part"
+                );
+                c.rm(&bdir).unwrap();
                 return;
             }
             thread::sleep(Duration::from_millis(5));
@@ -512,8 +524,11 @@ fn a_generic_device_class_has_the_same_shape() {
     absent(&ts, &dev.frontend_path());
     absent(&ts, &dev.backend_path());
     absent(&ts, &dev.libxl_path());
-    // Emptied parents go too (libxl__xs_path_cleanup), up to a node with other children.
-    absent(&ts, "/local/domain/5/backend");
+    // Emptied parents go too (libxl__xs_path_cleanup), up to a node with other children;
+    // a driver domain's backend parents are left (dom0 never cleans the backend path there).
+    assert!(ts
+        .with_xs(|xs| xs.exists("/local/domain/5/backend/dummy/2"))
+        .unwrap());
     absent(&ts, "/local/domain/2/device/dummy");
     assert!(ts
         .with_xs(|xs| xs.exists("/local/domain/2/device/suspend"))
@@ -645,6 +660,37 @@ fn block_detach_without_a_peer_times_out_and_force_cleans_up() {
         ts.block_detach(1, "xvda"),
         Err(Error::NoSuchDevice(_))
     ));
+}
+
+/// libxl in dom0 leaves a driver domain's backend directory to the driver domain and waits
+/// for it (seen in the lab: "timed out while waiting for /local/domain/18/backend/vbd/19/51712
+/// to be removed" against a storage domain that did not remove it).
+#[test]
+fn a_driver_domain_that_keeps_its_backend_directory_times_the_detach_out() {
+    let ts = ts();
+    ts.set_timeouts(Timeouts::all(SHORT));
+    ts.create_domain("storage", DomainConfig::with_domid(2).driver_domain())
+        .unwrap();
+    ts.create_domain("guest", DomainConfig::with_domid(1))
+        .unwrap();
+    let dev = ts.add_vbd(&Vbd::new(1, 2, "xvda", "/root/a.img")).unwrap();
+    // Both ends already Closed: libxl writes online = 0 only, then waits for the directory.
+    for p in [dev.frontend_path(), dev.backend_path()] {
+        ts.with_xs(|xs| xs.write(&format!("{p}/state"), b"6"))
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    let e = ts.block_detach(1, "xvda").unwrap_err();
+    assert!(t0.elapsed() >= SHORT, "{:?}", t0.elapsed());
+    assert_eq!(
+        e.to_string(),
+        "timed out while waiting for /local/domain/2/backend/vbd/1/51712 to be removed"
+    );
+    assert_eq!(read(&ts, &format!("{}/online", dev.backend_path())), "0");
+    assert_eq!(read(&ts, &format!("{}/state", dev.backend_path())), "6");
+    // The frontend's and libxl's nodes go all the same.
+    absent(&ts, &dev.frontend_path());
+    absent(&ts, &dev.libxl_path());
 }
 
 #[test]
