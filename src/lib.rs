@@ -4,6 +4,7 @@
 //! `control`); the platform layer is always present. The simulator is a separate crate
 //! (`xen-sim`) used by tests and host demos, never a feature, so `std` cannot leak into images.
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub use xen_platform as platform;
 

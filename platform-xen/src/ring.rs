@@ -175,23 +175,27 @@ unsafe fn copy_out_into<T: Pod>(src: *const u8, align: usize, out: &mut MaybeUni
     let mut off = 0;
     // Widest words first; each width only while `off` stays a multiple of it (true: every
     // wider width is a multiple of the narrower ones) and `width <= align`.
-    // SAFETY (each call): `align` is the caller's guaranteed alignment of `src`, so words of
-    // at most `align` bytes at multiples of their width are aligned; `copy_words` stays below
-    // `size`, and `out` is `size` bytes.
     // x86_64 always has SSE2: one 16-byte load per 16 aligned bytes.
     #[cfg(target_arch = "x86_64")]
     if align >= 16 {
+        // SAFETY: `align` is the caller's guaranteed alignment of `src`, so words of at most
+        // `align` bytes at multiples of their width are aligned; `copy_words` stays below
+        // `size`, and `out` is `size` bytes.
         unsafe { copy_words::<core::arch::x86_64::__m128i>(src, dst, &mut off, size) };
     }
     if align >= 8 {
+        // SAFETY: as for the 16-byte words.
         unsafe { copy_words::<u64>(src, dst, &mut off, size) };
     }
     if align >= 4 {
+        // SAFETY: as for the 16-byte words.
         unsafe { copy_words::<u32>(src, dst, &mut off, size) };
     }
     if align >= 2 {
+        // SAFETY: as for the 16-byte words.
         unsafe { copy_words::<u16>(src, dst, &mut off, size) };
     }
+    // SAFETY: as for the 16-byte words (single bytes are always aligned).
     unsafe { copy_words::<u8>(src, dst, &mut off, size) };
 }
 

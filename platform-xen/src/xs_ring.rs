@@ -320,9 +320,8 @@ impl XsGuestRing {
     /// other `XsGuestRing` may be used on the same page at the same time.
     pub unsafe fn new(page: NonNull<u8>) -> Result<Self> {
         // SAFETY: the caller upholds Page::new's contract, which is this one.
-        Ok(XsGuestRing {
-            page: unsafe { Page::new(page)? },
-        })
+        let page = unsafe { Page::new(page)? };
+        Ok(XsGuestRing { page })
     }
 
     /// Where the page is.
@@ -436,9 +435,8 @@ impl XsServerRing {
     /// `XsServerRing` may be used on the same page at the same time.
     pub unsafe fn new(page: NonNull<u8>) -> Result<Self> {
         // SAFETY: the caller upholds Page::new's contract, which is this one.
-        Ok(XsServerRing {
-            page: unsafe { Page::new(page)? },
-        })
+        let page = unsafe { Page::new(page)? };
+        Ok(XsServerRing { page })
     }
 
     /// Where the page is.

@@ -12,6 +12,7 @@
 //! - [`blk_app`]: compile-in storage for a single-purpose VM — wait for its first disk, write
 //!   a record, flush, read it back and verify it.
 #![no_std]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -278,7 +278,8 @@ impl<H: PlatformRef> Channel<H> {
                 if pend.is_read {
                     let buf = c.buf.unwrap_or_default();
                     let copied = if self.resolve(&pend.segs) {
-                        SegCursor::new(&self.segs).write_from(&buf) == buf.len()
+                        SegCursor::new(self.persistent.as_ref(), &self.segs).write_from(&buf)
+                            == buf.len()
                     } else {
                         scatter(self.p.get(), self.fe, &pend.segs, &buf)
                     };
@@ -558,7 +559,7 @@ impl<H: PlatformRef> Channel<H> {
             p.gref = g;
         }
         if self.resolve(&pages[..npages]) {
-            SegCursor::new(&self.segs).read_into(&mut raw);
+            SegCursor::new(self.persistent.as_ref(), &self.segs).read_into(&mut raw);
         } else {
             let mut pages = match SegPages::map(self.p.get(), self.fe, grefs, true) {
                 Ok(m) => m,
@@ -661,7 +662,7 @@ impl<H: PlatformRef> Channel<H> {
         if persistent && flags == 0 && self.storage.in_place() {
             // Straight between the frontend's pages and the storage's bytes: one copy, no
             // buffer, answered now.
-            let mut cur = SegCursor::new(&self.segs);
+            let mut cur = SegCursor::new(self.persistent.as_ref(), &self.segs);
             let r = if read {
                 self.storage.read_in_place(sector, len, &mut |src| {
                     cur.write_from(src);
@@ -682,7 +683,7 @@ impl<H: PlatformRef> Channel<H> {
         }
         let mut buf = vec![0u8; len];
         if persistent && !read {
-            SegCursor::new(&self.segs).read_into(&mut buf);
+            SegCursor::new(self.persistent.as_ref(), &self.segs).read_into(&mut buf);
         } else if !read {
             // Copied once, before the storage sees it; a grant not given (or not to us) is
             // refused here. A read's pages are mapped writable only at completion: a grant

@@ -13,7 +13,7 @@
 //! and poll again; poll at once when [`BackPoll::busy`]. blkback itself never clears a port.
 
 pub mod channel;
-pub mod shared;
+pub(crate) mod shared;
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;

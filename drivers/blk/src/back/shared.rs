@@ -57,11 +57,6 @@ impl SharedRing {
             let _ = p.unmap_multi(m);
         }
     }
-
-    /// Whether the pages are still mapped (a leak if so at drop).
-    pub fn is_mapped(&self) -> bool {
-        self.map.is_some()
-    }
 }
 
 /// Granted pages, mapped in chunks of up to 16 (one `map_multi` each, so grants are mapped
@@ -178,22 +173,14 @@ impl Persistent {
         self.chunks.iter().map(|m| m.pages).sum()
     }
 
-    /// Whether none is mapped.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
     /// Page `gref`, if it is mapped.
     #[inline]
     pub fn page(&self, gref: GrantRef) -> Option<PeerPage> {
         let v = *self.slot.get(gref as usize)?;
         let v = v.checked_sub(1)?;
-        let (chunk, page) = ((v >> 4) as usize, (v & 15) as usize);
-        let m = self.chunks.get(chunk)?;
-        Some(PeerPage {
-            addr: m.addr.as_ptr().wrapping_add(page * PAGE_SIZE),
-            chunk: chunk as u32,
-        })
+        let (chunk, page) = (v >> 4, v & 15);
+        let m = self.chunks.get(chunk as usize)?;
+        ((page as usize) < m.pages).then_some(PeerPage { chunk, page })
     }
 
     /// Map `grefs` of `domid` (distinct, none mapped yet) read-write, up to 16 at a time at
@@ -242,28 +229,33 @@ impl Persistent {
     }
 }
 
-/// A page of the frontend's, mapped read-write by [`Persistent`] (valid until
-/// [`Persistent::unmap_all`]: hold it no longer than the request being served).
+/// A page of the frontend's, mapped read-write by [`Persistent`]: which mapping and which
+/// page of it, no address. Bytes are reached only through a [`SegCursor`], which borrows the
+/// `Persistent` and looks the mapping up again: once [`Persistent::unmap_all`] ran, a
+/// `PeerPage` kept from before names nothing and copies nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerPage {
-    addr: *mut u8,
     /// Which `map_multi` mapping holds it: runs are only merged inside one.
     chunk: u32,
+    /// Its page in that mapping.
+    page: u32,
 }
 
-/// Bytes of one or more consecutive pages of one [`Persistent`] chunk: segments of a request.
+/// Bytes of one or more consecutive pages of one [`Persistent`] chunk: segments of a request,
+/// as an offset and a length inside the mapping (resolved at copy time, bounds-checked).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerSeg {
-    start: *mut u8,
-    len: usize,
     chunk: u32,
+    /// Byte offset inside the chunk's mapping.
+    start: usize,
+    len: usize,
 }
 
 impl PeerSeg {
     /// Bytes `off..off + len` of `page`; `None` unless they lie inside the page.
     pub fn new(page: PeerPage, off: usize, len: usize) -> Option<PeerSeg> {
         (off.checked_add(len)? <= PAGE_SIZE).then_some(PeerSeg {
-            start: page.addr.wrapping_add(off),
+            start: page.page as usize * PAGE_SIZE + off,
             len,
             chunk: page.chunk,
         })
@@ -272,7 +264,7 @@ impl PeerSeg {
     /// Append `next` when it continues this run inside the same mapping (a whole-page
     /// segment after one that ends its page, on the next page of the chunk).
     pub fn extend(&mut self, next: &PeerSeg) -> bool {
-        if next.chunk == self.chunk && self.start.wrapping_add(self.len) == next.start {
+        if next.chunk == self.chunk && self.start + self.len == next.start {
             self.len += next.len;
             true
         } else {
@@ -281,28 +273,35 @@ impl PeerSeg {
     }
 }
 
-/// Walks the segments of a request in order, copying between them and our own buffers.
+/// Walks the segments of a request in order, copying between them and our own buffers. It
+/// borrows the [`Persistent`] that maps them, so they cannot be unmapped while it copies.
 pub struct SegCursor<'a> {
+    pers: Option<&'a Persistent>,
     segs: &'a [PeerSeg],
     i: usize,
     off: usize,
 }
 
 impl<'a> SegCursor<'a> {
-    /// At the first byte of `segs`.
-    pub fn new(segs: &'a [PeerSeg]) -> SegCursor<'a> {
-        SegCursor { segs, i: 0, off: 0 }
+    /// At the first byte of `segs`, which `pers` mapped (with no `pers`, nothing is copied).
+    pub fn new(pers: Option<&'a Persistent>, segs: &'a [PeerSeg]) -> SegCursor<'a> {
+        SegCursor {
+            pers,
+            segs,
+            i: 0,
+            off: 0,
+        }
     }
 
     /// Copy from the segments into `dst` (a write's data); returns the bytes copied (fewer than
-    /// `dst.len()` only when the segments run out).
+    /// `dst.len()` only when the segments run out or one is no longer mapped).
     pub fn read_into(&mut self, dst: &mut [u8]) -> usize {
         self.walk(dst.len(), &mut |peer, at, n| {
-            // SAFETY: `peer` points at `n` bytes inside one `map_multi` mapping that a live
-            // `Persistent` holds (PeerSeg::new bounds a segment by its page, and `extend` only
-            // joins the next page of the same mapping); the mapping lasts until unmap_all,
-            // which the channel only calls at disconnect, never while it holds these segments;
-            // `dst[at..at + n]` is our own memory, so they do not overlap.
+            // SAFETY: `peer` points at `n` bytes inside one live `map_multi` mapping of the
+            // `Persistent` this cursor borrows (`walk` bounds them by the mapping's pages), so
+            // it cannot be unmapped meanwhile; `dst[at..at + n]` is our own memory (walk keeps
+            // at + n <= dst.len()), so they do not overlap. The frontend may change the bytes
+            // during the copy: they are copied as raw bytes, never referenced.
             unsafe { core::ptr::copy_nonoverlapping(peer, dst.as_mut_ptr().add(at), n) }
         })
     }
@@ -316,13 +315,22 @@ impl<'a> SegCursor<'a> {
     }
 
     fn walk(&mut self, want: usize, copy: &mut dyn FnMut(*mut u8, usize, usize)) -> usize {
+        let Some(pers) = self.pers else {
+            return 0;
+        };
         let mut done = 0;
         while done < want {
             let Some(seg) = self.segs.get(self.i) else {
                 break;
             };
+            let Some(m) = pers.chunks.get(seg.chunk as usize) else {
+                break;
+            };
+            if seg.start.saturating_add(seg.len) > m.pages * PAGE_SIZE {
+                break;
+            }
             let n = (seg.len - self.off).min(want - done);
-            let peer = seg.start.wrapping_add(self.off);
+            let peer = m.addr.as_ptr().wrapping_add(seg.start + self.off);
             copy(peer, done, n);
             done += n;
             self.off += n;
@@ -343,4 +351,40 @@ pub fn cast<A: Pod, B: Pod>(a: &A) -> B {
     // time); both are Pod (every byte pattern is a valid B, and A has no padding bytes), and
     // read_unaligned has no alignment requirement.
     unsafe { core::ptr::read_unaligned((a as *const A).cast::<B>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xen_platform::{Grants, Pages};
+
+    /// Segments resolved before `unmap_all` reach no memory after it: the cursor looks the
+    /// mapping up again in the `Persistent` it borrows (before, they held raw addresses that
+    /// safe code could use after the unmap).
+    #[test]
+    fn segments_kept_past_unmap_all_copy_nothing() {
+        let hv = xen_sim::Hypervisor::new();
+        let back = hv.create_domain("back");
+        let front = hv.create_domain("front");
+        let run = front.alloc(2).unwrap();
+        let mut grefs = Vec::new();
+        for i in 0..2 {
+            let frame = front.frame(run.page(i)).unwrap();
+            grefs.push(front.grant(back.id(), frame, false).unwrap());
+        }
+        // SAFETY: the run is two writable pages the front owns; nothing else uses them yet.
+        unsafe { run.addr.as_ptr().add(PAGE_SIZE + 8).write(0xa5) };
+        let mut pers = Persistent::new(16);
+        assert!(pers.map_new(&back, front.id(), &grefs));
+        let seg = PeerSeg::new(pers.page(grefs[1]).unwrap(), 8, 512).unwrap();
+        let mut buf = [0u8; 512];
+        assert_eq!(SegCursor::new(Some(&pers), &[seg]).read_into(&mut buf), 512);
+        assert_eq!(buf[0], 0xa5);
+        pers.unmap_all(&back);
+        assert!(pers.page(grefs[1]).is_none());
+        let mut buf = [0u8; 512];
+        assert_eq!(SegCursor::new(Some(&pers), &[seg]).read_into(&mut buf), 0);
+        assert_eq!(SegCursor::new(Some(&pers), &[seg]).write_from(&buf), 0);
+        assert_eq!(SegCursor::new(None, &[seg]).read_into(&mut buf), 0);
+    }
 }
