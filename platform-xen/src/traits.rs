@@ -68,6 +68,7 @@ pub trait Grants {
 /// A foreign page mapped into our address space by [`GrantMapper::map`].
 ///
 /// Not `Clone`: exactly one owner unmaps it.
+#[must_use = "a Mapping holds a slot of the mapping window and the grantee's page: unmap it"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// Where the page is mapped (`PAGE_SIZE` bytes, page-aligned).
@@ -83,6 +84,7 @@ pub struct Mapping {
 }
 
 /// Several foreign pages mapped at consecutive addresses (a multi-page shared ring).
+#[must_use = "a MultiMapping holds mapping-window slots and the grantee's pages: unmap_multi it"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct MultiMapping {
     /// Start of `pages * PAGE_SIZE` bytes.
@@ -134,6 +136,13 @@ pub struct GrantCopy {
 }
 
 /// The mapping side of the grant table.
+///
+/// # Implementation contract
+/// Drivers' `unsafe` code relies on it: a [`Mapping`] or [`MultiMapping`] returned `Ok` is the
+/// granting domain's page(s), live at `addr` (`PAGE_SIZE` bytes each, consecutive for a multi
+/// mapping), readable, and writable unless `readonly`, until it is passed to `unmap` /
+/// `unmap_multi`; nothing else of ours is mapped there meanwhile. The granter may write the
+/// bytes at any time, so drivers copy them with raw-pointer copies and never make references.
 pub trait GrantMapper {
     /// `GNTTABOP_map_grant_ref` of one page.
     fn map(&self, domid: DomId, gref: GrantRef, readonly: bool) -> Result<Mapping>;
@@ -157,6 +166,7 @@ pub trait GrantMapper {
 }
 
 /// A run of page-aligned memory we own.
+#[must_use = "a PageRun is memory of the domain's: give it back with Pages::free"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct PageRun {
     /// Start of `pages * PAGE_SIZE` bytes, page-aligned, zeroed at allocation.
@@ -183,6 +193,13 @@ impl PageRun {
 }
 
 /// Page allocation and address-to-frame translation.
+///
+/// # Implementation contract
+/// Drivers' `unsafe` code relies on it (a safe trait, so an implementation that breaks it is a
+/// bug of the platform, not of the driver): a [`PageRun`] from `alloc` is `pages * PAGE_SIZE`
+/// bytes, page-aligned, zeroed, valid for reads and writes, used by nothing else and valid
+/// until it is passed to `free`; `free` of a page still granted fails and keeps the memory
+/// valid; `frame` of a page of ours is the frame a grant of it must name.
 pub trait Pages {
     /// Allocate `pages` zeroed, virtually consecutive pages.
     fn alloc(&self, pages: usize) -> Result<PageRun>;

@@ -63,6 +63,8 @@ struct Inner<H: PlatformRef> {
     setup: Option<RingSetup>,
     dp: Option<DataPath<H>>,
     bounce: Option<Buffer>,
+    /// Owned buffers the application dropped instead of freeing (`Buffer`'s `Drop`).
+    returns: super::Returns,
     error_published: bool,
     /// The bus detached the device (failed or closed before or after connecting).
     detached: bool,
@@ -188,6 +190,7 @@ impl<H: PlatformRef> Blkfront<H> {
                 setup: None,
                 dp: None,
                 bounce: None,
+                returns: Rc::default(),
                 error_published: false,
                 detached: false,
             }));
@@ -410,6 +413,30 @@ impl<H: PlatformRef> BlkDevice<H> {
         self.inner.borrow_mut().timeout = timeout;
     }
 
+    /// Give back the owned buffers the application dropped (`Buffer`'s `Drop` queued them).
+    fn reclaim(&mut self) {
+        let dropped = {
+            let i = self.inner.borrow();
+            let mut list = i.returns.borrow_mut();
+            core::mem::take(&mut *list)
+        };
+        for b in dropped {
+            let _ = self.free_one(b);
+        }
+    }
+
+    fn free_one(&mut self, mut buf: Buffer) -> Result<(), BlkError> {
+        buf.home = None;
+        let mut i = self.inner.borrow_mut();
+        if let Some(dp) = i.dp.as_mut() {
+            return dp.free_buffer(buf);
+        }
+        match buf.into_run() {
+            Some(run) => i.plat.get().free(run).map_err(BlkError::Platform),
+            None => Ok(()),
+        }
+    }
+
     fn with<R>(
         &self,
         f: impl FnOnce(&mut DataPath<H>) -> Result<R, BlkError>,
@@ -436,11 +463,16 @@ impl<H: PlatformRef> BlkDevice<H> {
         let mut i = self.inner.borrow_mut();
         let timeout = i.timeout;
         let bounce = i.bounce.take();
+        let returns = i.returns.clone();
         let dp = i.dp.as_mut().ok_or(BlkError::NotConnected)?;
         let chunk = dp.max_request_bytes().max(ss).max(64 * 1024) / ss * ss;
         let mut b = match bounce {
             Some(b) => b,
-            None => dp.alloc_buffer(chunk)?,
+            None => {
+                let mut b = dp.alloc_buffer(chunk)?;
+                b.home = Some(returns);
+                b
+            }
         };
         let mut done = 0;
         while done < len {
@@ -504,24 +536,22 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
     }
 
     fn alloc_buffer(&mut self, bytes: usize) -> Result<Buffer, BlkError> {
+        self.reclaim();
         let mut i = self.inner.borrow_mut();
-        if let Some(dp) = i.dp.as_mut() {
-            return dp.alloc_buffer(bytes);
-        }
-        let pages = bytes.div_ceil(xen_platform::PAGE_SIZE).max(1);
-        let run = i.plat.get().alloc(pages).map_err(BlkError::Platform)?;
-        Ok(Buffer::from_run(run, bytes))
+        let mut b = if let Some(dp) = i.dp.as_mut() {
+            dp.alloc_buffer(bytes)?
+        } else {
+            let pages = bytes.div_ceil(xen_platform::PAGE_SIZE).max(1);
+            let run = i.plat.get().alloc(pages).map_err(BlkError::Platform)?;
+            Buffer::from_run(run, bytes)
+        };
+        b.home = Some(i.returns.clone());
+        Ok(b)
     }
 
     fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError> {
-        let mut i = self.inner.borrow_mut();
-        if let Some(dp) = i.dp.as_mut() {
-            return dp.free_buffer(buf);
-        }
-        match buf.into_run() {
-            Some(run) => i.plat.get().free(run).map_err(BlkError::Platform),
-            None => Ok(()),
-        }
+        self.reclaim();
+        self.free_one(buf)
     }
 
     fn submit(&mut self, req: Request, tag: u64) -> Result<(), Rejected> {
@@ -539,6 +569,7 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
     }
 
     fn poll(&mut self, f: &mut dyn FnMut(Completion)) -> Result<usize, BlkError> {
+        self.reclaim();
         self.with(|dp| {
             dp.progress();
             Ok(dp.deliver(f))

@@ -163,6 +163,12 @@ pub trait BlockDevice {
 /// read — the trust Linux blkfront gives its backend in the same mode. Turn it off with
 /// `FrontLimits::persistent = false`. Buffers made with [`Buffer::from_raw`] are never granted
 /// persistently.
+///
+/// Give a buffer back with [`BlockDevice::free_buffer`]. One that is dropped instead is not
+/// lost: an owned buffer (from `alloc_buffer`) goes to its device's return list, and the
+/// device ends its grants and frees its pages at its next call (`alloc_buffer`,
+/// `free_buffer`, `poll`).
+#[must_use = "a Buffer holds pages (and maybe grants): give it back with free_buffer"]
 pub struct Buffer {
     addr: NonNull<u8>,
     cap: usize,
@@ -170,6 +176,36 @@ pub struct Buffer {
     run: Option<PageRun>,
     /// Persistent grants of its pages, for the connection that made them.
     pub(crate) persist: Option<Persist>,
+    /// Where a dropped owned buffer goes: its device's return list.
+    pub(crate) home: Option<Returns>,
+}
+
+/// A device's list of owned buffers dropped by the application, reclaimed at its next call.
+pub(crate) type Returns = alloc::rc::Rc<core::cell::RefCell<alloc::vec::Vec<Buffer>>>;
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let Some(home) = self.home.take() else {
+            return;
+        };
+        if self.run.is_none() {
+            return;
+        }
+        let b = Buffer {
+            addr: self.addr,
+            cap: self.cap,
+            len: self.len,
+            run: self.run.take(),
+            persist: self.persist.take(),
+            home: None,
+        };
+        // Never panics in drop: if the list is being drained right now, the buffer's pages
+        // are given up (the only case that still leaks).
+        match home.try_borrow_mut() {
+            Ok(mut list) => list.push(b),
+            Err(_) => core::mem::forget(b),
+        };
+    }
 }
 
 /// A buffer's persistent grants: `refs[i]` grants page `i` to the backend of connection
@@ -215,6 +251,7 @@ impl Buffer {
             len: cap,
             run: None,
             persist: None,
+            home: None,
         })
     }
 
@@ -225,6 +262,7 @@ impl Buffer {
             len,
             run: Some(run),
             persist: None,
+            home: None,
         }
     }
 
@@ -233,8 +271,9 @@ impl Buffer {
         self.run.is_some()
     }
 
-    pub(crate) fn into_run(self) -> Option<PageRun> {
-        self.run
+    pub(crate) fn into_run(mut self) -> Option<PageRun> {
+        self.home = None;
+        self.run.take()
     }
 
     /// Start of the memory (page aligned).
@@ -269,15 +308,21 @@ impl Buffer {
     /// The first `len()` bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the buffer owns `cap >= len` valid bytes (from_raw's contract or a PageRun
-        // of ours). A per-request grant ends before a Completion gives the buffer back; a
-        // persistent grant stays, and the backend writes the pages only while serving a read
-        // of this buffer, which the application cannot hold meanwhile (see the type's docs).
+        // of ours), and no grant of them is live while the application holds the buffer in
+        // per-request mode (grants end before a Completion gives it back). With persistent
+        // grants this rests on an ASSUMPTION, not a proof: the pages stay granted read-write
+        // and mapped by the backend, and we trust the backend to write them only while it
+        // serves a read of this buffer (which the application cannot hold meanwhile). A
+        // backend that breaks that trust can change the bytes under this slice — the same
+        // trust Linux blkfront gives its backend in this mode (type docs; turn it off with
+        // `FrontLimits::persistent = false`).
         unsafe { core::slice::from_raw_parts(self.addr.as_ptr(), self.len) }
     }
 
     /// The first `len()` bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in as_slice; `&mut self` makes the borrow exclusive.
+        // SAFETY: as in as_slice, with the same assumption about a persistent-grant backend;
+        // `&mut self` makes the borrow exclusive on our side.
         unsafe { core::slice::from_raw_parts_mut(self.addr.as_ptr(), self.len) }
     }
 }
