@@ -988,7 +988,7 @@ mod tests {
     fn constructors_reject_bad_memory() {
         let shm = Shm::pages(MAX_RING_PAGES + 1);
         let p = shm.ptr;
-        // SAFETY (all below): the memory is valid; rejected constructors never touch it.
+        // SAFETY: the memory is valid; rejected constructors never touch it.
         unsafe {
             let misaligned = p.add(64);
             assert_eq!(

@@ -287,10 +287,8 @@ fn misbehaving_guests_get_the_error_field_and_the_others_go_on() {
     t4.send(&hdr.encode(), T).unwrap();
     wait_stopped(&xs, 4);
     // SAFETY: the page stays mapped while the hypervisor lives (see `field`).
-    assert_eq!(
-        unsafe { &*err4 }.load(Ordering::Acquire),
-        XENSTORE_ERROR_PROTO
-    );
+    let err4 = unsafe { &*err4 };
+    assert_eq!(err4.load(Ordering::Acquire), XENSTORE_ERROR_PROTO);
     let mut c4 = Client::new(t4);
     match c4.read("data") {
         Err(XsClientError::ServerError(e)) => assert_eq!(e, XENSTORE_ERROR_PROTO),
