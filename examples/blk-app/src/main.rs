@@ -26,7 +26,6 @@ use xen_blk::front::{Blkfront, BlockDevice, WaitMode};
 use xen_blk::negotiate::FlushMode;
 use xen_bus::{Bus, BusConfig};
 use xen_control::{Control, Event, Request};
-use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Scheduler, ShutdownReason};
 use xen_rt::Xen;
 use xen_store::client::Store;
@@ -100,10 +99,7 @@ fn options(cmdline: &str) -> Result<Options, String> {
 
 fn run(xen: &'static Xen) -> Result<(), String> {
     let mut out = xen;
-    let (page, xs_port) = xen.store().ok_or("no xenstore page")?;
-    // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN / start_info.store_mfn,
-    // identity-mapped), shared only with xenstored, and this is its only user in the image.
-    let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
+    let (ring, xs_port) = xen.take_store_ring().ok_or("no xenstore ring")?;
     let StoreSession {
         client: xs,
         domid,

@@ -37,7 +37,6 @@ use core::time::Duration;
 
 use xen_control::{Control, Event, Request};
 use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
-use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{
     Clock, CopyPtr, Error, Events, GrantCopy, GrantMapper, Grants, MultiMapping, PageRun, Pages,
     Platform, Scheduler, ShutdownReason, MAX_MULTI_MAP,
@@ -107,10 +106,7 @@ fn xen_main(xen: &'static Xen) -> ! {
 }
 
 fn run(xen: &'static Xen) -> Result<(), String> {
-    let (page, port) = xen.store().ok_or("no xenstore page")?;
-    // SAFETY: the page is the xenstore ring (identity-mapped in PVH, bootstrap region in PV),
-    // shared only with xenstored, and this is its only user in the image.
-    let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
+    let (ring, port) = xen.take_store_ring().ok_or("no xenstore ring")?;
     let mut transport = RingTransport::new(ring, xen, port);
     transport
         .connect(Duration::from_secs(5))

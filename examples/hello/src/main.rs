@@ -15,7 +15,6 @@ use core::fmt::Write as _;
 use core::time::Duration;
 
 use xen_control::{Control, Event, Request};
-use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Events, Scheduler, ShutdownReason};
 use xen_rt::Xen;
 use xen_store::client::Store;
@@ -63,10 +62,7 @@ fn xen_main(xen: &'static Xen) -> ! {
 
 fn run(xen: &'static Xen) -> Result<(), String> {
     let mut out = xen;
-    let (page, port) = xen.store().ok_or("no xenstore page")?;
-    // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN, identity-mapped), shared
-    // only with xenstored, and this is its only user in the image.
-    let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
+    let (ring, port) = xen.take_store_ring().ok_or("no xenstore ring")?;
     let StoreSession {
         client: mut xs,
         domid,

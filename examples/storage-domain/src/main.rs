@@ -24,7 +24,6 @@ use xen_blk::front::{Blkfront, WaitMode, DEFAULT_LIMITS};
 use xen_blk::negotiate::FrontLimits;
 use xen_bus::{Bus, BusConfig};
 use xen_control::{Control, Event, Request};
-use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Scheduler, ShutdownReason};
 use xen_rt::Xen;
 use xen_store::client::Store;
@@ -52,10 +51,7 @@ fn xen_main(xen: &'static Xen) -> ! {
 
 fn run(xen: &'static Xen) -> Result<(), String> {
     let mut out = xen;
-    let (page, xs_port) = xen.store().ok_or("no xenstore page")?;
-    // SAFETY: the page is the xenstore ring (HVM_PARAM_STORE_PFN / start_info.store_mfn,
-    // identity-mapped), shared only with xenstored, and this is its only user in the image.
-    let ring = unsafe { XsGuestRing::new(page) }.map_err(|e| format!("xenstore ring: {e}"))?;
+    let (ring, xs_port) = xen.take_store_ring().ok_or("no xenstore ring")?;
     let StoreSession {
         client: xs,
         domid,

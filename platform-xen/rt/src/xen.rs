@@ -19,7 +19,9 @@
 //!   `SCHEDOP_shutdown` with the reason passed by pointer (sched.h).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use core::time::Duration;
 
 use xen_platform::abi::console::{XenconsInterface, XENCONS_OUT_SIZE};
@@ -41,6 +43,7 @@ use xen_platform::abi::xen::{
     HYPERVISOR_XEN_VERSION, MAX_GUEST_CMDLINE,
 };
 use xen_platform::abi::{DomId, EvtchnPort, DOMID_SELF, PAGE_SHIFT};
+use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Console, Error, Events, Result, Scheduler, ShutdownReason};
 
 use crate::hypercall::{self, hypercall2};
@@ -108,6 +111,7 @@ pub struct Xen {
     store_port: AtomicU32,
     start_info: AtomicU64,
     cmdline_len: AtomicUsize,
+    store_taken: AtomicBool,
 }
 
 static XEN: Xen = Xen {
@@ -119,6 +123,7 @@ static XEN: Xen = Xen {
     store_port: AtomicU32::new(0),
     start_info: AtomicU64::new(0),
     cmdline_len: AtomicUsize::new(0),
+    store_taken: AtomicBool::new(false),
 };
 
 fn rc(ret: i64) -> Result<()> {
@@ -352,6 +357,23 @@ impl Xen {
         let pfn = self.store_pfn.load(Ordering::Relaxed);
         let addr = NonNull::new((pfn << PAGE_SHIFT) as usize as *mut u8)?;
         Some((addr, self.store_port.load(Ordering::Relaxed)))
+    }
+
+    /// The XenStore ring on the page xenstored shares with us, and its event channel — once:
+    /// the ring has exactly one user in an image. `None` without a xenstore page, or when it
+    /// was taken already. This is the only `unsafe` an image needed to reach XenStore; it
+    /// lives here, where the page's provenance is known.
+    pub fn take_store_ring(&self) -> Option<(XsGuestRing, EvtchnPort)> {
+        let (page, port) = self.store()?;
+        if self.store_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: `page` is the xenstore ring page (HVM_PARAM_STORE_PFN / start_info.store_mfn)
+        // that boot mapped for the domain's life (identity-mapped in PVH, bootstrap region in
+        // PV), shared only with xenstored; `store_taken` makes this the only `XsGuestRing` on
+        // it, and nothing in the runtime makes references to it.
+        let ring = unsafe { XsGuestRing::new(page) }.ok()?;
+        Some((ring, port))
     }
 
     fn shared(&self) -> Option<usize> {
