@@ -16,45 +16,15 @@
 //! * [`now`](Transport::now) is a monotonic clock; the client computes its deadlines with it
 //!   (so that a server flooding watch events cannot keep a request waiting forever).
 //!
-//! A Unix socket transport is about 30 lines of std code:
+//! The Unix socket transport, about 30 lines of std code, is `xen_store_host::UnixTransport`
+//! (one copy, used by every host tool and test):
 //!
 //! ```
-//! # use std::io::{ErrorKind, Read, Write};
-//! # use std::time::Duration;
-//! # use xen_store::client::XsClientError;
-//! # use xen_store::transport::Transport;
-//! struct Unix { s: std::os::unix::net::UnixStream, t0: std::time::Instant }
-//!
-//! impl Transport for Unix {
-//!     fn now(&self) -> Duration { self.t0.elapsed() }
-//!     fn send(&mut self, b: &[u8], t: Duration) -> Result<(), XsClientError> {
-//!         self.s.set_nonblocking(false).map_err(io)?;
-//!         self.s.set_write_timeout(Some(t.max(Duration::from_millis(1)))).map_err(io)?;
-//!         self.s.write_all(b).map_err(io)
-//!     }
-//!     fn recv(&mut self, b: &mut [u8], t: Duration) -> Result<usize, XsClientError> {
-//!         if t.is_zero() { self.s.set_nonblocking(true) } else {
-//!             self.s.set_nonblocking(false).and_then(|()| self.s.set_read_timeout(Some(t)))
-//!         }.map_err(io)?;
-//!         match self.s.read(b) {
-//!             Ok(0) => Err(XsClientError::Closed),
-//!             Ok(n) => Ok(n),
-//!             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut
-//!                 | ErrorKind::Interrupted) => Ok(0),
-//!             Err(e) => Err(io(e)),
-//!         }
-//!     }
-//! }
-//!
-//! fn io(e: std::io::Error) -> XsClientError {
-//!     match e.kind() {
-//!         ErrorKind::WouldBlock | ErrorKind::TimedOut => XsClientError::Timeout,
-//!         ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => XsClientError::Closed,
-//!         _ => XsClientError::Io(e.raw_os_error().unwrap_or(-1)),
-//!     }
-//! }
+//! use xen_store::client::Client;
+//! let (a, _server) = std::os::unix::net::UnixStream::pair().unwrap();
+//! let client = Client::new(xen_store_host::UnixTransport::new(a));
+//! # drop(client);
 //! ```
-//! (`store/tests/client.rs` has it, tested against a server thread.)
 
 use alloc::boxed::Box;
 use core::time::Duration;

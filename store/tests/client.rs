@@ -9,7 +9,7 @@
 //! or lies yields an error, never a hang.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use xen_store::client::{
 use xen_store::perms::{Access, Perms};
 use xen_store::wire::{Header, Message, MsgType};
 use xen_store::{Framer, Path, Request, Response, XsError};
+use xen_store_host::UnixTransport;
 
 // ---------------------------------------------------------------------------------------------
 // The loopback transport and its scripted server.
@@ -1052,58 +1053,7 @@ fn an_oversized_header_breaks_the_stream() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A Unix socket transport (what a std host crate provides), against a server thread.
-
-struct Unix {
-    s: UnixStream,
-    t0: Instant,
-}
-
-fn io(e: std::io::Error) -> XsClientError {
-    match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => XsClientError::Timeout,
-        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => XsClientError::Closed,
-        _ => XsClientError::Io(e.raw_os_error().unwrap_or(-1)),
-    }
-}
-
-impl Transport for Unix {
-    fn now(&self) -> Duration {
-        self.t0.elapsed()
-    }
-
-    fn send(&mut self, b: &[u8], t: Duration) -> Result<(), XsClientError> {
-        self.s.set_nonblocking(false).map_err(io)?;
-        self.s
-            .set_write_timeout(Some(t.max(Duration::from_millis(1))))
-            .map_err(io)?;
-        self.s.write_all(b).map_err(io)
-    }
-
-    fn recv(&mut self, b: &mut [u8], t: Duration) -> Result<usize, XsClientError> {
-        if t.is_zero() {
-            self.s.set_nonblocking(true)
-        } else {
-            self.s
-                .set_nonblocking(false)
-                .and_then(|()| self.s.set_read_timeout(Some(t)))
-        }
-        .map_err(io)?;
-        match self.s.read(b) {
-            Ok(0) => Err(XsClientError::Closed),
-            Ok(n) => Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(0)
-            }
-            Err(e) => Err(io(e)),
-        }
-    }
-}
+// The Unix socket transport (xen-store-host's), against a server thread.
 
 /// Serve `n` requests with [`agreeable`] (plus a watch event before every reply), then hang
 /// up.
@@ -1149,13 +1099,7 @@ fn unix_server(mut s: UnixStream, n: usize) {
 fn unix_socket_transport() {
     let (a, b) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || unix_server(b, 3));
-    let mut c = Client::with_config(
-        Unix {
-            s: a,
-            t0: Instant::now(),
-        },
-        cfg(5000),
-    );
+    let mut c = Client::with_config(UnixTransport::new(a), cfg(5000));
     c.watch("/evt", "tok1").unwrap(); // served #0: its event (tok0) is stray
     assert_eq!(c.read("/k").unwrap(), b"value of /k"); // #1, event tok1
     assert_eq!(c.directory("/d").unwrap(), ["a", "b"]); // #2
@@ -1172,13 +1116,7 @@ fn unix_socket_transport() {
 #[test]
 fn unix_socket_silent_server_times_out() {
     let (a, _b) = UnixStream::pair().unwrap();
-    let mut c = Client::with_config(
-        Unix {
-            s: a,
-            t0: Instant::now(),
-        },
-        cfg(200),
-    );
+    let mut c = Client::with_config(UnixTransport::new(a), cfg(200));
     let t = Instant::now();
     assert_eq!(c.read("/k"), Err(XsClientError::Timeout));
     let e = t.elapsed();
