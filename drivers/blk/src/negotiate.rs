@@ -3,7 +3,7 @@
 //! The rules are those of `xen/io/blkif.h` ("Feature and Parameter Negotiation"): the backend
 //! publishes what it can do, the frontend takes the lesser of its own limits and the backend's
 //! and falls back to the original protocol (one ring page, 11 segments per request, no flush,
-//! no discard) for every key that is missing. Keys from the seed's multi-page protocol
+//! no discard) for every key that is missing. Keys from FreeBSD's older multi-page protocol
 //! (`max-ring-pages`/`num-ring-pages`, `max-requests`, `max-request-segments`,
 //! `max-request-size`) are still read from old peers: the first two as ring sizes, the last
 //! three as caps.
@@ -24,12 +24,12 @@ use crate::abi::{
     XEN_IO_PROTO_ABI_NATIVE,
 };
 
-/// XenStore key names of blkif.h (and the seed's legacy ones).
+/// XenStore key names of blkif.h (and FreeBSD blkfront's legacy ones).
 pub mod keys {
     // Backend → frontend: ring and request size (published before InitWait).
     /// Largest ring a backend maps, as log2 of pages.
     pub const MAX_RING_PAGE_ORDER: &str = "max-ring-page-order";
-    /// Deprecated: the same as a page count (the seed's protocol).
+    /// Deprecated: the same as a page count (FreeBSD's older protocol).
     pub const MAX_RING_PAGES: &str = "max-ring-pages";
     /// Segments per indirect request the backend accepts (absent: no indirect).
     pub const FEATURE_MAX_INDIRECT_SEGMENTS: &str = "feature-max-indirect-segments";
@@ -69,7 +69,7 @@ pub mod keys {
     pub const RING_REF: &str = "ring-ref";
     /// log2 of the ring pages (multi-page ring; refs in `ring-ref0..N-1`).
     pub const RING_PAGE_ORDER: &str = "ring-page-order";
-    /// Deprecated: ring pages as a count (the seed's protocol).
+    /// Deprecated: ring pages as a count (FreeBSD's older protocol).
     pub const NUM_RING_PAGES: &str = "num-ring-pages";
     /// The frontend's event-channel port.
     pub const EVENT_CHANNEL: &str = "event-channel";
@@ -208,7 +208,7 @@ impl FrontRing {
     }
 
     /// The keys the frontend writes (blkif.h): `ring-ref` for a one-page ring; otherwise
-    /// `ring-ref0..N-1`, `ring-page-order` and the legacy `num-ring-pages` (for the seed's
+    /// `ring-ref0..N-1`, `ring-page-order` and the legacy `num-ring-pages` (for FreeBSD's older
     /// backends); then `event-channel` and `protocol`.
     pub fn keys(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -322,7 +322,7 @@ fn read_offered_order(get: &mut Get<'_>) -> Result<u32, DriverError> {
 
 impl BackendOffer {
     /// The keys a backend writes before InitWait: ring size (new and legacy form), indirect
-    /// segments, and the seed caps it sets.
+    /// segments, and the caps FreeBSD's older frontend sets.
     pub fn ring_keys(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         out.push((
@@ -1055,7 +1055,7 @@ mod tests {
         // Old frontend: no protocol key (native), no indirect offered → 11 segments.
         let c = ok(&[("ring-ref", "8"), ("event-channel", "4")], offer(0, 0)).unwrap();
         assert_eq!(c.max_segments, 11);
-        // The seed's frontend: num-ring-pages + ring-refN + caps.
+        // FreeBSD's older frontend: num-ring-pages + ring-refN + caps.
         let c = ok(
             &[
                 ("num-ring-pages", "2"),

@@ -1,5 +1,5 @@
 //! A [`Storage`] backed by a blkfront device: a storage domain serves, through blkback, a disk it
-//! received itself (the seed's "backend in any domain"), or a window of it with [`Slice`].
+//! received itself (a backend in any domain, as FreeBSD's blkback rewrite made possible), or a window of it with [`Slice`].
 //!
 //! Each storage op becomes one [`BlockDevice`] request on a page-aligned buffer the frontend
 //! grants: a write copies the op's bytes into it before submitting, a read copies them out at

@@ -1,8 +1,9 @@
 //! The XenStore conformance suite: one set of cases, run against any [`Peer`].
 //!
-//! Today the peer is Debian's real C xenstored 4.17 ([`crate::real::RealXenstored`]): dom0
-//! over its Unix socket, domUs over real shared ring pages. Tomorrow it is also our own
-//! xenstored (`xen_store::server`), with dom0 on a Unix socket and domUs on simulator rings.
+//! Two peers run it: Debian's real C xenstored 4.17 ([`crate::real::RealXenstored`]; dom0
+//! over its Unix socket, domUs over real shared ring pages) and our own xenstored
+//! ([`crate::ours::OurXenstored`], `xen_store::server`; dom0 on a Unix socket, domUs on
+//! simulator rings).
 //! **These cases define the behaviour our server must match**: every expectation below was
 //! observed on the real daemon. Where our server is meant to differ, the case says so in a
 //! comment and the expectation is the real daemon's.
