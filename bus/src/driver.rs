@@ -89,6 +89,8 @@ impl fmt::Display for DriverError {
     }
 }
 
+impl core::error::Error for DriverError {}
+
 impl From<XsClientError> for DriverError {
     fn from(e: XsClientError) -> Self {
         DriverError::xs("xenstore", &e)

@@ -57,6 +57,8 @@ impl core::fmt::Display for DetailsError {
     }
 }
 
+impl core::error::Error for DetailsError {}
+
 /// Whether `s` may be a class name or device id: a valid XenStore leaf (no `/`), at most 64
 /// bytes of `[A-Za-z0-9_-]` (xenstored also allows `@`, which no device name uses).
 pub fn is_valid_name(s: &str) -> bool {

@@ -123,6 +123,8 @@ impl fmt::Display for XsError {
     }
 }
 
+impl core::error::Error for XsError {}
+
 /// The string is not an error name of `xsd_errors[]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownErrorName;
@@ -260,3 +262,5 @@ impl fmt::Display for CodecError {
         }
     }
 }
+
+impl core::error::Error for CodecError {}

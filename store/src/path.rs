@@ -90,6 +90,8 @@ impl fmt::Display for PathError {
     }
 }
 
+impl core::error::Error for PathError {}
+
 /// Is `b` allowed in a path (`valid_chars()` in xenstored_core.c)?
 pub const fn is_valid_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@')

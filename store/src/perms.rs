@@ -91,6 +91,8 @@ impl fmt::Display for PermError {
     }
 }
 
+impl core::error::Error for PermError {}
+
 /// One `<perm-as-string>`: an access letter and a domid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Perm {

@@ -113,6 +113,8 @@ impl fmt::Display for IoError {
     }
 }
 
+impl core::error::Error for IoError {}
+
 /// A finished op.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Completion {

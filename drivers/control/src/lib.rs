@@ -358,6 +358,15 @@ impl fmt::Display for ControlError {
     }
 }
 
+impl core::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ControlError::Store(e) => Some(e),
+            ControlError::Shutdown(_, e) | ControlError::Resume(e) => Some(e),
+        }
+    }
+}
+
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ControlStats {

@@ -137,7 +137,17 @@ impl fmt::Display for XsClientError {
     }
 }
 
-impl core::error::Error for XsClientError {}
+impl core::error::Error for XsClientError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            XsClientError::Xs(e) => Some(e),
+            XsClientError::Platform(e) => Some(e),
+            XsClientError::Protocol(e) => Some(e),
+            XsClientError::BadRequest(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// How the server broke the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +197,15 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Malformed(e) => write!(f, "malformed reply: {e}"),
             ProtocolError::ZeroTransactionId => f.write_str("transaction id 0"),
             ProtocolError::DirectoryPart => f.write_str("DIRECTORY_PART listing does not end"),
+        }
+    }
+}
+
+impl core::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ProtocolError::Framing(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -56,7 +56,29 @@ pub enum BlkError {
 
 impl fmt::Display for BlkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self {
+            BlkError::Io => f.write_str("I/O error reported by the backend (BLKIF_RSP_ERROR)"),
+            BlkError::Unsupported => f.write_str("operation not supported by the device"),
+            BlkError::ReadOnly => f.write_str("the device is read-only"),
+            BlkError::OutOfRange => {
+                f.write_str("sector range outside the device or not whole sectors")
+            }
+            BlkError::BadBuffer => f.write_str("buffer too small, not page aligned, or not ours"),
+            BlkError::Busy => f.write_str("too many requests in flight"),
+            BlkError::NotConnected => f.write_str("the device is not connected"),
+            BlkError::Failed => f.write_str("the device failed (backend misbehaved or went away)"),
+            BlkError::Timeout => f.write_str("timed out"),
+            BlkError::Platform(e) => write!(f, "platform error: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for BlkError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            BlkError::Platform(e) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -110,6 +132,18 @@ pub struct Rejected {
     pub error: BlkError,
     /// The request's buffer, if it had one.
     pub buffer: Option<Buffer>,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request refused: {}", self.error)
+    }
+}
+
+impl core::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// A block device with requests in flight.
