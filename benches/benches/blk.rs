@@ -32,6 +32,7 @@ fn bus_cfg() -> BusConfig {
         handshake_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(5),
         resync_interval: Duration::from_millis(100),
+        ..BusConfig::default()
     }
 }
 

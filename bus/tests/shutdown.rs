@@ -41,6 +41,7 @@ fn guest_cfg() -> BusConfig {
         handshake_timeout: Duration::from_secs(5),
         close_timeout: CLOSE_TIMEOUT,
         resync_interval: Duration::from_millis(50),
+        ..BusConfig::default()
     }
 }
 

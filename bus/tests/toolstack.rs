@@ -134,6 +134,7 @@ fn cfg() -> BusConfig {
         handshake_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(3),
         resync_interval: Duration::from_millis(100),
+        ..BusConfig::default()
     }
 }
 

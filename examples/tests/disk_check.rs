@@ -36,6 +36,7 @@ fn run_check_in(
         handshake_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(2),
         resync_interval: Duration::from_millis(100),
+        ..BusConfig::default()
     };
     let ts = Toolstack::new().unwrap();
     let guest = ts

@@ -320,6 +320,7 @@ impl<T: Transport> Client<T> {
             .and_then(|m| m.encode())
             .map_err(XsClientError::BadRequest)?;
         let deadline = self.transport.now().saturating_add(self.config.timeout);
+        self.stats.requests_sent += 1;
         if let Err(e) = self.transport.send(&bytes, self.config.timeout) {
             // A part of the message may be in the stream: it is out of sync, unless the ring
             // was reset (which discards partial messages).

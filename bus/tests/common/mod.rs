@@ -160,11 +160,16 @@ pub trait AnyBus {
     fn close(&mut self, nodename: &str) -> bool;
     fn reconnect(&mut self, nodename: &str, now: Duration) -> bool;
     fn take_events(&mut self) -> Vec<BusEvent>;
+    /// XenStore requests this bus's client has sent.
+    fn requests_sent(&mut self) -> u64;
 }
 
 impl<T: Transport> AnyBus for Bus<T> {
     fn poll(&mut self, now: Duration) {
         Bus::poll(self, now).expect("bus poll");
+    }
+    fn requests_sent(&mut self) -> u64 {
+        self.client().stats().requests_sent
     }
     fn status(&self, nodename: &str) -> Option<DeviceStatus> {
         self.device(nodename)
@@ -465,5 +470,6 @@ pub fn cfg(handshake_ms: u64) -> BusConfig {
         handshake_timeout: Duration::from_millis(handshake_ms),
         close_timeout: Duration::from_millis(handshake_ms),
         resync_interval: Duration::from_millis(200),
+        ..BusConfig::default()
     }
 }

@@ -39,6 +39,7 @@ fn blkback_on_a_static_reference_serves_blkfront_on_an_arc() {
         handshake_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(2),
         resync_interval: Duration::from_millis(100),
+        ..BusConfig::default()
     };
     let ts = Toolstack::new().unwrap();
     let guest = ts

@@ -24,6 +24,7 @@ fn cfg() -> BusConfig {
         handshake_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(2),
         resync_interval: Duration::from_millis(50),
+        ..BusConfig::default()
     }
 }
 

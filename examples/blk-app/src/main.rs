@@ -115,6 +115,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
             handshake_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(10),
             resync_interval: Duration::from_millis(500),
+            ..BusConfig::default()
         },
     );
     let mut ctl = Control::new(|req: Request| {

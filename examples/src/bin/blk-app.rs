@@ -29,6 +29,7 @@ fn run() -> Result<(), String> {
         handshake_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(2),
         resync_interval: Duration::from_millis(100),
+        ..BusConfig::default()
     };
     let ts = Toolstack::new().map_err(|e| format!("{e:?}"))?;
     let guest = ts

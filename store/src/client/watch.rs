@@ -29,6 +29,8 @@ pub struct ClientStats {
     pub events_malformed: u64,
     /// Late replies to requests that had timed out, discarded.
     pub replies_discarded: u64,
+    /// Requests sent (what a client costs its server, and an idle domain its vCPU).
+    pub requests_sent: u64,
 }
 
 #[derive(Debug, Default)]

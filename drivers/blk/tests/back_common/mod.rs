@@ -141,6 +141,7 @@ impl World {
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(3),
             resync_interval: Duration::from_millis(100),
+            ..BusConfig::default()
         };
         let mut bus = Bus::with_config(sd.xs_client().unwrap(), sd.domid(), cfg);
         back.register(&mut bus).unwrap();

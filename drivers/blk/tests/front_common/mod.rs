@@ -474,6 +474,7 @@ pub fn bus_cfg() -> BusConfig {
         handshake_timeout: Duration::from_secs(5),
         close_timeout: Duration::from_secs(2),
         resync_interval: Duration::from_millis(50),
+        ..BusConfig::default()
     }
 }
 
