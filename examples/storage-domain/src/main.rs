@@ -31,6 +31,12 @@ use xenolith_apps::start::{open_store, wait_on, StoreSession};
 use xenolith_apps::target::{describe, make_storage, parse_target};
 use xenolith_apps::StorageDomain;
 
+/// After a round that served requests, poll the rings this long before sleeping in
+/// `SCHEDOP_poll`: a busy guest's next request usually comes sooner than a sleeping vCPU can
+/// be woken for it (in the lab, a Linux guest's 4 KiB requests at queue depth 1 come about
+/// every 0.7 ms). Idle, the domain sleeps as before: the window opens only on activity.
+const HOT_POLL: Duration = Duration::from_millis(2);
+
 /// Called by the runtime (xen-rt) once the platform and the heap are up.
 #[no_mangle]
 fn xen_main(xen: &'static Xen) -> ! {
@@ -126,8 +132,12 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     let _ = writeln!(out, "storage-domain: ready");
 
     let mut ports: Vec<u32> = Vec::new();
+    let mut hot_until = Duration::ZERO;
     loop {
         let (p, deadline) = sd.step(&mut bus, xen.now());
+        if p.served > 0 {
+            hot_until = xen.now() + HOT_POLL;
+        }
         while let Some(ev) = ctl
             .poll(bus.client(), xen)
             .map_err(|e| format!("control: {e:?}"))?
@@ -150,7 +160,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
                 return Ok(()); // not reached on Xen
             }
         }
-        if p.busy {
+        if p.busy || xen.now() < hot_until {
             continue;
         }
         let until = deadline.map_or(xen.now() + Duration::from_secs(10), |d| {
