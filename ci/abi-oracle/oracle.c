@@ -25,6 +25,7 @@
 #define xen_wmb() __asm__ __volatile__("" ::: "memory")
 
 #include <xen/xen.h>
+#include <xen/memory.h>
 #include <xen/grant_table.h>
 #include <xen/event_channel.h>
 #include <xen/sched.h>
@@ -164,6 +165,28 @@ FIELD(start_info, T, cmd_line)
 FIELD(start_info, T, first_p2m_pfn)
 FIELD(start_info, T, nr_p2m_frames)
 #undef T
+
+#define T struct xen_add_to_physmap
+TYPE(xen_add_to_physmap, T)
+FIELD(xen_add_to_physmap, T, domid)
+FIELD(xen_add_to_physmap, T, size)
+FIELD(xen_add_to_physmap, T, space)
+FIELD(xen_add_to_physmap, T, idx)
+FIELD(xen_add_to_physmap, T, gpfn)
+#undef T
+
+#define T struct mmu_update
+TYPE(mmu_update, T)
+FIELD(mmu_update, T, ptr)
+FIELD(mmu_update, T, val)
+#undef T
+
+CONST(XENMEM_add_to_physmap)
+CONST(XENMAPSPACE_shared_info)
+CONST(XENMAPSPACE_grant_table)
+CONST(MMU_NORMAL_PT_UPDATE)
+CONST(UVMF_INVLPG)
+CONST_AS(MACH2PHYS_VIRT_START, (long)MACH2PHYS_VIRT_START)
 
 CONST(__HYPERVISOR_set_trap_table)
 CONST(__HYPERVISOR_mmu_update)

@@ -3,7 +3,7 @@
 //! several domains polled in one thread on a fake clock (deterministic: every request
 //! completes before the next), and the `vdummy` device class.
 //!
-//! `xen-toolstack` (platform-xen/sim/toolstack) was not committed when these were written;
+//! `xen-toolstack` (testbed/toolstack) was not committed when these were written;
 //! the helper below writes the same nodes with the same permissions.
 #![allow(dead_code)]
 

@@ -5,6 +5,7 @@ use xen_platform::abi::console::*;
 use xen_platform::abi::event_channel::*;
 use xen_platform::abi::grant_table::*;
 use xen_platform::abi::hvm::*;
+use xen_platform::abi::memory::*;
 use xen_platform::abi::sched::*;
 use xen_platform::abi::xen::*;
 use xen_platform::abi::xs::*;
@@ -84,6 +85,30 @@ fn xen_h() {
         nr_pt_frames, mfn_list, mod_start, mod_len, cmd_line, first_p2m_pfn, nr_p2m_frames,
     } pad { _pad0, _pad1 });
 
+    check_struct!(
+        c,
+        XenAddToPhysmap = xen_add_to_physmap {
+            domid,
+            size,
+            space,
+            idx,
+            gpfn
+        }
+    );
+    check_struct!(c, MmuUpdate = mmu_update { ptr, val });
+    check_consts!(c, {
+        XENMEM_ADD_TO_PHYSMAP = XENMEM_add_to_physmap,
+        XENMAPSPACE_SHARED_INFO = XENMAPSPACE_shared_info,
+        XENMAPSPACE_GRANT_TABLE = XENMAPSPACE_grant_table,
+        MMU_NORMAL_PT_UPDATE = MMU_NORMAL_PT_UPDATE,
+        UVMF_INVLPG = UVMF_INVLPG,
+    });
+    // A 64-bit address: C's long is signed, so compare the bits.
+    c.eq(
+        "MACH2PHYS_VIRT_START".to_string(),
+        MACH2PHYS_VIRT_START as i64 as i128,
+        abi_oracle::c_long!("xo_const_", "MACH2PHYS_VIRT_START") as i128,
+    );
     check_consts!(c, {
         HYPERVISOR_SET_TRAP_TABLE = __HYPERVISOR_set_trap_table,
         HYPERVISOR_MMU_UPDATE = __HYPERVISOR_mmu_update,

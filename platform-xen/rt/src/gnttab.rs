@@ -53,7 +53,9 @@ use xen_platform::{
 
 use crate::hypercall::{hypercall2, hypercall5};
 use crate::sync::SpinLock;
-use crate::xen::{Xen, XenAddToPhysmap, UVMF_INVLPG, XENMEM_ADD_TO_PHYSMAP};
+use crate::xen::Xen;
+use xen_platform::abi::memory::{XenAddToPhysmap, XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP};
+use xen_platform::abi::xen::UVMF_INVLPG;
 
 /// Grant-table frames we set up (v1: 512 entries per 4 KiB frame). Fixed: never grown.
 pub const GRANT_FRAMES: usize = 32;
@@ -63,8 +65,6 @@ pub const ENTRIES_PER_FRAME: usize = PAGE_SIZE / core::mem::size_of::<GrantEntry
 pub const NR_REFS: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
 /// Pages of the mapping window: at most this many foreign pages mapped at once.
 pub const MAP_SLOTS: usize = 1024;
-/// `XENMAPSPACE_grant_table` (memory.h).
-pub const XENMAPSPACE_GRANT_TABLE: u32 = 1;
 
 const LINK_END: u32 = u32::MAX;
 const LINK_IN_USE: u32 = u32::MAX - 1;

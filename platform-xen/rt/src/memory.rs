@@ -28,7 +28,8 @@ use xen_platform::{Error, PageRun, Pages, Result};
 use crate::gnttab::TABLE;
 use crate::hypercall::{self, Mode};
 use crate::pages::PageAlloc;
-use crate::xen::{Xen, MACH2PHYS_VIRT_START};
+use crate::xen::Xen;
+use xen_platform::abi::xen::{MmuUpdate, MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPDATE, UVMF_INVLPG};
 
 /// The page allocator of the image.
 pub static PAGES: PageAlloc = PageAlloc::new();
@@ -80,18 +81,6 @@ pub fn heap_release(addr: usize, pages: usize) -> bool {
     PAGES.free(addr, pages)
 }
 
-/// `struct mmu_update` (xen.h): `ptr` = machine address of the entry | `MMU_*`, `val`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct MmuUpdate {
-    /// Machine address of the page-table entry, low 2 bits `MMU_*`.
-    pub ptr: u64,
-    /// The new entry.
-    pub val: u64,
-}
-const _: () = assert!(core::mem::size_of::<MmuUpdate>() == 16);
-/// `MMU_NORMAL_PT_UPDATE` (xen.h).
-pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 const PTE_PRESENT: u64 = 1;
 /// PV mappings of RAM: present | writable | accessed | dirty (Xen adds `_PAGE_USER` for a
@@ -141,7 +130,7 @@ unsafe fn install_l1(l2_mfn: u64, idx: usize, l1: usize) -> Result<()> {
             xen_platform::abi::xen::HYPERVISOR_UPDATE_VA_MAPPING,
             l1 as u64,
             (l1_mfn << 12) | PTE_RO,
-            crate::xen::UVMF_INVLPG,
+            UVMF_INVLPG,
             0,
             0,
         )

@@ -34,6 +34,7 @@ use xen_platform::abi::hvm::{
     HvmStartInfo, XenHvmParam, HVMOP_GET_PARAM, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
     HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
+use xen_platform::abi::memory::{XenAddToPhysmap, XENMAPSPACE_SHARED_INFO, XENMEM_ADD_TO_PHYSMAP};
 use xen_platform::abi::sched::{
     SchedPoll, SchedShutdown, SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
 };
@@ -42,42 +43,15 @@ use xen_platform::abi::xen::{
     HYPERVISOR_HVM_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
     HYPERVISOR_XEN_VERSION, MAX_GUEST_CMDLINE,
 };
+use xen_platform::abi::xen::{MACH2PHYS_VIRT_START, UVMF_INVLPG};
 use xen_platform::abi::{DomId, EvtchnPort, DOMID_SELF, PAGE_SHIFT};
 use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Console, Error, Events, Result, Scheduler, ShutdownReason};
 
 use crate::hypercall::{self, hypercall2};
 
-/// `MACH2PHYS_VIRT_START` (arch-x86/xen-x86_64.h): the read-only M2P table of PV guests.
-pub const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
-/// `UVMF_INVLPG` (xen.h): flush only the one TLB entry.
-pub const UVMF_INVLPG: u64 = 2;
-
 /// Most ports one `SCHEDOP_poll` takes (Xen's `do_poll` returns -EINVAL above 128).
 pub const MAX_POLL_PORTS: usize = 128;
-
-/// `XENMEM_add_to_physmap` (memory.h).
-pub const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
-/// `XENMAPSPACE_shared_info` (memory.h).
-pub const XENMAPSPACE_SHARED_INFO: u32 = 0;
-
-/// `struct xen_add_to_physmap` (memory.h): domid_t domid; uint16_t size; unsigned int space;
-/// xen_ulong_t idx; xen_pfn_t gpfn. 24 bytes on x86_64.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct XenAddToPhysmap {
-    /// The domain (`DOMID_SELF`).
-    pub domid: DomId,
-    /// Pages (gmfn_range only).
-    pub size: u16,
-    /// `XENMAPSPACE_*`.
-    pub space: u32,
-    /// Index into the space.
-    pub idx: u64,
-    /// Where it appears in our physical address space.
-    pub gpfn: u64,
-}
-const _: () = assert!(core::mem::size_of::<XenAddToPhysmap>() == 24);
 
 /// The page `shared_info` is mapped at (its RAM is given back to Xen by the remap).
 #[repr(C, align(4096))]
@@ -689,8 +663,6 @@ mod tests {
         assert_eq!(MASK, 2560);
         assert_eq!(TIME, 32);
         assert_eq!(UPCALL_MASK, 1);
-        assert_eq!(core::mem::offset_of!(XenAddToPhysmap, idx), 8);
-        assert_eq!(core::mem::offset_of!(XenAddToPhysmap, gpfn), 16);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! see the workspace Cargo.toml for why.
 //!
 //! Submodules follow the headers: [`xen`] (xen.h, arch-x86), [`grant_table`], [`event_channel`],
-//! [`sched`], [`hvm`] (PVH start info, hvm_op.h, params.h), [`xs`] (io/xs_wire.h) and
+//! [`sched`], [`hvm`] (PVH start info, hvm_op.h, params.h), [`memory`] (memory.h),
+//! [`xs`] (io/xs_wire.h) and
 //! [`console`] (io/console.h). Implicit C padding is spelled out as `_padN` fields so that the
 //! `Pod` types have no padding bytes.
 
@@ -13,6 +14,7 @@ pub mod console;
 pub mod event_channel;
 pub mod grant_table;
 pub mod hvm;
+pub mod memory;
 pub mod sched;
 pub mod xen;
 pub mod xs;

@@ -431,3 +431,21 @@ const _: () = assert!(core::mem::size_of::<StartInfo>() == 1168);
 const _: () = assert!(core::mem::offset_of!(StartInfo, console) == 72);
 const _: () = assert!(core::mem::offset_of!(StartInfo, cmd_line) == 128);
 const _: () = assert!(core::mem::size_of::<GuestHandle<u8>>() == 8);
+
+/// `struct mmu_update` (xen.h): `ptr` = machine address of the page-table entry | `MMU_*`,
+/// `val` = the new entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MmuUpdate {
+    /// Machine address of the page-table entry, low 2 bits `MMU_*`.
+    pub ptr: u64,
+    /// The new entry.
+    pub val: u64,
+}
+/// `MMU_NORMAL_PT_UPDATE` (xen.h): a checked update of one page-table entry.
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+/// `UVMF_INVLPG` (xen.h): after `update_va_mapping`, flush only the one TLB entry.
+pub const UVMF_INVLPG: u64 = 2;
+/// `MACH2PHYS_VIRT_START` (arch-x86/xen-x86_64.h): the read-only machine-to-physical table
+/// every 64-bit PV guest sees.
+pub const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
