@@ -137,6 +137,9 @@ extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
     let pad_end = ((xen_sp + MB4 - 1) & !(MB4 - 1)) as usize;
     // SAFETY: rsi at the PV entry points to start_info_t (xen.h); init_pv checked its magic.
     let si = unsafe { (start_info as *const StartInfo).read_volatile() };
+    // The p2m list, before anything translates a page of ours to its machine frame. Here, not
+    // in Xen::init_pv: the platform module then needs nothing of the memory module.
+    crate::memory::set_p2m(si.mfn_list as usize, si.nr_pages as usize);
     // The rest of RAM: mapped 2 MiB at a time, L1 tables in pages of ours; below 1 GiB minus
     // the window's range.
     let mut l1s = [0usize; PV_MAP_LIMIT / M2];
@@ -145,7 +148,7 @@ extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
         core::array::from_fn(|k| pad_end - (2 + k) * PAGE as usize);
     let ram_pages = (si.nr_pages as usize).min((PV_MAP_LIMIT - PV_WINDOW_L1S * M2) / PAGE as usize);
     // SAFETY: once, at boot, PV; the spare page (the padding's last) and the frames above
-    // the bootstrap region are ours and unused; init_pv set the p2m list.
+    // the bootstrap region are ours and unused; the p2m list is set (above).
     let (top, n_l1, err) =
         unsafe { pv_map_ram(si.pt_base as usize, pad_end, ram_pages, spare, &mut l1s) };
     // The mapping window: its own 2 MiB-aligned range right above that RAM, L1 tables

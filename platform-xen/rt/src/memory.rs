@@ -40,7 +40,8 @@ static NR_PAGES: AtomicUsize = AtomicUsize::new(0);
 /// Lowest address `Pages::frame` accepts (the image's start).
 static FRAME_LOW: AtomicUsize = AtomicUsize::new(0x10_0000);
 
-/// PV: remember the p2m list (called by `Xen::init_pv`).
+/// PV: remember the p2m list (called by the PV entry, `image.rs`).
+#[cfg(all(feature = "image", not(test)))]
 pub(crate) fn set_p2m(mfn_list: usize, nr_pages: usize) {
     P2M.store(mfn_list, Ordering::Relaxed);
     NR_PAGES.store(nr_pages, Ordering::Relaxed);

@@ -250,7 +250,6 @@ impl Xen {
             x.console_ring
                 .store((m2p(cons_mfn) << PAGE_SHIFT) as usize, Ordering::Release);
         }
-        crate::memory::set_p2m(si.mfn_list as usize, si.nr_pages as usize);
         x.store_pfn.store(m2p(si.store_mfn), Ordering::Relaxed);
         x.store_port.store(si.store_evtchn, Ordering::Relaxed);
         if r != 0 {
