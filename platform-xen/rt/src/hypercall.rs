@@ -73,6 +73,17 @@ pub fn xen_cpuid_base() -> Option<u32> {
         })
 }
 
+/// Xen's TSC leaf (cpuid.h, "Leaf 4", base+3 sub-leaf 0): whether the TSC is emulated (every
+/// `rdtsc` traps to Xen), whether the host TSC is reliable, `tsc_mode`, the guest TSC in kHz.
+/// `None` if Xen does not offer the leaf.
+pub fn xen_tsc_info(base: u32) -> Option<(bool, bool, u32, u32)> {
+    if cpuid(base)[0] < base + 3 {
+        return None;
+    }
+    let r = core::arch::x86_64::__cpuid_count(base + 3, 0);
+    Some((r.eax & 1 != 0, r.eax & 2 != 0, r.ebx, r.ecx))
+}
+
 /// Xen's version (major << 16 | minor), from leaf base+1.
 pub fn xen_version(base: u32) -> u32 {
     cpuid(base + 1)[0]

@@ -201,6 +201,18 @@ fn run(
         v >> 16,
         v & 0xffff
     );
+    // Whether Xen traps rdtsc (the clock reads it): CPUID is intercepted in PVH only.
+    if let Some((emulated, reliable, tsc_mode, khz)) = Some(xen.cpuid_base())
+        .filter(|&b| b != 0)
+        .and_then(crate::hypercall::xen_tsc_info)
+    {
+        let _ = writeln!(
+            &*xen,
+            "xen-rt: TSC emulated by Xen: {}, host TSC reliable: {}, tsc_mode {tsc_mode}, {khz} kHz",
+            if emulated { "yes" } else { "no" },
+            if reliable { "yes" } else { "no" },
+        );
+    }
     match grants {
         Ok((n, at, window)) => {
             let _ = writeln!(
