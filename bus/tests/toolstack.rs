@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{AnyBus, DummyBack, DummyFront, FrontOpts, Log};
 use xen_bus::store::client::Store;
 use xen_bus::{Bus, BusConfig, BusEvent, DomId};
-use xen_toolstack::{DomainConfig, Timeouts, Toolstack, Vbd};
+use xen_toolstack::{Device, DomainConfig, Timeouts, Toolstack, Vbd};
 
 const XVDA: &str = "device/vbd/51712";
 const LIMIT: Duration = Duration::from_secs(10);
@@ -127,6 +127,52 @@ impl World {
             .with_xs(|xs| xs.try_read(path).unwrap())
             .map(|v| String::from_utf8(v).unwrap())
     }
+
+    /// `xl block-detach fe vdev` on a thread (it blocks until both ends close) while this
+    /// thread polls every bus; it must succeed within [`LIMIT`].
+    fn block_detach_while_polling(&mut self, fe: DomId, vdev: &str) {
+        let World {
+            ts,
+            buses,
+            events,
+            t0,
+            ..
+        } = self;
+        std::thread::scope(|s| {
+            let detach = s.spawn(|| ts.block_detach(fe, vdev));
+            let end = Instant::now() + LIMIT;
+            while !detach.is_finished() {
+                assert!(Instant::now() < end, "block-detach did not return");
+                World::poll_all(buses, events, t0.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            detach.join().unwrap().unwrap();
+        });
+    }
+
+    /// A storage (driver) domain and a guest, each with its bus, and the guest's xvda served by
+    /// the storage domain, both ends Connected. Returns (storage domid, guest domid, device).
+    fn served_by_driver_domain(&mut self) -> (DomId, DomId, Device) {
+        let sd = self
+            .ts
+            .create_domain("storage", DomainConfig::default().driver_domain())
+            .unwrap();
+        let g = self
+            .ts
+            .create_domain("guest", DomainConfig::default())
+            .unwrap();
+        let (sdid, fe) = (sd.domid(), g.domid());
+        self.guest_bus("storage", &sd, false, true);
+        self.guest_bus("guest", &g, true, false);
+        let dev = self
+            .ts
+            .add_vbd(&Vbd::new(fe, sdid, "xvda", "/root/disk.img"))
+            .unwrap();
+        self.run_until("both Connected", |w| {
+            w.connected("guest", XVDA) && w.connected("storage", &be(fe))
+        });
+        (sdid, fe, dev)
+    }
 }
 
 fn cfg() -> BusConfig {
@@ -166,23 +212,7 @@ fn xl_create_connect_and_block_detach() {
         Some("4")
     );
     // xl block-detach blocks until both ends are Closed, then removes the nodes.
-    let World {
-        ts,
-        buses,
-        events,
-        t0,
-        ..
-    } = &mut w;
-    std::thread::scope(|s| {
-        let detach = s.spawn(|| ts.block_detach(fe, "xvda"));
-        let end = Instant::now() + LIMIT;
-        while !detach.is_finished() {
-            assert!(Instant::now() < end, "block-detach did not return");
-            World::poll_all(buses, events, t0.elapsed());
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        detach.join().unwrap().unwrap();
-    });
+    w.block_detach_while_polling(fe, "xvda");
     assert_eq!(w.closed("guest", XVDA), Some(None));
     assert_eq!(w.closed("dom0", &be(fe)), Some(None));
     assert_eq!(w.read(&dev.frontend_path()), None);
@@ -209,38 +239,8 @@ fn xl_create_connect_and_block_detach() {
 #[test]
 fn block_detach_from_a_driver_domain_removes_its_backend_directory() {
     let mut w = World::new();
-    let sd =
-        w.ts.create_domain("storage", DomainConfig::default().driver_domain())
-            .unwrap();
-    let g =
-        w.ts.create_domain("guest", DomainConfig::default())
-            .unwrap();
-    let (sdid, fe) = (sd.domid(), g.domid());
-    w.guest_bus("storage", &sd, false, true);
-    w.guest_bus("guest", &g, true, false);
-    let dev =
-        w.ts.add_vbd(&Vbd::new(fe, sdid, "xvda", "/root/disk.img"))
-            .unwrap();
-    w.run_until("both Connected", |w| {
-        w.connected("guest", XVDA) && w.connected("storage", &be(fe))
-    });
-    let World {
-        ts,
-        buses,
-        events,
-        t0,
-        ..
-    } = &mut w;
-    std::thread::scope(|s| {
-        let detach = s.spawn(|| ts.block_detach(fe, "xvda"));
-        let end = Instant::now() + LIMIT;
-        while !detach.is_finished() {
-            assert!(Instant::now() < end, "block-detach did not return");
-            World::poll_all(buses, events, t0.elapsed());
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        detach.join().unwrap().unwrap();
-    });
+    let (sdid, fe, dev) = w.served_by_driver_domain();
+    w.block_detach_while_polling(fe, "xvda");
     assert_eq!(w.closed("storage", &be(fe)), Some(None));
     assert_eq!(w.read(&dev.backend_path()), None);
     assert_eq!(w.read(&dev.frontend_path()), None);
@@ -256,21 +256,7 @@ fn block_detach_from_a_driver_domain_removes_its_backend_directory() {
 #[test]
 fn driver_domain_backend_then_destroyed() {
     let mut w = World::new();
-    let sd =
-        w.ts.create_domain("storage", DomainConfig::default().driver_domain())
-            .unwrap();
-    let g =
-        w.ts.create_domain("guest", DomainConfig::default())
-            .unwrap();
-    let (sdid, fe) = (sd.domid(), g.domid());
-    w.guest_bus("storage", &sd, false, true);
-    w.guest_bus("guest", &g, true, false);
-    let dev =
-        w.ts.add_vbd(&Vbd::new(fe, sdid, "xvda", "/root/disk.img"))
-            .unwrap();
-    w.run_until("both Connected", |w| {
-        w.connected("guest", XVDA) && w.connected("storage", &be(fe))
-    });
+    let (sdid, fe, dev) = w.served_by_driver_domain();
     assert_eq!(
         w.read(&format!("{}/state", dev.backend_path())).as_deref(),
         Some("4")

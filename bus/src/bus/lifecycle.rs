@@ -265,8 +265,7 @@ impl<T: Transport> Bus<T> {
 
     pub(super) fn closed(&mut self, dev: &mut Device, now: Duration) -> Result<bool, DriverError> {
         dev.set_phase(Phase::Closed, now, &self.cfg);
-        dev.reconnectable = dev.info.role == Role::Back
-            && matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == b"1");
+        dev.reconnectable = dev.info.role == Role::Back && self.online_is(dev, b"1");
         if !dev.reconnectable {
             self.unwatch(dev);
         }
@@ -294,11 +293,16 @@ impl<T: Transport> Bus<T> {
         if dev.info.role == Role::Back
             && self.domid != 0
             && dev.phase == Phase::Closed
-            && matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == b"0")
+            && self.online_is(dev, b"0")
         {
             self.unwatch(dev);
             dev.remove_at = Some(now.saturating_add(BACKEND_REMOVE_DELAY));
         }
+    }
+
+    /// Whether the device's `online` node reads `value` (a backend's: the toolstack's wish).
+    fn online_is(&mut self, dev: &Device, value: &[u8]) -> bool {
+        matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == value)
     }
 
     /// Remove a closed backend's directory ([`schedule_removal`](Self::schedule_removal)),
@@ -306,10 +310,7 @@ impl<T: Transport> Bus<T> {
     pub(super) fn remove_backend_dir(&mut self, dev: &mut Device) {
         dev.remove_at = None;
         // Still the directory of this removal (a new device there would have `online` = 1).
-        if dev.info.role != Role::Back
-            || dev.phase != Phase::Closed
-            || !matches!(self.xs.try_read(&dev.info.key("online")), Ok(Some(v)) if v == b"0")
-        {
+        if !self.online_is(dev, b"0") {
             return;
         }
         if self.xs.rm(&dev.info.path).is_err() {
