@@ -924,19 +924,3 @@ fn buffered_bytes_are_bounded_requests_wait_on_the_ring() {
     assert!(f.responses.iter().all(|r| r.status == BLKIF_RSP_OKAY));
     assert_eq!(f.read_page(&page)[0], disk_byte(255 * 4096));
 }
-
-/// `BackPoll::served` counts what a poll did (requests taken, responses written), so a loop
-/// can keep polling for a while after activity and sleep when idle.
-#[test]
-fn a_poll_reports_what_it_served() {
-    let (mut w, _g, mut f) = default_world();
-    w.poll();
-    assert_eq!(w.back.poll().served, 0, "an idle poll served something");
-    let (_page, gref) = f.page(0, false);
-    f.push(&[rw(BLKIF_OP_READ, 7, 8, &[(gref, 0, 7)])]);
-    // The memory disk answers at once: one request taken, one response written.
-    assert_eq!(w.back.poll().served, 2);
-    assert_eq!(w.back.poll().served, 0);
-    f.collect();
-    assert_eq!(f.response(7).map(|r| r.status), Some(BLKIF_RSP_OKAY));
-}

@@ -205,11 +205,6 @@ impl<H: PlatformRef> Channel<H> {
         self.port
     }
 
-    /// Requests taken plus responses written so far (cheaper than [`stats`](Self::stats)).
-    pub fn activity(&self) -> u64 {
-        self.stats.requests + self.stats.responses
-    }
-
     /// Counters.
     pub fn stats(&self) -> ChannelStats {
         ChannelStats {

@@ -108,9 +108,6 @@ pub struct BackPoll {
     /// Devices whose frontend broke the ring protocol (not served any more): close them with
     /// [`Bus::close`].
     pub broken: Vec<String>,
-    /// Requests taken and responses written by this poll: a loop that polls on for a short
-    /// while after activity (instead of sleeping at once) keys on it.
-    pub served: u64,
 }
 
 /// A device's state as [`BlkBack::device`] reports it.
@@ -215,7 +212,6 @@ impl<H: PlatformRef> BlkBack<H> {
         out.busy = false;
         out.ports.clear();
         out.broken.clear();
-        out.served = 0;
         // Serving a ring never calls back into the hub (the bus is not polled from here), so
         // the hub stays borrowed for the walk: nothing is copied per poll.
         let hub = self.hub.borrow();
@@ -224,9 +220,7 @@ impl<H: PlatformRef> BlkBack<H> {
             let Some(ch) = s.channel.as_mut() else {
                 continue;
             };
-            let before = ch.activity();
             out.busy |= ch.poll(!hub.polled);
-            out.served += ch.activity() - before;
             out.ports.push(ch.port());
             ch.storage_ports(&mut |p| out.ports.push(p));
             if ch.broken().is_some() {
