@@ -316,8 +316,8 @@ extern "C" fn xen_rt_trap(f: &TrapFrame) -> ! {
     let mut w = DebugPort;
     let _ = writeln!(
         w,
-        "\nxen-rt: CPU exception {} ({name}), error code {:#x}, at {:#x}:{:#x}, rflags {:#x}, rsp {:#x}, cr2 {cr2:#x}",
-        f.vector, f.error, f.cs, f.rip, f.rflags, f.rsp
+        "\nxen-rt: CPU exception {} ({name}), error code {:#x}, at {:#x}:{:#x}, rflags {:#x}, stack {:#x}:{:#x}, cr2 {cr2:#x}",
+        f.vector, f.error, f.cs, f.rip, f.rflags, f.ss, f.rsp
     );
     let _ = writeln!(
         w,
@@ -329,7 +329,6 @@ extern "C" fn xen_rt_trap(f: &TrapFrame) -> ! {
         "xen-rt: r8 {:#x} r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x} r13 {:#x} r14 {:#x} r15 {:#x}",
         f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15
     );
-    let _ = f.ss;
     if crate::hypercall::ready() {
         let _ = Xen::get().shutdown(ShutdownReason::Crash);
     }
