@@ -830,6 +830,8 @@ fn frontend_closes_and_reconnects_to_the_same_disk() {
     );
     assert!(f.read_page(&r).iter().all(|&x| x == 0x42), "the same disk");
     assert_eq!(w.specs.borrow().len(), 1, "the storage was made once");
+    // The ended connection's response counts with the live one's.
+    assert_eq!(w.back.responses(), 2);
 }
 
 #[test]

@@ -24,6 +24,9 @@ use xen_blk::front::{Blkfront, WaitMode, DEFAULT_LIMITS};
 use xen_blk::negotiate::FrontLimits;
 use xen_bus::{Bus, BusConfig};
 use xen_control::{Control, Event, Request};
+use xen_platform::abi::xen::{
+    HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_SCHED_OP,
+};
 use xen_platform::{Clock, Scheduler, ShutdownReason};
 use xen_rt::Xen;
 use xen_store::client::Store;
@@ -147,6 +150,16 @@ fn run(xen: &'static Xen) -> Result<(), String> {
                     out,
                     "storage-domain: {}: devices closed: {s:?}",
                     request.as_str()
+                );
+                // Each hypercall is a guest exit: per response, the cost a request pays here.
+                let calls = |nr| xen_rt::hypercall::calls(nr);
+                let _ = writeln!(
+                    out,
+                    "storage-domain: {} responses; hypercalls: sched_op {}, event_channel_op {}, grant_table_op {}",
+                    sd.back().responses(),
+                    calls(HYPERVISOR_SCHED_OP),
+                    calls(HYPERVISOR_EVENT_CHANNEL_OP),
+                    calls(HYPERVISOR_GRANT_TABLE_OP)
                 );
                 ctl.finish_shutdown(xen)
                     .map_err(|e| format!("shutdown: {e:?}"))?;

@@ -10,7 +10,7 @@
 //!   argument registers (debug builds do), and the stub's `call` clobbers rcx and r11.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// First leaf of the range Xen's CPUID leaves may start in (cpuid.h).
 pub const XEN_CPUID_FIRST_LEAF: u32 = 0x4000_0000;
@@ -22,6 +22,17 @@ pub const XEN_SIGNATURE: [u32; 3] = [0x566e_6558, 0x6558_4d4d, 0x4d4d_566e];
 
 /// Address of the filled hypercall page (0: not set up).
 static PAGE: AtomicUsize = AtomicUsize::new(0);
+
+/// Hypercalls made, by number (the page has 128 stubs of 32 bytes; xen.h numbers are < 64).
+/// Each is a guest exit, the costliest thing an image does per request under emulation.
+static CALLS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+/// How many hypercalls number `nr` this domain has made since boot.
+pub fn calls(nr: u32) -> u64 {
+    CALLS
+        .get(nr as usize)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
 
 /// How the guest was booted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +146,9 @@ pub unsafe fn hypercall5(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -
     let page = PAGE.load(Ordering::Acquire);
     if page == 0 {
         return -38;
+    }
+    if let Some(c) = CALLS.get(nr as usize) {
+        c.fetch_add(1, Ordering::Relaxed);
     }
     let entry = page + (nr as usize) * 32;
     let ret: i64;

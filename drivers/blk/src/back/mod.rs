@@ -134,6 +134,8 @@ struct Hub<H: PlatformRef> {
     devices: BTreeMap<String, Rc<RefCell<Slot<H>>>>,
     /// Polled mode: frontends are not asked for notifications.
     polled: bool,
+    /// Responses written by connections that have ended.
+    retired_responses: u64,
 }
 
 /// blkback for every `vbd` this domain serves, on the platform handle `H` (`&'static Xen` in
@@ -164,6 +166,7 @@ impl<H: PlatformRef> BlkBack<H> {
                 factory: Box::new(factory),
                 devices: BTreeMap::new(),
                 polled: false,
+                retired_responses: 0,
             })),
         }
     }
@@ -227,6 +230,18 @@ impl<H: PlatformRef> BlkBack<H> {
                 out.broken.push(name.clone());
             }
         }
+    }
+
+    /// Responses written since this backend was made, over every connection of every device
+    /// (ended ones included).
+    pub fn responses(&self) -> u64 {
+        let hub = self.hub.borrow();
+        let live: u64 = hub
+            .devices
+            .values()
+            .filter_map(|s| s.borrow().channel.as_ref().map(|c| c.stats().responses))
+            .sum();
+        hub.retired_responses + live
     }
 
     /// A device's report by its nodename (`backend/vbd/<fe>/<id>`).
@@ -447,6 +462,10 @@ impl<H: PlatformRef> BackDriver for VbdBack<H> {
             // `online` is 1, with this same driver).
             let (storage, next_tag) = ch.take_storage();
             slot.last_stats = ch.stats();
+            // Not borrowed here: the bus detaches outside of poll_into.
+            if let Ok(mut hub) = self.hub.try_borrow_mut() {
+                hub.retired_responses += slot.last_stats.responses;
+            }
             self.storage = Some(storage);
             self.next_tag = next_tag;
         }
