@@ -113,10 +113,10 @@ fn run(
                 } else {
                     Request::Read { sector, buf }
                 };
-                match dev.submit(req, 0) {
+                match dev.submit(0, req) {
                     Ok(()) => outstanding += 1,
                     Err(rej) => {
-                        free.push(rej.buffer.expect("a refused request gives its buffer back"));
+                        free.push(rej.buf.expect("a refused request gives its buffer back"));
                         break;
                     }
                 }
@@ -130,7 +130,7 @@ fn run(
             outstanding -= 1;
             reqs += 1;
             bytes += size as u64;
-            free.push(c.buffer.expect("buffer back"));
+            free.push(c.buf.expect("buffer back"));
         })
         .unwrap();
         if outstanding > 0 {

@@ -75,10 +75,7 @@ fn run_check_in(
             })
             .unwrap();
         let cfgd = dev.config().unwrap();
-        assert_eq!(
-            dev.sector_count() * u64::from(dev.sector_size()),
-            DISK_MIB << 20
-        );
+        assert_eq!(dev.sectors() * xen_blk::block::SECTOR, DISK_MIB << 20);
         let mut log = Vec::new();
         let now = || plat.now();
         let r = disk_check(

@@ -1,6 +1,8 @@
 //! blkif: the block-device protocol of `xen/io/blkif.h`.
 //!
 //! - [`abi`]: the wire structs and constants (checked against the C headers by `ci/abi-oracle`).
+//! - [`block`]: the vocabulary both ends share — `Op`, `Completion`, `BlkError`, 512-byte
+//!   sectors.
 //! - [`negotiate`]: pure code that turns XenStore keys into a negotiated configuration, for both ends.
 //! - [`storage`]: the `Storage` trait blkback serves, with `MemDisk` and `Slice`.
 //! - [`back`] (feature `back`): blkback — data path and XenBus glue.
@@ -12,6 +14,7 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod block;
 pub mod negotiate;
 pub mod storage;
 

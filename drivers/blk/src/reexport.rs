@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use xen_platform::EvtchnPort;
 
 use crate::front::{BlkDevice, BlkError, BlockDevice, PlatformRef, Request};
-use crate::storage::{check_op, Busy, Completion, Features, IoError, Op, Storage, SECTOR};
+use crate::storage::{check_op, Busy, Completion, Features, Op, Storage};
 
 /// Bytes of I/O buffers a [`FrontStorage`] holds in flight by default (page-rounded). Each op
 /// takes its own pages from the platform for as long as it runs; unbounded, a guest's burst
@@ -91,20 +91,6 @@ impl<H: PlatformRef> FrontStorage<H> {
             }
         }
     }
-
-    /// Device sectors per 512-byte storage sector is ≤ 1: convert a 512-byte sector number.
-    fn dev_sector(&self, sector512: u64) -> u64 {
-        sector512 / (u64::from(self.dev.sector_size()) / SECTOR).max(1)
-    }
-}
-
-fn io_error(e: BlkError) -> IoError {
-    match e {
-        BlkError::ReadOnly => IoError::ReadOnly,
-        BlkError::Unsupported => IoError::Unsupported,
-        BlkError::OutOfRange => IoError::OutOfRange,
-        _ => IoError::Io,
-    }
 }
 
 impl<H: PlatformRef> Storage for FrontStorage<H> {
@@ -113,7 +99,7 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
     }
 
     fn sectors(&self) -> u64 {
-        self.dev.sector_count() * (u64::from(self.dev.sector_size()) / SECTOR).max(1)
+        self.dev.sectors()
     }
 
     fn read_only(&self) -> bool {
@@ -127,7 +113,10 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
                 .as_ref()
                 .is_some_and(|c| c.flush != crate::negotiate::FlushMode::None),
             discard: cfg.as_ref().is_some_and(|c| c.discard.is_some()),
-            secure_discard: false,
+            secure_discard: cfg
+                .as_ref()
+                .and_then(|c| c.discard)
+                .is_some_and(|d| d.secure),
             discard_granularity: cfg
                 .as_ref()
                 .and_then(|c| c.discard)
@@ -159,12 +148,11 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
                         return Err(Busy(op))
                     }
                     Err(e) => {
-                        self.ready
-                            .push_back(Completion::of(tag, op, Err(io_error(e))));
+                        self.ready.push_back(Completion::of(tag, op, Err(e)));
                         return Ok(());
                     }
                 };
-                let sector = self.dev_sector(*sector);
+                let sector = *sector;
                 if let Op::Write { buf: data, .. } = &op {
                     b.as_mut_slice().copy_from_slice(data);
                     Request::Write { sector, buf: b }
@@ -173,20 +161,25 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
                 }
             }
             Op::Flush => Request::Flush,
-            Op::Discard { sector, count, .. } => Request::Discard {
-                sector: self.dev_sector(*sector),
-                count: self.dev_sector(*count),
+            Op::Discard {
+                sector,
+                count,
+                secure,
+            } => Request::Discard {
+                sector: *sector,
+                count: *count,
+                secure: *secure,
             },
         };
         let slot = self.slot(Pending { tag, op });
-        match self.dev.submit(req, slot as u64) {
+        match self.dev.submit(slot as u64, req) {
             Ok(()) => {
                 self.in_flight += 1;
                 self.buffered += bytes;
                 Ok(())
             }
             Err(rej) => {
-                if let Some(b) = rej.buffer {
+                if let Some(b) = rej.buf {
                     let _ = self.dev.free_buffer(b);
                 }
                 let p = self.slots[slot].take().expect("slot just filled");
@@ -195,7 +188,7 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
                     Err(Busy(p.op))
                 } else {
                     self.ready
-                        .push_back(Completion::of(p.tag, p.op, Err(io_error(rej.error))));
+                        .push_back(Completion::of(p.tag, p.op, Err(rej.error)));
                     Ok(())
                 }
             }
@@ -220,12 +213,12 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
             self.in_flight -= 1;
             self.buffered -= buffer_bytes(&p.op);
             let Pending { tag, mut op } = p;
-            let status = c.result.map_err(io_error);
-            if let (Ok(()), Op::Read { buf, .. }, Some(b)) = (&status, &mut op, &c.buffer) {
+            let status = c.result;
+            if let (Ok(()), Op::Read { buf, .. }, Some(b)) = (&status, &mut op, &c.buf) {
                 let n = buf.len();
                 buf.copy_from_slice(&b.as_slice()[..n]);
             }
-            if let Some(b) = c.buffer {
+            if let Some(b) = c.buf {
                 let _ = self.dev.free_buffer(b);
             }
             done(Completion::of(tag, op, status));

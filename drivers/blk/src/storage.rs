@@ -25,38 +25,13 @@ use core::fmt;
 
 use xen_platform::abi::EvtchnPort;
 
-/// The unit of every sector number and count: 512 bytes.
-pub const SECTOR: u64 = 512;
+pub use crate::block::{BlkError, SECTOR};
 
-/// One operation on a storage.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Fill `buf` (a whole number of sectors) from `sector` on.
-    Read {
-        /// First sector.
-        sector: u64,
-        /// Filled by the storage; returned in the completion.
-        buf: Vec<u8>,
-    },
-    /// Write `buf` (a whole number of sectors) at `sector`.
-    Write {
-        /// First sector.
-        sector: u64,
-        /// The data; returned in the completion.
-        buf: Vec<u8>,
-    },
-    /// Make every write completed before this op was submitted durable.
-    Flush,
-    /// `count` sectors from `sector` on are no longer needed.
-    Discard {
-        /// First sector.
-        sector: u64,
-        /// Number of sectors.
-        count: u64,
-        /// The discarded data must become unrecoverable (only if [`Features::secure_discard`]).
-        secure: bool,
-    },
-}
+/// One operation on a storage: the shared [`crate::block::Op`] with an owned heap buffer.
+pub type Op = crate::block::Op<Vec<u8>>;
+
+/// A finished storage op: the shared [`crate::block::Completion`] with its heap buffer.
+pub type Completion = crate::block::Completion<Vec<u8>>;
 
 impl Op {
     /// The sector range `[sector, sector + count)` the op touches (`None` for a flush).
@@ -69,71 +44,6 @@ impl Op {
             }
             Op::Discard { sector, count, .. } => Some((*sector, Some(*count))),
             Op::Flush => None,
-        }
-    }
-
-    /// Whether the op changes the disk (write, discard).
-    pub fn is_write(&self) -> bool {
-        matches!(self, Op::Write { .. } | Op::Discard { .. })
-    }
-
-    /// The op's buffer, if it has one.
-    pub fn into_buf(self) -> Option<Vec<u8>> {
-        match self {
-            Op::Read { buf, .. } | Op::Write { buf, .. } => Some(buf),
-            _ => None,
-        }
-    }
-}
-
-/// Why an op failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoError {
-    /// The range is (partly) beyond the end, or overflows.
-    OutOfRange,
-    /// Not aligned to [`Storage::sector_size`], or a buffer that is not a whole number of sectors.
-    Misaligned,
-    /// A write or discard on a read-only storage.
-    ReadOnly,
-    /// The storage does not do this op (discard, secure discard, flush).
-    Unsupported,
-    /// The medium failed.
-    Io,
-}
-
-impl fmt::Display for IoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IoError::OutOfRange => "out of range",
-            IoError::Misaligned => "misaligned",
-            IoError::ReadOnly => "read-only",
-            IoError::Unsupported => "unsupported",
-            IoError::Io => "I/O error",
-        })
-    }
-}
-
-impl core::error::Error for IoError {}
-
-/// A finished op.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The tag given to [`Storage::submit`].
-    pub tag: u64,
-    /// How it ended.
-    pub status: Result<(), IoError>,
-    /// The op's buffer (a read's filled with the data when `status` is `Ok`); `None` for flush
-    /// and discard.
-    pub buf: Option<Vec<u8>>,
-}
-
-impl Completion {
-    /// A completion of `op` with `status`, giving its buffer back.
-    pub fn of(tag: u64, op: Op, status: Result<(), IoError>) -> Completion {
-        Completion {
-            tag,
-            status,
-            buf: op.into_buf(),
         }
     }
 }
@@ -174,7 +84,7 @@ pub trait Storage {
     }
     /// Size in 512-byte sectors.
     fn sectors(&self) -> u64;
-    /// Writes and discards fail with [`IoError::ReadOnly`].
+    /// Writes and discards fail with [`BlkError::ReadOnly`].
     fn read_only(&self) -> bool;
     /// Optional ops.
     fn features(&self) -> Features {
@@ -200,14 +110,14 @@ pub trait Storage {
     /// bytes of the range, in order (one or more slices, `len` bytes in all), and copies them
     /// where they go before this returns — no buffer is allocated and nothing is queued.
     /// Checked as a [`Op::Read`] would be ([`check_op`]); `f` is not called on an error.
-    /// Unsupported (the default): [`IoError::Unsupported`].
+    /// Unsupported (the default): [`BlkError::Unsupported`].
     fn read_in_place(
         &mut self,
         _sector: u64,
         _len: usize,
         _f: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), IoError> {
-        Err(IoError::Unsupported)
+    ) -> Result<(), BlkError> {
+        Err(BlkError::Unsupported)
     }
     /// Write `len` bytes at `sector` in place, at once: `f` fills the storage's own bytes of
     /// the range, in order. As [`read_in_place`](Self::read_in_place); an in-place write is
@@ -217,8 +127,8 @@ pub trait Storage {
         _sector: u64,
         _len: usize,
         _f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), IoError> {
-        Err(IoError::Unsupported)
+    ) -> Result<(), BlkError> {
+        Err(BlkError::Unsupported)
     }
 }
 
@@ -258,7 +168,7 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         (**self).read_in_place(sector, len, f)
     }
     fn write_in_place(
@@ -266,7 +176,7 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         (**self).write_in_place(sector, len, f)
     }
 }
@@ -278,27 +188,27 @@ pub fn check_in_place(
     sector: u64,
     len: usize,
     write: bool,
-) -> Result<usize, IoError> {
+) -> Result<usize, BlkError> {
     if write && s.read_only() {
-        return Err(IoError::ReadOnly);
+        return Err(BlkError::ReadOnly);
     }
     if len as u64 & (SECTOR - 1) != 0 {
-        return Err(IoError::Misaligned);
+        return Err(BlkError::Misaligned);
     }
     check_range(sector, len as u64 / SECTOR, s.sectors(), s.sector_size())?;
-    usize::try_from(sector * SECTOR).map_err(|_| IoError::OutOfRange)
+    usize::try_from(sector * SECTOR).map_err(|_| BlkError::OutOfRange)
 }
 
 /// `count` sectors at `sector`: inside `sectors`, aligned to `sector_size`.
-fn check_range(sector: u64, count: u64, sectors: u64, sector_size: u32) -> Result<(), IoError> {
-    let end = sector.checked_add(count).ok_or(IoError::OutOfRange)?;
+fn check_range(sector: u64, count: u64, sectors: u64, sector_size: u32) -> Result<(), BlkError> {
+    let end = sector.checked_add(count).ok_or(BlkError::OutOfRange)?;
     if end > sectors {
-        return Err(IoError::OutOfRange);
+        return Err(BlkError::OutOfRange);
     }
     let per_block = u64::from(sector_size.max(SECTOR as u32)) / SECTOR;
     // per_block is a power of two (sector sizes are).
     if (sector | count) & (per_block - 1) != 0 {
-        return Err(IoError::Misaligned);
+        return Err(BlkError::Misaligned);
     }
     Ok(())
 }
@@ -311,19 +221,19 @@ pub fn check_op(
     sector_size: u32,
     read_only: bool,
     features: Features,
-) -> Result<(), IoError> {
+) -> Result<(), BlkError> {
     if read_only && op.is_write() {
-        return Err(IoError::ReadOnly);
+        return Err(BlkError::ReadOnly);
     }
     if let Op::Discard { secure, .. } = op {
         if !features.discard || (*secure && !features.secure_discard) {
-            return Err(IoError::Unsupported);
+            return Err(BlkError::Unsupported);
         }
     }
     let Some((start, count)) = op.range() else {
         return Ok(());
     };
-    let count = count.ok_or(IoError::Misaligned)?;
+    let count = count.ok_or(BlkError::Misaligned)?;
     check_range(start, count, sectors, sector_size)
 }
 
@@ -388,7 +298,7 @@ impl MemDisk {
         self.data.bytes_mut()
     }
 
-    fn run(&mut self, op: &mut Op) -> Result<(), IoError> {
+    fn run(&mut self, op: &mut Op) -> Result<(), BlkError> {
         check_op(
             op,
             self.sectors(),
@@ -460,7 +370,7 @@ impl Storage for MemDisk {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         let at = check_in_place(self, sector, len, false)?;
         f(&self.data.bytes()[at..at + len]);
         Ok(())
@@ -470,7 +380,7 @@ impl Storage for MemDisk {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         let at = check_in_place(self, sector, len, true)?;
         f(&mut self.data.bytes_mut()[at..at + len]);
         Ok(())
@@ -538,7 +448,7 @@ impl fmt::Debug for PageAligned {
 }
 
 /// The sectors `[start, start + len)` of another storage, as a disk of `len` sectors. Ops
-/// beyond it fail with [`IoError::OutOfRange`] without reaching the inner storage.
+/// beyond it fail with [`BlkError::OutOfRange`] without reaching the inner storage.
 #[derive(Debug)]
 pub struct Slice<S> {
     inner: S,
@@ -668,7 +578,7 @@ impl<S: Storage> Storage for Slice<S> {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         check_in_place(self, sector, len, false)?;
         // In range: start + sector + count <= start + len <= inner.sectors(), no overflow.
         self.inner.read_in_place(sector + self.start, len, f)
@@ -678,13 +588,13 @@ impl<S: Storage> Storage for Slice<S> {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         check_in_place(self, sector, len, true)?;
         self.inner.write_in_place(sector + self.start, len, f)
     }
 }
 
-/// Another storage, read-only: writes and discards fail with [`IoError::ReadOnly`] without
+/// Another storage, read-only: writes and discards fail with [`BlkError::ReadOnly`] without
 /// reaching it.
 #[derive(Debug)]
 pub struct ReadOnly<S> {
@@ -730,7 +640,7 @@ impl<S: Storage> Storage for ReadOnly<S> {
     fn submit(&mut self, tag: u64, op: Op) -> Result<(), Busy> {
         if op.is_write() {
             self.failed
-                .push_back(Completion::of(tag, op, Err(IoError::ReadOnly)));
+                .push_back(Completion::of(tag, op, Err(BlkError::ReadOnly)));
             return Ok(());
         }
         self.inner.submit(tag, op)
@@ -752,7 +662,7 @@ impl<S: Storage> Storage for ReadOnly<S> {
         sector: u64,
         len: usize,
         f: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), IoError> {
+    ) -> Result<(), BlkError> {
         self.inner.read_in_place(sector, len, f)
     }
     fn write_in_place(
@@ -760,8 +670,8 @@ impl<S: Storage> Storage for ReadOnly<S> {
         _sector: u64,
         _len: usize,
         _f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), IoError> {
-        Err(IoError::ReadOnly)
+    ) -> Result<(), BlkError> {
+        Err(BlkError::ReadOnly)
     }
 }
 
@@ -809,7 +719,7 @@ mod tests {
                 buf: vec![0xab; 1024],
             },
         );
-        assert_eq!((c.tag, c.status), (7, Ok(())));
+        assert_eq!((c.tag, c.result), (7, Ok(())));
         let c = run(
             &mut d,
             Op::Read {
@@ -829,10 +739,10 @@ mod tests {
                 secure: false,
             },
         );
-        assert_eq!(c.status, Ok(()));
+        assert_eq!(c.result, Ok(()));
         assert!(d.bytes()[1024..1536].iter().all(|&x| x == 0xab));
         assert!(d.bytes()[1536..2048].iter().all(|&x| x == 0));
-        assert_eq!(run(&mut d, Op::Flush).status, Ok(()));
+        assert_eq!(run(&mut d, Op::Flush).result, Ok(()));
     }
 
     #[test]
@@ -842,33 +752,33 @@ mod tests {
             sector,
             buf: vec![0; len],
         };
-        assert_eq!(run(&mut d, read(7, 1024)).status, Err(IoError::OutOfRange));
+        assert_eq!(run(&mut d, read(7, 1024)).result, Err(BlkError::OutOfRange));
         assert_eq!(
-            run(&mut d, read(u64::MAX, 512)).status,
-            Err(IoError::OutOfRange)
+            run(&mut d, read(u64::MAX, 512)).result,
+            Err(BlkError::OutOfRange)
         );
-        assert_eq!(run(&mut d, read(0, 100)).status, Err(IoError::Misaligned));
+        assert_eq!(run(&mut d, read(0, 100)).result, Err(BlkError::Misaligned));
         let discard = Op::Discard {
             sector: 4,
             count: u64::MAX,
             secure: false,
         };
-        assert_eq!(run(&mut d, discard).status, Err(IoError::OutOfRange));
+        assert_eq!(run(&mut d, discard).result, Err(BlkError::OutOfRange));
         let mut ro = MemDisk::new(8).with_read_only(true);
         let w = Op::Write {
             sector: 0,
             buf: vec![1; 512],
         };
         let c = run(&mut ro, w);
-        assert_eq!(c.status, Err(IoError::ReadOnly));
+        assert_eq!(c.result, Err(BlkError::ReadOnly));
         assert_eq!(c.buf, Some(vec![1; 512]), "the buffer comes back");
         assert!(ro.bytes().iter().all(|&x| x == 0));
         let mut big = MemDisk::new(16).with_sector_size(4096);
         assert_eq!(
-            run(&mut big, read(1, 4096)).status,
-            Err(IoError::Misaligned)
+            run(&mut big, read(1, 4096)).result,
+            Err(BlkError::Misaligned)
         );
-        assert_eq!(run(&mut big, read(8, 4096)).status, Ok(()));
+        assert_eq!(run(&mut big, read(8, 4096)).result, Ok(()));
     }
 
     #[test]
@@ -903,7 +813,7 @@ mod tests {
                 buf: vec![5; 1024],
             },
         );
-        assert_eq!(c.status, Err(IoError::OutOfRange));
+        assert_eq!(c.result, Err(BlkError::OutOfRange));
         let c = run(
             &mut s,
             Op::Write {
@@ -911,7 +821,7 @@ mod tests {
                 buf: vec![5; 512],
             },
         );
-        assert_eq!(c.status, Ok(()));
+        assert_eq!(c.result, Ok(()));
         assert_eq!(&s.inner().bytes()[11 * 512..12 * 512], &[5; 512][..]);
         assert!(s.inner().bytes()[12 * 512..].iter().all(|&x| x == 0));
         let d = Op::Discard {
@@ -919,7 +829,7 @@ mod tests {
             count: 3,
             secure: false,
         };
-        assert_eq!(run(&mut s, d).status, Err(IoError::OutOfRange));
+        assert_eq!(run(&mut s, d).result, Err(BlkError::OutOfRange));
     }
 
     #[test]
@@ -947,13 +857,13 @@ mod tests {
             sector: 0,
             buf: vec![1; 512],
         };
-        assert_eq!(run(&mut r, w).status, Err(IoError::ReadOnly));
+        assert_eq!(run(&mut r, w).result, Err(BlkError::ReadOnly));
         let d = Op::Discard {
             sector: 0,
             count: 1,
             secure: false,
         };
-        assert_eq!(run(&mut r, d).status, Err(IoError::ReadOnly));
+        assert_eq!(run(&mut r, d).result, Err(BlkError::ReadOnly));
         let c = run(
             &mut r,
             Op::Read {
@@ -969,6 +879,6 @@ mod tests {
     fn boxed_dyn_storage() {
         let mut b: Box<dyn Storage> = Box::new(MemDisk::new(4));
         assert_eq!(b.sectors(), 4);
-        assert_eq!(run(&mut b, Op::Flush).status, Ok(()));
+        assert_eq!(run(&mut b, Op::Flush).result, Ok(()));
     }
 }

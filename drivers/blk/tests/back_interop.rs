@@ -51,7 +51,7 @@ impl Both {
     }
 
     fn run(&mut self, dev: &mut BlkDevice<Rc<Domain>>, req: Request) -> Completion {
-        dev.submit(req, 1).unwrap();
+        dev.submit(1, req).unwrap();
         let end = Instant::now() + LIMIT;
         loop {
             self.poll();
@@ -80,7 +80,7 @@ fn write_read(b: &mut Both, dev: &mut BlkDevice<Rc<Domain>>, sector: u64, len: u
     let buf = dev.alloc_buffer(len).unwrap();
     let c = b.run(dev, Request::Read { sector, buf });
     assert_eq!(c.result, Ok(()), "read {len}");
-    let data = c.buffer.unwrap();
+    let data = c.buf.unwrap();
     assert!(data
         .as_slice()
         .iter()
@@ -91,7 +91,7 @@ fn write_read(b: &mut Both, dev: &mut BlkDevice<Rc<Domain>>, sector: u64, len: u
 #[test]
 fn blkfront_and_blkback_direct_io_flush_discard() {
     let (mut b, mut dev) = Both::new();
-    assert_eq!(dev.sector_count(), DISK_SECTORS);
+    assert_eq!(dev.sectors(), DISK_SECTORS);
     assert!(!dev.read_only());
     // At most 11 pages: direct requests.
     write_read(&mut b, &mut dev, 16, 8192, 3);
@@ -102,12 +102,13 @@ fn blkfront_and_blkback_direct_io_flush_discard() {
         Request::Discard {
             sector: 16,
             count: 8,
+            secure: false,
         },
     );
     assert_eq!(c.result, Ok(()));
     let buf = dev.alloc_buffer(4096).unwrap();
     let c = b.run(&mut dev, Request::Read { sector: 16, buf });
-    assert!(c.buffer.unwrap().as_slice().iter().all(|&x| x == 0));
+    assert!(c.buf.unwrap().as_slice().iter().all(|&x| x == 0));
 }
 
 #[test]

@@ -37,7 +37,7 @@ fn roundtrip(mode: WaitMode, storage: bool) {
     );
     let mut dev = s.connect();
     assert_eq!(dev.sector_size(), 512);
-    assert_eq!(dev.sector_count(), 32768);
+    assert_eq!(dev.sectors(), 32768);
     assert!(!dev.read_only());
     // Unaligned-in-memory slices of several sizes, at several sectors.
     for (sector, len, seed) in [
@@ -54,7 +54,7 @@ fn roundtrip(mode: WaitMode, storage: bool) {
         assert_eq!(&disk[sector as usize * 512..][..len], &data[..]);
     }
     assert_eq!(dev.read(32768, &mut [0u8; 512]), Err(BlkError::OutOfRange));
-    assert_eq!(dev.read(0, &mut [0u8; 100]), Err(BlkError::OutOfRange));
+    assert_eq!(dev.read(0, &mut [0u8; 100]), Err(BlkError::Misaligned));
     be.finish().unwrap();
 }
 
@@ -93,11 +93,11 @@ fn many_requests_in_flight_on_a_multi_page_ring() {
         let mut b = dev.alloc_buffer(8192).unwrap();
         b.as_mut_slice().copy_from_slice(&pattern(8192, i as u8));
         dev.submit(
+            i as u64,
             Request::Write {
                 sector: i as u64 * 16,
                 buf: b,
             },
-            i as u64,
         )
         .unwrap();
     }
@@ -115,7 +115,7 @@ fn many_requests_in_flight_on_a_multi_page_ring() {
     assert_eq!(tags, (0..n as u64).collect::<Vec<_>>());
     for c in done {
         assert_eq!(c.result, Ok(()));
-        dev.free_buffer(c.buffer.unwrap()).unwrap();
+        dev.free_buffer(c.buf.unwrap()).unwrap();
     }
     for i in [0usize, 300, 599] {
         let mut back = vec![0u8; 8192];
@@ -137,10 +137,10 @@ fn one_mib_request_goes_as_one_indirect_request() {
     let mut buf = dev.alloc_buffer(1 << 20).unwrap();
     let data = pattern(1 << 20, 9);
     buf.as_mut_slice().copy_from_slice(&data);
-    dev.submit(Request::Write { sector: 2048, buf }, 1).unwrap();
+    dev.submit(1, Request::Write { sector: 2048, buf }).unwrap();
     let c = poll_all(&mut dev, 1).pop().unwrap();
     assert_eq!(c.result, Ok(()));
-    let buf = c.buffer.unwrap();
+    let buf = c.buf.unwrap();
     let seen = be.seen();
     assert_eq!(
         seen,
@@ -155,26 +155,26 @@ fn one_mib_request_goes_as_one_indirect_request() {
     // Read it back in one indirect read into a fresh buffer.
     let rb = dev.alloc_buffer(1 << 20).unwrap();
     dev.submit(
+        2,
         Request::Read {
             sector: 2048,
             buf: rb,
         },
-        2,
     )
     .unwrap();
     let c = poll_all(&mut dev, 1).pop().unwrap();
     assert_eq!(c.result, Ok(()));
-    assert_eq!(c.buffer.as_ref().unwrap().as_slice(), &data[..]);
-    dev.free_buffer(c.buffer.unwrap()).unwrap();
+    assert_eq!(c.buf.as_ref().unwrap().as_slice(), &data[..]);
+    dev.free_buffer(c.buf.unwrap()).unwrap();
     dev.free_buffer(buf).unwrap();
     // A 2 MiB request is split into two 1 MiB indirect requests.
     let big = dev.alloc_buffer(2 << 20).unwrap();
     dev.submit(
+        3,
         Request::Read {
             sector: 0,
             buf: big,
         },
-        3,
     )
     .unwrap();
     let c = poll_all(&mut dev, 1).pop().unwrap();
@@ -186,7 +186,7 @@ fn one_mib_request_goes_as_one_indirect_request() {
         .all(|x| x.operation == BLKIF_OP_INDIRECT && x.segments == 256));
     // Grants: every one ended (the platform counts what was granted and the sim refuses
     // to free pages still granted).
-    dev.free_buffer(c.buffer.unwrap()).unwrap();
+    dev.free_buffer(c.buf.unwrap()).unwrap();
 }
 
 #[test]
@@ -223,11 +223,11 @@ fn grants_are_ended_in_one_batch_per_batch_of_responses() {
     for i in 0..8u64 {
         let b = dev.alloc_buffer(3 * 4096).unwrap();
         dev.submit(
+            i,
             Request::Read {
                 sector: i * 24,
                 buf: b,
             },
-            i,
         )
         .unwrap();
     }
@@ -250,7 +250,7 @@ fn grants_are_ended_in_one_batch_per_batch_of_responses() {
         "no single-grant ends on the data path"
     );
     for c in done {
-        dev.free_buffer(c.buffer.unwrap()).unwrap();
+        dev.free_buffer(c.buf.unwrap()).unwrap();
     }
 }
 
@@ -324,10 +324,10 @@ fn read_only_disk_refuses_writes_locally() {
     assert_eq!(dev.discard(0, 1), Err(BlkError::ReadOnly));
     let b = dev.alloc_buffer(512).unwrap();
     let r = dev
-        .submit(Request::Write { sector: 0, buf: b }, 0)
+        .submit(0, Request::Write { sector: 0, buf: b })
         .unwrap_err();
     assert_eq!(r.error, BlkError::ReadOnly);
-    dev.free_buffer(r.buffer.unwrap()).unwrap();
+    dev.free_buffer(r.buf.unwrap()).unwrap();
     dev.read(0, &mut [0u8; 512]).unwrap();
     assert!(be.seen().iter().all(|x| x.operation == BLKIF_OP_READ));
 }
@@ -393,52 +393,52 @@ fn caller_memory_bad_buffers_and_busy() {
     // SAFETY: two pages of our own, used only through this Buffer until it comes back.
     let mut mine = unsafe { Buffer::from_raw(run.addr, 8192) }.unwrap();
     mine.as_mut_slice().copy_from_slice(&pattern(8192, 8));
-    // A length that is not whole sectors is refused and the buffer given back.
+    // A length that is not whole blocks is refused (Misaligned) and the buffer given back.
     mine.set_len(1000).unwrap();
     let r = dev
         .submit(
+            0,
             Request::Write {
                 sector: 0,
                 buf: mine,
             },
-            0,
         )
         .unwrap_err();
-    assert_eq!(r.error, BlkError::BadBuffer);
-    let mut mine = r.buffer.unwrap();
+    assert_eq!(r.error, BlkError::Misaligned);
+    let mut mine = r.buf.unwrap();
     mine.set_len(8192).unwrap();
     // Beyond the end.
     let r = dev
         .submit(
+            0,
             Request::Write {
                 sector: 32767,
                 buf: mine,
             },
-            0,
         )
         .unwrap_err();
     assert_eq!(r.error, BlkError::OutOfRange);
-    let mine = r.buffer.unwrap();
+    let mine = r.buf.unwrap();
     // max-requests = 4: 4 ids, 8 operations accepted, the 9th is Busy.
     dev.submit(
+        100,
         Request::Write {
             sector: 0,
             buf: mine,
         },
-        100,
     )
     .unwrap();
     for i in 1..8u64 {
         let b = dev.alloc_buffer(512).unwrap();
-        dev.submit(Request::Read { sector: i, buf: b }, i).unwrap();
+        dev.submit(i, Request::Read { sector: i, buf: b }).unwrap();
     }
     assert_eq!(dev.in_flight(), 8);
     let b = dev.alloc_buffer(512).unwrap();
     let r = dev
-        .submit(Request::Read { sector: 0, buf: b }, 9)
+        .submit(9, Request::Read { sector: 0, buf: b })
         .unwrap_err();
     assert_eq!(r.error, BlkError::Busy);
-    dev.free_buffer(r.buffer.unwrap()).unwrap();
+    dev.free_buffer(r.buf.unwrap()).unwrap();
     let end = Instant::now() + LIMIT;
     while be.taken.load(std::sync::atomic::Ordering::SeqCst) < 4 {
         assert!(Instant::now() < end);
@@ -451,7 +451,7 @@ fn caller_memory_bad_buffers_and_busy() {
     assert!(done.iter().all(|c| c.result.is_ok()));
     assert_eq!(dev.in_flight(), 0);
     for c in done {
-        let b = c.buffer.unwrap();
+        let b = c.buf.unwrap();
         if c.tag == 100 {
             // The caller's memory comes back as it went.
             assert_eq!(b.addr(), run.addr);

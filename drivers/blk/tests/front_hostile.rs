@@ -18,11 +18,11 @@ fn submit_reads<D: BlockDevice>(dev: &mut D, n: u64) {
     for i in 0..n {
         let b = dev.alloc_buffer(4096).unwrap();
         dev.submit(
+            i,
             Request::Read {
                 sector: i * 8,
                 buf: b,
             },
-            i,
         )
         .unwrap();
     }
@@ -169,11 +169,11 @@ fn backend_closing_fails_unanswered_writes_and_keeps_answered_ones() {
         b.as_mut_slice()
             .copy_from_slice(&pattern(4096, 10 + i as u8));
         dev.submit(
+            i,
             Request::Write {
                 sector: 64 + i * 8,
                 buf: b,
             },
-            i,
         )
         .unwrap();
     }

@@ -67,13 +67,13 @@ fn a_dropped_buffer_is_reclaimed_at_the_next_call() {
         let base = s.guest.domain().stats().unwrap();
         let mut buf = dev.alloc_buffer(64 << 10).unwrap();
         buf.as_mut_slice().copy_from_slice(&pattern(64 << 10, 4));
-        dev.submit(xen_blk::front::Request::Write { sector: 0, buf }, 7)
+        dev.submit(7, xen_blk::front::Request::Write { sector: 0, buf })
             .unwrap();
         let end = Instant::now() + LIMIT;
         let mut back = None;
         while back.is_none() {
             assert!(Instant::now() < end, "no completion");
-            dev.poll(&mut |c| back = c.buffer).unwrap();
+            dev.poll(&mut |c| back = c.buf).unwrap();
             if back.is_none() {
                 dev.wait(Duration::from_millis(10)).unwrap();
             }

@@ -145,7 +145,7 @@ fn no_persistent_front() -> FrontLimits {
 fn run_all(dev: &mut Dev, reqs: Vec<(Request, u64)>) -> Vec<Completion> {
     let n = reqs.len();
     for (r, tag) in reqs {
-        dev.submit(r, tag).unwrap();
+        dev.submit(tag, r).unwrap();
     }
     let mut done = Vec::new();
     let end = Instant::now() + LIMIT;
@@ -207,7 +207,7 @@ fn in_flight(dev: &mut Dev, base: u64, seed: u8) {
     }
     for c in run_all(dev, writes) {
         assert_eq!(c.result, Ok(()), "write {}", c.tag);
-        dev.free_buffer(c.buffer.unwrap()).unwrap();
+        dev.free_buffer(c.buf.unwrap()).unwrap();
     }
     let mut reads = Vec::new();
     for i in 0..32 {
@@ -223,7 +223,7 @@ fn in_flight(dev: &mut Dev, base: u64, seed: u8) {
     }
     for c in run_all(dev, reads) {
         assert_eq!(c.result, Ok(()), "read {}", c.tag);
-        let b = c.buffer.unwrap();
+        let b = c.buf.unwrap();
         let i = c.tag as usize;
         assert!(
             b.as_slice() == pattern(pages[i % 4] * PAGE_SIZE, seed.wrapping_add(100 + i as u8)),
@@ -403,7 +403,7 @@ fn detach_releases_everything(front_first: bool) {
             1,
         )],
     );
-    let held = c.into_iter().next().unwrap().buffer.unwrap();
+    let held = c.into_iter().next().unwrap().buf.unwrap();
     let st = back.stats();
     assert!(st.persistent_maps > 0);
     let now = s.guest.domain().stats().unwrap();
@@ -487,7 +487,7 @@ fn freed_buffers_come_back_zeroed_last_in_first_out_and_keep_their_grants() {
     assert_eq!(c[0].result, Ok(()));
     let maps = back.stats().persistent_maps;
     assert!(maps >= 3);
-    let a = c.into_iter().next().unwrap().buffer.unwrap();
+    let a = c.into_iter().next().unwrap().buf.unwrap();
     let pages = s.guest.domain().stats().unwrap().pages;
     dev.free_buffer(a).unwrap();
     assert_eq!(
@@ -507,7 +507,7 @@ fn freed_buffers_come_back_zeroed_last_in_first_out_and_keep_their_grants() {
     assert!(b.as_slice().iter().all(|&x| x == 0), "returned zeroed");
     let c = run_all(&mut dev, vec![(Request::Read { sector: 64, buf: b }, 2)]);
     assert_eq!(c[0].result, Ok(()));
-    let b = c.into_iter().next().unwrap().buffer.unwrap();
+    let b = c.into_iter().next().unwrap().buf.unwrap();
     assert!(b.as_slice().iter().all(|&x| x == 0xab), "read back");
     assert_eq!(grant_calls(&s), calls, "its grants were kept");
     assert_eq!(
@@ -542,7 +542,7 @@ fn freed_buffers_come_back_zeroed_last_in_first_out_and_keep_their_grants() {
     let mut bufs = Vec::new();
     for c in done {
         assert_eq!(c.result, Ok(()));
-        bufs.push(c.buffer.unwrap());
+        bufs.push(c.buf.unwrap());
     }
     let (y, x) = (bufs.pop().unwrap(), bufs.pop().unwrap());
     assert_eq!((x.addr(), y.addr()), (x_addr, y_addr));
@@ -578,7 +578,7 @@ fn freed_buffers_come_back_zeroed_last_in_first_out_and_keep_their_grants() {
         )],
     );
     assert_eq!(c[0].result, Ok(()));
-    dev.free_buffer(c.into_iter().next().unwrap().buffer.unwrap())
+    dev.free_buffer(c.into_iter().next().unwrap().buf.unwrap())
         .unwrap();
     let mut got = vec![0u8; data.len()];
     dev.read(4000, &mut got).unwrap();
@@ -613,7 +613,7 @@ fn reads_into_caller_memory_with_persistent_grants() {
     let buf = unsafe { Buffer::from_raw(run.addr, run.len()) }.unwrap();
     let c = run_all(&mut dev, vec![(Request::Read { sector: 128, buf }, 1)]);
     assert_eq!(c[0].result, Ok(()), "{}", why_failed(&mut s));
-    let b = c.into_iter().next().unwrap().buffer.unwrap();
+    let b = c.into_iter().next().unwrap().buf.unwrap();
     assert!(b.as_slice() == data);
     assert_eq!(dev.state(), DeviceState::Connected);
     drop(b);
@@ -674,7 +674,7 @@ fn frontend_keeps_at_most_linux_blkbacks_persistent_cap() {
     }
     for c in run_all(&mut dev, reqs) {
         assert_eq!(c.result, Ok(()), "write {}: {}", c.tag, why_failed(&mut s));
-        dev.free_buffer(c.buffer.unwrap()).unwrap();
+        dev.free_buffer(c.buf.unwrap()).unwrap();
     }
     // Besides the data pages: what was granted before (the ring), and one indirect page per
     // request slot used (kept with its slot for the connection).

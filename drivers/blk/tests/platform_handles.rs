@@ -95,7 +95,7 @@ fn blkback_on_a_static_reference_serves_blkfront_on_an_arc() {
             assert!(t0.elapsed() < Duration::from_secs(10), "no disk connected");
             std::thread::sleep(Duration::from_millis(1));
         };
-        assert_eq!(dev.sector_count(), 2048);
+        assert_eq!(dev.sectors(), 2048);
         let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
         dev.write(8, &data).unwrap();
         dev.flush().unwrap();

@@ -134,7 +134,7 @@ fn storage_domain_reexports_a_disk_it_received() {
             std::thread::sleep(Duration::from_millis(1));
         };
         // The guest sees the window: its size, and dom0's bytes from 1 MiB on.
-        assert_eq!(dev.sector_count(), WINDOW.1);
+        assert_eq!(dev.sectors(), WINDOW.1);
         let mut head = vec![0u8; 256 << 10];
         dev.read(0, &mut head).unwrap();
         let off = (WINDOW.0 * 512) as usize;
@@ -243,7 +243,7 @@ fn front_storage_keeps_its_buffers_within_the_budget() {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(
-            done.iter().all(|c| c.status.is_ok()),
+            done.iter().all(|c| c.result.is_ok()),
             "every write succeeded"
         );
         // read back through the same storage: every write is on dom0's disk
@@ -260,7 +260,7 @@ fn front_storage_keeps_its_buffers_within_the_budget() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let c = got.unwrap();
-            assert!(c.status.is_ok());
+            assert!(c.result.is_ok());
             assert_eq!(c.buf.as_deref(), Some(&data(i)[..]), "write {i} read back");
         }
         stop.store(true, Ordering::SeqCst);

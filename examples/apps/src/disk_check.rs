@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use core::fmt::Write as _;
 use core::time::Duration;
 
-use xen_blk::front::{BlkError, BlockDevice, Buffer, Completion, Request};
+use xen_blk::front::{BlkError, BlockDevice, Buffer, Completion, Request, SECTOR};
 
 /// The pattern's unit: blkif's 512-byte sector.
 pub const UNIT: usize = 512;
@@ -139,7 +139,6 @@ fn sequential(
     now: &dyn Fn() -> Duration,
     wait: Duration,
 ) -> Result<Duration, String> {
-    let ss = u64::from(dev.sector_size());
     let label = |i| app_label(c.nonce, i);
     let chunk = c.request_bytes as u64;
     let total = c.bytes.div_ceil(chunk);
@@ -163,16 +162,16 @@ fn sequential(
             let req = if write {
                 fill(buf.as_mut_slice(), at / UNIT as u64, &label);
                 Request::Write {
-                    sector: at / ss,
+                    sector: at / SECTOR,
                     buf,
                 }
             } else {
                 Request::Read {
-                    sector: at / ss,
+                    sector: at / SECTOR,
                     buf,
                 }
             };
-            if let Err(r) = dev.submit(req, next) {
+            if let Err(r) = dev.submit(next, req) {
                 return Err(e("submit", r.error));
             }
             next += 1;
@@ -184,7 +183,7 @@ fn sequential(
                 if let Err(x) = cp.result {
                     failure.get_or_insert(e("sequential I/O", x));
                 }
-                if let Some(buf) = cp.buffer {
+                if let Some(buf) = cp.buf {
                     if !write && failure.is_none() {
                         let v0 = now();
                         let at = c.offset + cp.tag * chunk;
@@ -226,7 +225,6 @@ fn small_reads(
     wait: Duration,
 ) -> Result<Duration, String> {
     const SMALL: u64 = 4096;
-    let ss = u64::from(dev.sector_size());
     let slots = c.bytes / SMALL;
     let label = |i| app_label(c.nonce, i);
     let mut rng = 0x2545_f491_u64 ^ u64::from(c.nonce);
@@ -253,11 +251,11 @@ fn small_reads(
             let at = c.offset + (slot % slots.max(1)) * SMALL;
             let buf = spare.pop().unwrap_or_else(|| unreachable!());
             if let Err(r) = dev.submit(
+                at,
                 Request::Read {
-                    sector: at / ss,
+                    sector: at / SECTOR,
                     buf,
                 },
-                at,
             ) {
                 return Err(e("submit 4 KiB", r.error));
             }
@@ -270,7 +268,7 @@ fn small_reads(
                 if let Err(x) = cp.result {
                     failure.get_or_insert(e("4 KiB read", x));
                 }
-                if let Some(buf) = cp.buffer {
+                if let Some(buf) = cp.buf {
                     if failure.is_none() {
                         if let Some(bad) = mismatch(buf.as_slice(), cp.tag / UNIT as u64, &label) {
                             failure = Some(format!("4 KiB read differs in unit {bad}"));
@@ -308,7 +306,7 @@ pub fn disk_check(
     log: &mut dyn FnMut(&str),
 ) -> Result<DiskReport, String> {
     let ss = u64::from(dev.sector_size());
-    let disk = dev.sector_count() * ss;
+    let disk = dev.sectors() * SECTOR;
     let mib = 1u64 << 20;
     if c.bytes == 0
         || !c.bytes.is_multiple_of(mib)
@@ -400,11 +398,11 @@ pub fn disk_check(
         let at = c.offset + c.bytes;
         let mut data = alloc::vec![0u8; c.discard_bytes as usize];
         fill(&mut data, at / UNIT as u64, &|i| app_label(c.nonce, i));
-        dev.write(at / ss, &data)
+        dev.write(at / SECTOR, &data)
             .map_err(|x| e("write before discard", x))?;
-        dev.discard(at / ss, c.discard_bytes / ss)
+        dev.discard(at / SECTOR, c.discard_bytes / SECTOR)
             .map_err(|x| e("discard", x))?;
-        dev.read(at / ss, &mut data)
+        dev.read(at / SECTOR, &mut data)
             .map_err(|x| e("read after discard", x))?;
         let zeros = data.iter().all(|&b| b == 0);
         if discard_zeroes && !zeros {

@@ -173,7 +173,7 @@ pub fn blk_app<H: PlatformRef>(
         return Err(format!("read back differs at byte {at}"));
     }
     Ok(AppReport {
-        disk_bytes: dev.sector_count() * ss as u64,
+        disk_bytes: dev.sectors() * xen_blk::block::SECTOR,
         verified: len as u64,
     })
 }

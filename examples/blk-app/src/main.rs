@@ -204,7 +204,7 @@ fn check_disk<T: xen_store::client::Transport>(
         cfg.sector_size,
         cfg.physical_sector_size,
         cfg.sectors,
-        dev.sector_count() * u64::from(dev.sector_size()),
+        dev.sectors() * xen_blk::block::SECTOR,
         cfg.readonly as u8,
         opts.mode,
     );

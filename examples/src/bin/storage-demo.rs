@@ -133,9 +133,9 @@ fn pass(
             } else {
                 Request::Read { sector, buf }
             };
-            if let Err(rej) = dev.submit(req, next) {
+            if let Err(rej) = dev.submit(next, req) {
                 // The ring is full: take the buffer back and wait for completions.
-                if let Some(b) = rej.buffer {
+                if let Some(b) = rej.buf {
                     free.push(b);
                 }
                 break;
@@ -149,7 +149,7 @@ fn pass(
             r.requests += 1;
             match c.result {
                 Ok(()) => {
-                    if let Some(mut b) = c.buffer {
+                    if let Some(mut b) = c.buf {
                         let n = b.len() as u64;
                         if write {
                             r.bytes_written += n;

@@ -20,7 +20,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use xen_blk::storage::{check_op, Busy, Completion, Features, IoError, Op, Storage, SECTOR};
+use xen_blk::storage::{check_op, BlkError, Busy, Completion, Features, Op, Storage, SECTOR};
 
 /// A synchronous block device: each call does one op and returns when it is done. Called
 /// from several worker threads at once.
@@ -36,7 +36,7 @@ pub trait BlockIo: Send + Sync + 'static {
     /// Optional ops.
     fn features(&self) -> Features;
     /// Do `op` (already checked against size, alignment and read-only by the pool).
-    fn run(&self, op: &mut Op) -> Result<(), IoError>;
+    fn run(&self, op: &mut Op) -> Result<(), BlkError>;
 }
 
 struct Queue {
@@ -246,11 +246,11 @@ impl FileIo {
     }
 }
 
-fn io_err(e: io::Error) -> IoError {
+fn io_err(e: io::Error) -> BlkError {
     match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => IoError::Unsupported,
-        Some(libc::EROFS) | Some(libc::EBADF) | Some(libc::EPERM) => IoError::ReadOnly,
-        _ => IoError::Io,
+        Some(libc::EOPNOTSUPP) => BlkError::Unsupported,
+        Some(libc::EROFS) | Some(libc::EBADF) | Some(libc::EPERM) => BlkError::ReadOnly,
+        _ => BlkError::Io,
     }
 }
 
@@ -269,7 +269,7 @@ impl BlockIo for FileIo {
             discard_granularity: 4096,
         }
     }
-    fn run(&self, op: &mut Op) -> Result<(), IoError> {
+    fn run(&self, op: &mut Op) -> Result<(), BlkError> {
         match op {
             Op::Read { sector, buf } => self
                 .file
@@ -285,7 +285,7 @@ impl BlockIo for FileIo {
                     libc::off_t::try_from(*sector * SECTOR),
                     libc::off_t::try_from(*count * SECTOR),
                 ) else {
-                    return Err(IoError::OutOfRange);
+                    return Err(BlkError::OutOfRange);
                 };
                 if len == 0 {
                     return Ok(());

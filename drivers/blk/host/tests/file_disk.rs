@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use xen_blk::storage::{Completion, Features, IoError, Op, Storage};
+use xen_blk::storage::{BlkError, Completion, Features, Op, Storage};
 use xen_blk_host::{open, BlockIo, Pool};
 
 struct TempFile(PathBuf);
@@ -58,8 +58,8 @@ fn read_write_flush_discard_on_a_file() {
             buf: vec![0xcd; 8192],
         },
     );
-    assert_eq!(c.status, Ok(()));
-    assert_eq!(run(&mut d, Op::Flush).status, Ok(()));
+    assert_eq!(c.result, Ok(()));
+    assert_eq!(run(&mut d, Op::Flush).result, Ok(()));
     let c = run(
         &mut d,
         Op::Read {
@@ -78,7 +78,7 @@ fn read_write_flush_discard_on_a_file() {
             secure: false,
         },
     );
-    assert_eq!(c.status, Ok(()));
+    assert_eq!(c.result, Ok(()));
     let c = run(
         &mut d,
         Op::Read {
@@ -100,7 +100,7 @@ fn read_write_flush_discard_on_a_file() {
             buf: vec![0; 1024],
         },
     );
-    assert_eq!(c.status, Err(IoError::OutOfRange));
+    assert_eq!(c.result, Err(BlkError::OutOfRange));
     let c = run(
         &mut d,
         Op::Write {
@@ -108,7 +108,7 @@ fn read_write_flush_discard_on_a_file() {
             buf: vec![0; 100],
         },
     );
-    assert_eq!(c.status, Err(IoError::Misaligned));
+    assert_eq!(c.result, Err(BlkError::Misaligned));
     let c = run(
         &mut d,
         Op::Discard {
@@ -117,7 +117,7 @@ fn read_write_flush_discard_on_a_file() {
             secure: true,
         },
     );
-    assert_eq!(c.status, Err(IoError::Unsupported));
+    assert_eq!(c.result, Err(BlkError::Unsupported));
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn read_only_file() {
             buf: vec![1; 512],
         },
     );
-    assert_eq!(c.status, Err(IoError::ReadOnly));
+    assert_eq!(c.result, Err(BlkError::ReadOnly));
     assert_eq!(c.buf, Some(vec![1; 512]));
     assert!(std::fs::read(&t.0).unwrap().iter().all(|&x| x == 0));
 }
@@ -156,7 +156,7 @@ impl BlockIo for Rendezvous {
     fn features(&self) -> Features {
         Features::default()
     }
-    fn run(&self, _op: &mut Op) -> Result<(), IoError> {
+    fn run(&self, _op: &mut Op) -> Result<(), BlkError> {
         let mut n = self.inside.lock().unwrap();
         *n += 1;
         self.cv.notify_all();
@@ -166,7 +166,7 @@ impl BlockIo for Rendezvous {
             .wait_timeout_while(n, Duration::from_secs(20), |n| *n < self.want)
             .unwrap();
         if timeout.timed_out() && *n < self.want {
-            return Err(IoError::Io);
+            return Err(BlkError::Io);
         }
         self.met.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -198,7 +198,7 @@ fn ops_really_run_concurrently_in_the_pool() {
         p.wait_completion();
         p.poll_completions(&mut |c| done.push(c));
     }
-    assert!(done.iter().all(|c| c.status == Ok(())), "{done:?}");
+    assert!(done.iter().all(|c| c.result == Ok(())), "{done:?}");
     assert_eq!(p.io().met.load(Ordering::SeqCst), 3);
     assert!(p.max_concurrent() >= 3);
     let mut tags: Vec<u64> = done.iter().map(|c| c.tag).collect();

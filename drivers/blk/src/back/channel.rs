@@ -19,7 +19,7 @@ use xen_platform::{Error, Events, GrantMapper, PlatformRef, MAX_MULTI_MAP};
 
 use super::shared::{cast, PeerSeg, Persistent, SegCursor, SegPages, SharedRing};
 use crate::abi::*;
-use crate::storage::{Busy, Completion, IoError, Op, Storage, SECTOR};
+use crate::storage::{BlkError, Busy, Completion, Op, Storage, SECTOR};
 
 /// Sectors in one page: `last_sect` is at most `SECTORS_PER_PAGE - 1`.
 mod decode;
@@ -277,7 +277,7 @@ impl<H: PlatformRef> Channel<H> {
         let Some(mut pend) = self.pending.remove(&c.tag) else {
             return; // Not ours (cannot happen: tags are unique per channel).
         };
-        let status = match c.status {
+        let status = match c.result {
             Ok(()) => {
                 if pend.is_read {
                     let buf = c.buf.unwrap_or_default();
@@ -303,7 +303,7 @@ impl<H: PlatformRef> Channel<H> {
                 }
                 BLKIF_RSP_OKAY
             }
-            Err(IoError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
+            Err(BlkError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
             Err(_) => BLKIF_RSP_ERROR,
         };
         self.finish(pend, status);

@@ -33,7 +33,7 @@ use xen_bus::{DomId, XenbusState};
 use xen_platform::{EvtchnPort, Pages, PlatformRef};
 
 use super::ring::{release_ring, setup_ring, DataPath, RingSetup, WaitMode};
-use super::{BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
+use super::{BlkError, BlockDevice, Buffer, Completion, Rejected, Request, SECTOR};
 use crate::negotiate::{
     front_ring_order, negotiate_front, BackendOffer, FrontConfig, FrontLimits, FrontRing,
     MAX_RING_PAGE_ORDER,
@@ -458,7 +458,7 @@ impl<H: PlatformRef> BlkDevice<H> {
     ) -> Result<(), BlkError> {
         let ss = self.sector_size() as usize;
         if ss == 0 || !len.is_multiple_of(ss) {
-            return Err(BlkError::OutOfRange);
+            return Err(BlkError::Misaligned);
         }
         let mut i = self.inner.borrow_mut();
         let timeout = i.timeout;
@@ -481,7 +481,7 @@ impl<H: PlatformRef> BlkDevice<H> {
             if write {
                 copy(done, b.as_mut_slice(), true);
             }
-            let s = sector + (done / ss) as u64;
+            let s = sector + (done as u64 / SECTOR);
             let req = if write {
                 Request::Write { sector: s, buf: b }
             } else {
@@ -511,12 +511,8 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
             .map_or(512, DataPath::sector_size)
     }
 
-    fn sector_count(&self) -> u64 {
-        self.inner
-            .borrow()
-            .dp
-            .as_ref()
-            .map_or(0, DataPath::sector_count)
+    fn sectors(&self) -> u64 {
+        self.inner.borrow().dp.as_ref().map_or(0, DataPath::sectors)
     }
 
     fn read_only(&self) -> bool {
@@ -554,13 +550,13 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
         self.free_one(buf)
     }
 
-    fn submit(&mut self, req: Request, tag: u64) -> Result<(), Rejected> {
+    fn submit(&mut self, tag: u64, req: Request) -> Result<(), Rejected> {
         let mut i = self.inner.borrow_mut();
         match i.dp.as_mut() {
-            Some(dp) => dp.submit(req, tag, false),
+            Some(dp) => dp.submit(tag, req, false),
             None => Err(Rejected {
                 error: BlkError::NotConnected,
-                buffer: match req {
+                buf: match req {
                     Request::Read { buf, .. } | Request::Write { buf, .. } => Some(buf),
                     _ => None,
                 },
@@ -605,8 +601,16 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
     fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError> {
         let timeout = self.inner.borrow().timeout;
         self.with(|dp| {
-            dp.run(Request::Discard { sector, count }, timeout)
-                .map(|_| ())
+            let secure = false;
+            dp.run(
+                Request::Discard {
+                    sector,
+                    count,
+                    secure,
+                },
+                timeout,
+            )
+            .map(|_| ())
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Byte-addressed access to any [`BlockDevice`]: `embedded-io` `Read`, `Write` and `Seek`.
 //!
-//! Whole sectors at sector-aligned positions go straight to the device (as many as fit the
-//! caller's buffer); a partial sector is read, or read-modified-written, through a
-//! one-sector scratch buffer. Reads and writes stop at the end of the device (a write there
+//! Whole blocks (of the device's `sector_size`) at block-aligned positions go straight to the device (as many as fit the
+//! caller's buffer); a partial block is read, or read-modified-written, through a
+//! one-block scratch buffer. Reads and writes stop at the end of the device (a write there
 //! fails with `OutOfRange`).
 
 use alloc::vec;
@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use embedded_io::{ErrorKind, ErrorType, Read, Seek, SeekFrom, Write};
 
-use super::{BlkError, BlockDevice};
+use super::{BlkError, BlockDevice, SECTOR};
 
 impl embedded_io::Error for BlkError {
     fn kind(&self) -> ErrorKind {
@@ -18,7 +18,9 @@ impl embedded_io::Error for BlkError {
             BlkError::Io | BlkError::Failed | BlkError::Platform(_) => ErrorKind::Other,
             BlkError::Unsupported => ErrorKind::Unsupported,
             BlkError::ReadOnly => ErrorKind::PermissionDenied,
-            BlkError::OutOfRange | BlkError::BadBuffer => ErrorKind::InvalidInput,
+            BlkError::OutOfRange | BlkError::Misaligned | BlkError::BadBuffer => {
+                ErrorKind::InvalidInput
+            }
             BlkError::Busy => ErrorKind::Interrupted,
             BlkError::NotConnected => ErrorKind::NotConnected,
             BlkError::Timeout => ErrorKind::TimedOut,
@@ -65,7 +67,7 @@ impl<D: BlockDevice> BlockIo<D> {
     }
 
     fn size(&self) -> u64 {
-        self.dev.sector_count().saturating_mul(self.ss())
+        self.dev.sectors().saturating_mul(SECTOR)
     }
 
     /// Bytes from the position to the end of the device, at most `want`.
@@ -86,7 +88,9 @@ impl<D: BlockDevice> Read for BlockIo<D> {
             return Ok(0);
         }
         let ss = self.ss();
-        let (sector, off) = (self.pos / ss, (self.pos % ss) as usize);
+        let off = (self.pos % ss) as usize;
+        // The block the position is in, as a 512-byte sector number.
+        let sector = (self.pos - off as u64) / SECTOR;
         let ssz = ss as usize;
         let done = if off == 0 && n >= ssz {
             let whole = n / ssz * ssz;
@@ -115,7 +119,9 @@ impl<D: BlockDevice> Write for BlockIo<D> {
             };
         }
         let ss = self.ss();
-        let (sector, off) = (self.pos / ss, (self.pos % ss) as usize);
+        let off = (self.pos % ss) as usize;
+        // The block the position is in, as a 512-byte sector number.
+        let sector = (self.pos - off as u64) / SECTOR;
         let ssz = ss as usize;
         let done = if off == 0 && n >= ssz {
             let whole = n / ssz * ssz;

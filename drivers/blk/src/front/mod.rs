@@ -28,102 +28,18 @@ pub use ring::{WaitMode, PERSISTENT_PAGES_MAX};
 /// `xen_blk::front::PlatformRef` keeps working).
 pub use xen_platform::PlatformRef;
 
-/// Why a block operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlkError {
-    /// The backend answered `BLKIF_RSP_ERROR`.
-    Io,
-    /// The operation is not supported by this device (no discard, `BLKIF_RSP_EOPNOTSUPP`).
-    Unsupported,
-    /// A write, flush or discard on a read-only device (refused locally).
-    ReadOnly,
-    /// Sector range outside the device, or a length that is not a whole number of sectors.
-    OutOfRange,
-    /// A buffer that is too small, not page aligned, or not ours to grant.
-    BadBuffer,
-    /// Too many requests outstanding: poll and submit again.
-    Busy,
-    /// The device is not connected (not yet, or closed).
-    NotConnected,
-    /// The device failed (a misbehaving or vanished backend); every outstanding request
-    /// completes with this error.
-    Failed,
-    /// A blocking call did not complete within its timeout.
-    Timeout,
-    /// The platform refused an operation (out of pages or grant entries, ...).
-    Platform(xen_platform::Error),
-}
+pub use crate::block::{BlkError, SECTOR};
 
-impl fmt::Display for BlkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BlkError::Io => f.write_str("I/O error reported by the backend (BLKIF_RSP_ERROR)"),
-            BlkError::Unsupported => f.write_str("operation not supported by the device"),
-            BlkError::ReadOnly => f.write_str("the device is read-only"),
-            BlkError::OutOfRange => {
-                f.write_str("sector range outside the device or not whole sectors")
-            }
-            BlkError::BadBuffer => f.write_str("buffer too small, not page aligned, or not ours"),
-            BlkError::Busy => f.write_str("too many requests in flight"),
-            BlkError::NotConnected => f.write_str("the device is not connected"),
-            BlkError::Failed => f.write_str("the device failed (backend misbehaved or went away)"),
-            BlkError::Timeout => f.write_str("timed out"),
-            BlkError::Platform(e) => write!(f, "platform error: {e}"),
-        }
-    }
-}
+/// One operation for [`BlockDevice::submit`]: the shared [`crate::block::Op`] on a grantable
+/// [`Buffer`]. Sector numbers and counts are in 512-byte units (blkif's), aligned to
+/// [`BlockDevice::sector_size`]. A flush is `BLKIF_OP_FLUSH_DISKCACHE` or
+/// `BLKIF_OP_WRITE_BARRIER` as negotiated (and completes at once when the backend offers
+/// neither: it writes through); a discard is `BLKIF_OP_DISCARD` when the backend offers it.
+pub type Request = crate::block::Op<Buffer>;
 
-impl core::error::Error for BlkError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            BlkError::Platform(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// One operation for [`BlockDevice::submit`]. Sector numbers are in units of
-/// [`BlockDevice::sector_size`].
-#[derive(Debug)]
-pub enum Request {
-    /// Read `buf.len()` bytes at `sector` into `buf`.
-    Read {
-        /// First sector.
-        sector: u64,
-        /// Where the data goes (its `len()` bytes).
-        buf: Buffer,
-    },
-    /// Write `buf.len()` bytes of `buf` at `sector`.
-    Write {
-        /// First sector.
-        sector: u64,
-        /// The data (its `len()` bytes).
-        buf: Buffer,
-    },
-    /// Make completed writes durable (`BLKIF_OP_FLUSH_DISKCACHE` or `BLKIF_OP_WRITE_BARRIER`
-    /// as negotiated; completes at once when the backend offers neither: it writes through).
-    Flush,
-    /// Discard `count` sectors at `sector` (`BLKIF_OP_DISCARD`, when the backend offers it).
-    Discard {
-        /// First sector.
-        sector: u64,
-        /// Number of sectors.
-        count: u64,
-    },
-}
-
-/// A completed request, handed to the callback of [`BlockDevice::poll`].
-#[derive(Debug)]
-pub struct Completion {
-    /// The tag given to [`BlockDevice::submit`].
-    pub tag: u64,
-    /// The outcome.
-    pub result: Result<(), BlkError>,
-    /// The request's buffer, given back. `None` for flush and discard — and for a buffer a
-    /// misbehaving backend still maps after answering: the frontend keeps such memory (it is
-    /// never reused while granted) and the device fails.
-    pub buffer: Option<Buffer>,
-}
+/// A completed request, handed to the callback of [`BlockDevice::poll`]: the shared
+/// [`crate::block::Completion`] with the request's [`Buffer`].
+pub type Completion = crate::block::Completion<Buffer>;
 
 /// A request [`BlockDevice::submit`] refused, with its buffer given back.
 #[derive(Debug)]
@@ -131,7 +47,7 @@ pub struct Rejected {
     /// Why.
     pub error: BlkError,
     /// The request's buffer, if it had one.
-    pub buffer: Option<Buffer>,
+    pub buf: Option<Buffer>,
 }
 
 impl fmt::Display for Rejected {
@@ -155,10 +71,11 @@ impl core::error::Error for Rejected {
 /// [`wait`](Self::wait); completions of other requests that arrive meanwhile are kept for
 /// the next `poll`.
 pub trait BlockDevice {
-    /// Logical sector size in bytes (512 unless the backend says otherwise).
+    /// Logical block size in bytes (512 unless the backend says otherwise): what requests
+    /// must be aligned to.
     fn sector_size(&self) -> u32;
-    /// Size of the device in sectors of [`sector_size`](Self::sector_size).
-    fn sector_count(&self) -> u64;
+    /// Size of the device in 512-byte sectors ([`SECTOR`]), as blkif's `sectors` key.
+    fn sectors(&self) -> u64;
     /// Writes, flushes and discards are refused.
     fn read_only(&self) -> bool;
     /// The most bytes one ring request carries (larger requests are split).
@@ -168,20 +85,20 @@ pub trait BlockDevice {
     /// Give back a buffer from [`alloc_buffer`](Self::alloc_buffer).
     fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError>;
     /// Queue `req`; its completion is reported by [`poll`](Self::poll) with `tag`.
-    fn submit(&mut self, req: Request, tag: u64) -> Result<(), Rejected>;
+    fn submit(&mut self, tag: u64, req: Request) -> Result<(), Rejected>;
     /// Take responses from the ring and report every completed request to `f`. Returns how
     /// many were reported. Never blocks.
     fn poll(&mut self, f: &mut dyn FnMut(Completion)) -> Result<usize, BlkError>;
     /// Wait until a response may have arrived or `timeout` passes: spins once in polled mode,
     /// waits on the event channel in event mode.
     fn wait(&mut self, timeout: Duration) -> Result<(), BlkError>;
-    /// Read `buf.len()` bytes (whole sectors) at `sector`. Blocks.
+    /// Read `buf.len()` bytes (whole blocks) at 512-byte sector `sector`. Blocks.
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError>;
-    /// Write `data` (whole sectors) at `sector`. Blocks.
+    /// Write `data` (whole blocks) at 512-byte sector `sector`. Blocks.
     fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError>;
     /// Make completed writes durable. Blocks.
     fn flush(&mut self) -> Result<(), BlkError>;
-    /// Discard `count` sectors at `sector`. Blocks.
+    /// Discard `count` 512-byte sectors at `sector`. Blocks.
     fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError>;
 }
 

@@ -66,7 +66,7 @@ enum Kind {
     Read,
     Write,
     Flush(u8),
-    Discard { count512: u64 },
+    Discard { count512: u64, secure: bool },
 }
 
 #[derive(Debug)]
@@ -251,9 +251,9 @@ impl<H: PlatformRef> DataPath<H> {
         self.cfg.sector_size
     }
 
-    /// Size in logical sectors (`sectors` is in 512-byte units).
-    pub fn sector_count(&self) -> u64 {
-        self.cfg.sectors / (u64::from(self.cfg.sector_size) / WIRE_SECTOR as u64).max(1)
+    /// Size in 512-byte sectors (blkif's `sectors`).
+    pub fn sectors(&self) -> u64 {
+        self.cfg.sectors
     }
 
     fn outstanding(&self) -> usize {
@@ -266,7 +266,7 @@ impl<H: PlatformRef> DataPath<H> {
     }
 
     /// Queue a request (see [`super::BlockDevice::submit`]).
-    pub fn submit(&mut self, req: Request, tag: u64, internal: bool) -> Result<(), Rejected> {
+    pub fn submit(&mut self, tag: u64, req: Request, internal: bool) -> Result<(), Rejected> {
         let (kind, sector, buf) = match req {
             Request::Read { sector, buf } => (Kind::Read, sector, Some(buf)),
             Request::Write { sector, buf } => (Kind::Write, sector, Some(buf)),
@@ -275,15 +275,20 @@ impl<H: PlatformRef> DataPath<H> {
                 FlushMode::Barrier => (Kind::Flush(BLKIF_OP_WRITE_BARRIER), 0, None),
                 FlushMode::None => (Kind::Flush(0), 0, None),
             },
-            Request::Discard { sector, count } => (
+            Request::Discard {
+                sector,
+                count,
+                secure: s,
+            } => (
                 Kind::Discard {
-                    count512: count.saturating_mul(self.wire_per_sector()),
+                    count512: count,
+                    secure: s,
                 },
                 sector,
                 None,
             ),
         };
-        let reject = |error, buffer| Err(Rejected { error, buffer });
+        let reject = |error, buf| Err(Rejected { error, buf });
         if !self.connected {
             let e = if self.failure.is_some() {
                 BlkError::Failed
@@ -301,20 +306,21 @@ impl<H: PlatformRef> DataPath<H> {
         let ss = self.cfg.sector_size as usize;
         let (count, parts) = match (kind, &buf) {
             (Kind::Read | Kind::Write, Some(b)) => {
-                if b.is_empty()
-                    || !b.len().is_multiple_of(ss)
-                    || !(b.addr().as_ptr() as usize).is_multiple_of(PAGE_SIZE)
-                {
+                if b.is_empty() || !(b.addr().as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
                     return reject(BlkError::BadBuffer, buf);
                 }
+                if !b.len().is_multiple_of(ss) {
+                    return reject(BlkError::Misaligned, buf);
+                }
                 let per = self.max_request_bytes().max(PAGE_SIZE);
-                ((b.len() / ss) as u64, b.len().div_ceil(per) as u32)
+                ((b.len() / WIRE_SECTOR) as u64, b.len().div_ceil(per) as u32)
             }
-            (Kind::Discard { .. }, _) => {
-                if self.cfg.discard.is_none() {
+            (Kind::Discard { count512, secure }, _) => {
+                // BLKIF_DISCARD_SECURE only where the backend offers discard-secure.
+                if self.cfg.discard.is_none_or(|d| secure && !d.secure) {
                     return reject(BlkError::Unsupported, buf);
                 }
-                (0, 1)
+                (count512, 1)
             }
             (Kind::Flush(0), _) => {
                 // Neither flush nor barrier: the backend writes through; nothing to do.
@@ -323,21 +329,23 @@ impl<H: PlatformRef> DataPath<H> {
                     completion: Completion {
                         tag,
                         result: Ok(()),
-                        buffer: None,
+                        buf: None,
                     },
                 });
                 return Ok(());
             }
             _ => (0, 1),
         };
-        // Range check in logical sectors (discard: its count).
-        let count = match kind {
-            Kind::Discard { count512 } => count512 / self.wire_per_sector(),
-            _ => count,
-        };
+        // Range and alignment, in 512-byte sectors: whole logical blocks inside the disk.
         if !matches!(kind, Kind::Flush(_)) {
-            let end = sector.checked_add(count);
-            if count == 0 || end.is_none_or(|e| e > self.sector_count()) {
+            let per_block = self.wire_per_sector();
+            if count == 0 || (sector | count) & (per_block - 1) != 0 {
+                return reject(BlkError::Misaligned, buf);
+            }
+            if sector
+                .checked_add(count)
+                .is_none_or(|e| e > self.cfg.sectors)
+            {
                 return reject(BlkError::OutOfRange, buf);
             }
         }
@@ -360,7 +368,7 @@ impl<H: PlatformRef> DataPath<H> {
             kind,
             buf,
             orig,
-            sector512: sector.saturating_mul(self.wire_per_sector()),
+            sector512: sector,
             parts,
             next_part: 0,
             in_flight: 0,
@@ -500,8 +508,8 @@ impl<H: PlatformRef> DataPath<H> {
     /// Run one request to completion (blocking helpers). `Ok(buffer)` on success.
     pub fn run(&mut self, req: Request, timeout: Duration) -> Result<Option<Buffer>, BlkError> {
         const TAG: u64 = u64::MAX;
-        if let Err(r) = self.submit(req, TAG, true) {
-            if let Some(b) = r.buffer {
+        if let Err(r) = self.submit(TAG, req, true) {
+            if let Some(b) = r.buf {
                 let _ = self.free_buffer(b);
             }
             return Err(r.error);
@@ -512,9 +520,9 @@ impl<H: PlatformRef> DataPath<H> {
             if let Some(i) = self.done.iter().position(|d| d.internal) {
                 let d = self.done.remove(i).expect("index found");
                 return match d.completion.result {
-                    Ok(()) => Ok(d.completion.buffer),
+                    Ok(()) => Ok(d.completion.buf),
                     Err(e) => {
-                        if let Some(b) = d.completion.buffer {
+                        if let Some(b) = d.completion.buf {
                             let _ = self.free_buffer(b);
                         }
                         Err(e)
@@ -534,7 +542,7 @@ impl<H: PlatformRef> DataPath<H> {
         let mut n = 0;
         while let Some(d) = self.done.pop_front() {
             if d.internal {
-                if let Some(b) = d.completion.buffer {
+                if let Some(b) = d.completion.buf {
                     let _ = self.free_buffer(b);
                 }
                 continue;

@@ -261,7 +261,7 @@ impl<H: PlatformRef> Channel<H> {
             self.unpublished += len;
             let status = match r {
                 Ok(()) => BLKIF_RSP_OKAY,
-                Err(IoError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
+                Err(BlkError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
                 Err(_) => BLKIF_RSP_ERROR,
             };
             return self.respond(id, rsp_op, status);

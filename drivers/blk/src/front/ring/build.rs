@@ -25,14 +25,18 @@ impl<H: PlatformRef> DataPath<H> {
                     ..BlkifRequest::default()
                 })
             }
-            Kind::Discard { count512 } => {
+            Kind::Discard { count512, secure } => {
                 sh.in_use = true;
                 sh.op = opi;
                 sh.operation = BLKIF_OP_DISCARD;
                 sh.data_refs = 0;
                 let d = BlkifRequestDiscard {
                     operation: BLKIF_OP_DISCARD,
-                    flag: 0,
+                    flag: if secure {
+                        crate::abi::BLKIF_DISCARD_SECURE
+                    } else {
+                        0
+                    },
                     handle: self.handle,
                     _pad0: [0; 4],
                     id: u64::from(id),

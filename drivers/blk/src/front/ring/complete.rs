@@ -164,7 +164,7 @@ impl<H: PlatformRef> DataPath<H> {
             completion: Completion {
                 tag: op.tag,
                 result: op.result,
-                buffer,
+                buf: buffer,
             },
         });
     }
