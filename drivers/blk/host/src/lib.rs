@@ -1,7 +1,7 @@
 //! blkif storage on a host (std): [`FileDisk`], a file or block device that blkback serves
 //! with many requests in flight.
 //!
-//! [`Pool`] runs a synchronous [`BlockIo`] (`pread`/`pwrite`-style calls) on a few worker
+//! [`Pool`] runs a synchronous [`SyncDisk`] (`pread`/`pwrite`-style calls) on a few worker
 //! threads and presents it as an asynchronous [`Storage`]: `submit` queues the op and returns,
 //! workers take ops from one queue and run them concurrently, `poll_completions` drains what
 //! they finished, in the order they finished it. [`FileDisk`] is a `Pool` over [`FileIo`]:
@@ -24,7 +24,7 @@ use xen_blk::storage::{check_op, BlkError, Busy, Completion, Features, Op, Stora
 
 /// A synchronous block device: each call does one op and returns when it is done. Called
 /// from several worker threads at once.
-pub trait BlockIo: Send + Sync + 'static {
+pub trait SyncDisk: Send + Sync + 'static {
     /// Size in 512-byte sectors.
     fn sectors(&self) -> u64;
     /// Logical block size in bytes.
@@ -52,8 +52,8 @@ struct Shared<B> {
     max_active: AtomicUsize,
 }
 
-/// A [`BlockIo`] on `workers` threads, as a [`Storage`] with up to `depth` ops in flight.
-pub struct Pool<B: BlockIo> {
+/// A [`SyncDisk`] on `workers` threads, as a [`Storage`] with up to `depth` ops in flight.
+pub struct Pool<B: SyncDisk> {
     shared: Arc<Shared<B>>,
     done_rx: Receiver<Completion>,
     refused: VecDeque<Completion>,
@@ -70,7 +70,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<B: BlockIo> Pool<B> {
+impl<B: SyncDisk> Pool<B> {
     /// Run `io` on `workers` threads (at least 1), accepting up to `depth` ops in flight.
     pub fn new(io: B, workers: usize, depth: usize) -> Pool<B> {
         let (sectors, sector_size, read_only, features) = (
@@ -135,7 +135,7 @@ impl<B: BlockIo> Pool<B> {
     }
 }
 
-fn worker<B: BlockIo>(s: &Shared<B>, tx: &Sender<Completion>) {
+fn worker<B: SyncDisk>(s: &Shared<B>, tx: &Sender<Completion>) {
     loop {
         let (tag, mut op) = {
             let mut q = lock(&s.queue);
@@ -159,7 +159,7 @@ fn worker<B: BlockIo>(s: &Shared<B>, tx: &Sender<Completion>) {
     }
 }
 
-impl<B: BlockIo> Storage for Pool<B> {
+impl<B: SyncDisk> Storage for Pool<B> {
     fn sector_size(&self) -> u32 {
         self.sector_size
     }
@@ -209,7 +209,7 @@ impl<B: BlockIo> Storage for Pool<B> {
     }
 }
 
-impl<B: BlockIo> Drop for Pool<B> {
+impl<B: SyncDisk> Drop for Pool<B> {
     fn drop(&mut self) {
         lock(&self.shared.queue).closed = true;
         self.shared.ready.notify_all();
@@ -254,7 +254,7 @@ fn io_err(e: io::Error) -> BlkError {
     }
 }
 
-impl BlockIo for FileIo {
+impl SyncDisk for FileIo {
     fn sectors(&self) -> u64 {
         self.sectors
     }

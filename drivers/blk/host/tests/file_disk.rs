@@ -7,7 +7,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use xen_blk::storage::{BlkError, Completion, Features, Op, Storage};
-use xen_blk_host::{open, BlockIo, Pool};
+use xen_blk_host::{open, Pool, SyncDisk};
 
 struct TempFile(PathBuf);
 
@@ -146,7 +146,7 @@ struct Rendezvous {
     met: AtomicUsize,
 }
 
-impl BlockIo for Rendezvous {
+impl SyncDisk for Rendezvous {
     fn sectors(&self) -> u64 {
         64
     }
