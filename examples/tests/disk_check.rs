@@ -172,3 +172,36 @@ fn persistent_grants_leave_room_in_a_small_mapping_window() {
         assert_eq!(r.verified, 8 << 20);
     }
 }
+
+/// The same check on a RAM disk with no backend in between (`StorageDevice`): the app's
+/// disk code runs, and fails, on its own.
+#[test]
+fn the_check_runs_on_a_bare_ram_disk() {
+    use xen_blk::front::StorageDevice;
+    let t0 = std::time::Instant::now();
+    let now = || t0.elapsed();
+    let check = DiskCheck {
+        bytes: 2 << 20,
+        nonce: 9,
+        small_ops: 50,
+        ..DiskCheck::default()
+    };
+    let mut disk = MemDisk::new(DISK_MIB << 11);
+    dom0_pattern(disk.bytes_mut());
+    let mut dev = StorageDevice::new(disk);
+    let mut log = Vec::new();
+    let r = disk_check(&mut dev, &check, true, true, &now, &mut |l| {
+        log.push(l.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e} ({log:?})"));
+    assert_eq!((r.verified, r.discard), (2 << 20, Some(true)));
+    // The app's pattern is on the disk where the check says it wrote it.
+    let bytes = dev.into_storage();
+    let mut unit = [0u8; UNIT];
+    pattern_unit(&app_label(9, 2048), &mut unit);
+    assert_eq!(&bytes.bytes()[2048 * UNIT..][..UNIT], &unit[..]);
+    // Without the toolstack's pattern it fails at its first unit.
+    let mut dev = StorageDevice::new(MemDisk::new(DISK_MIB << 11));
+    let e = disk_check(&mut dev, &check, true, true, &now, &mut |_| {}).unwrap_err();
+    assert!(e.starts_with("dom0 pattern differs in unit 0"), "{e}");
+}

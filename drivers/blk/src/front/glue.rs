@@ -576,6 +576,8 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
         self.with(|dp| dp.wait(timeout))
     }
 
+    // read and write keep one bounce buffer for the device's life (the provided ones allocate
+    // one per call: pages, and grants when persistent).
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
         let len = buf.len();
         self.bounce(false, sector, len, |at, b, _| {
@@ -593,24 +595,8 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
         })
     }
 
-    fn flush(&mut self) -> Result<(), BlkError> {
+    fn run(&mut self, req: Request) -> Result<Option<Buffer>, BlkError> {
         let timeout = self.inner.borrow().timeout;
-        self.with(|dp| dp.run(Request::Flush, timeout).map(|_| ()))
-    }
-
-    fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError> {
-        let timeout = self.inner.borrow().timeout;
-        self.with(|dp| {
-            let secure = false;
-            dp.run(
-                Request::Discard {
-                    sector,
-                    count,
-                    secure,
-                },
-                timeout,
-            )
-            .map(|_| ())
-        })
+        self.with(|dp| dp.run(req, timeout))
     }
 }

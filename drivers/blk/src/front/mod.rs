@@ -11,6 +11,8 @@
 //! - [`Blkfront`]: the XenBus glue ([`xen_bus::FrontDriver`] for class `vbd`) and the registry
 //!   an application gets its connected devices from ([`Blkfront::device`]).
 //! - [`io::BlockIo`]: an `embedded-io` `Read`/`Write`/`Seek` adapter over any [`BlockDevice`].
+//! - [`StorageDevice`]: a [`Storage`](crate::storage::Storage) of this domain (a `MemDisk`) as a
+//!   [`BlockDevice`].
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -21,9 +23,11 @@ use xen_platform::{PageRun, PAGE_SIZE};
 mod glue;
 pub mod io;
 mod ring;
+pub mod storage_device;
 
 pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS};
 pub use ring::{WaitMode, PERSISTENT_PAGES_MAX};
+pub use storage_device::StorageDevice;
 /// The platform handle blkfront keeps (moved to `xen-platform`; re-exported here so that
 /// `xen_blk::front::PlatformRef` keeps working).
 pub use xen_platform::PlatformRef;
@@ -66,10 +70,14 @@ impl core::error::Error for Rejected {
 ///
 /// Non-blocking core: [`submit`](Self::submit) queues a request (split into ring requests of
 /// at most [`max_request_bytes`](Self::max_request_bytes)), [`poll`](Self::poll) reports the
-/// requests that completed. Blocking helpers ([`read`](Self::read), [`write`](Self::write),
-/// [`flush`](Self::flush), [`discard`](Self::discard)) are loops of submit + poll +
-/// [`wait`](Self::wait); completions of other requests that arrive meanwhile are kept for
-/// the next `poll`.
+/// requests that completed. The blocking helpers ([`read`](Self::read), [`write`](Self::write),
+/// [`flush`](Self::flush), [`discard`](Self::discard)) are provided over [`run`](Self::run)
+/// (one request, waited for); completions of other requests that arrive meanwhile are kept
+/// for the next `poll`. An implementation may override them (blkfront keeps a bounce buffer).
+///
+/// Implemented by [`BlkDevice`] (a disk from a backend) and by [`StorageDevice`] (any
+/// [`Storage`](crate::storage::Storage) in this domain, e.g. a `MemDisk`, so an application
+/// runs, and is tested, without a backend).
 pub trait BlockDevice {
     /// Logical block size in bytes (512 unless the backend says otherwise): what requests
     /// must be aligned to.
@@ -92,14 +100,86 @@ pub trait BlockDevice {
     /// Wait until a response may have arrived or `timeout` passes: spins once in polled mode,
     /// waits on the event channel in event mode.
     fn wait(&mut self, timeout: Duration) -> Result<(), BlkError>;
+    /// Submit `req` and wait until it completes (within the device's own bound, else
+    /// [`BlkError::Timeout`]); gives its buffer back. Completions of other requests that arrive
+    /// meanwhile are kept for the next [`poll`](Self::poll).
+    fn run(&mut self, req: Request) -> Result<Option<Buffer>, BlkError>;
     /// Read `buf.len()` bytes (whole blocks) at 512-byte sector `sector`. Blocks.
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError>;
-    /// Write `data` (whole blocks) at 512-byte sector `sector`. Blocks.
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError>;
+    ///
+    /// Provided: chunks of [`max_request_bytes`](Self::max_request_bytes) through one buffer
+    /// from [`alloc_buffer`](Self::alloc_buffer), each a [`run`](Self::run).
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        let len = buf.len();
+        chunked(self, false, sector, len, &mut |at, b| {
+            buf[at..at + b.len()].copy_from_slice(b)
+        })
+    }
+    /// Write `data` (whole blocks) at 512-byte sector `sector`. Blocks. Provided as
+    /// [`read`](Self::read).
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlkError> {
+        if self.read_only() {
+            return Err(BlkError::ReadOnly);
+        }
+        chunked(self, true, sector, data.len(), &mut |at, b| {
+            let n = b.len();
+            b.copy_from_slice(&data[at..at + n])
+        })
+    }
     /// Make completed writes durable. Blocks.
-    fn flush(&mut self) -> Result<(), BlkError>;
+    fn flush(&mut self) -> Result<(), BlkError> {
+        self.run(Request::Flush).map(|_| ())
+    }
     /// Discard `count` 512-byte sectors at `sector`. Blocks.
-    fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError>;
+    fn discard(&mut self, sector: u64, count: u64) -> Result<(), BlkError> {
+        let secure = false;
+        self.run(Request::Discard {
+            sector,
+            count,
+            secure,
+        })
+        .map(|_| ())
+    }
+}
+
+/// The provided blocking read/write: `len` bytes at `sector`, in chunks through one buffer;
+/// `copy(at, chunk)` moves the chunk's bytes (into the buffer for a write, out of it for a
+/// read).
+fn chunked<D: BlockDevice + ?Sized>(
+    dev: &mut D,
+    write: bool,
+    sector: u64,
+    len: usize,
+    copy: &mut dyn FnMut(usize, &mut [u8]),
+) -> Result<(), BlkError> {
+    let ss = dev.sector_size().max(1) as usize;
+    if !len.is_multiple_of(ss) {
+        return Err(BlkError::Misaligned);
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    let chunk = (dev.max_request_bytes().max(ss) / ss * ss).min(len);
+    let mut b = dev.alloc_buffer(chunk)?;
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(chunk);
+        b.set_len(n)?;
+        if write {
+            copy(done, b.as_mut_slice());
+        }
+        let at = sector + done as u64 / SECTOR;
+        let req = if write {
+            Request::Write { sector: at, buf: b }
+        } else {
+            Request::Read { sector: at, buf: b }
+        };
+        b = dev.run(req)?.ok_or(BlkError::Failed)?;
+        if !write {
+            copy(done, b.as_mut_slice());
+        }
+        done += n;
+    }
+    dev.free_buffer(b)
 }
 
 /// Page-aligned I/O memory that the frontend grants to the backend while a request runs.
@@ -125,11 +205,18 @@ pub struct Buffer {
     cap: usize,
     len: usize,
     run: Option<PageRun>,
+    /// Heap pages of a buffer that is never granted ([`storage_device::StorageDevice`]).
+    heap: Option<alloc::boxed::Box<[HeapPage]>>,
     /// Persistent grants of its pages, for the connection that made them.
     pub(crate) persist: Option<Persist>,
     /// Where a dropped owned buffer goes: its device's return list.
     pub(crate) home: Option<Returns>,
 }
+
+/// One page of heap memory, page aligned.
+#[derive(Clone)]
+#[repr(C, align(4096))]
+pub(crate) struct HeapPage([u8; PAGE_SIZE]);
 
 /// A device's list of owned buffers dropped by the application, reclaimed at its next call.
 pub(crate) type Returns = alloc::rc::Rc<core::cell::RefCell<alloc::vec::Vec<Buffer>>>;
@@ -147,6 +234,7 @@ impl Drop for Buffer {
             cap: self.cap,
             len: self.len,
             run: self.run.take(),
+            heap: None,
             persist: self.persist.take(),
             home: None,
         };
@@ -174,6 +262,7 @@ impl fmt::Debug for Buffer {
             .field("cap", &self.cap)
             .field("len", &self.len)
             .field("owned", &self.run.is_some())
+            .field("heap", &self.heap.is_some())
             .finish()
     }
 }
@@ -201,6 +290,7 @@ impl Buffer {
             cap,
             len: cap,
             run: None,
+            heap: None,
             persist: None,
             home: None,
         })
@@ -212,6 +302,24 @@ impl Buffer {
             cap: run.len(),
             len,
             run: Some(run),
+            heap: None,
+            persist: None,
+            home: None,
+        }
+    }
+
+    /// `len` bytes of zeroed heap pages (at least one page): memory for a device that grants
+    /// nothing.
+    pub(crate) fn heap(len: usize) -> Buffer {
+        let pages = len.div_ceil(PAGE_SIZE).max(1);
+        let mut mem = alloc::vec![HeapPage([0; PAGE_SIZE]); pages].into_boxed_slice();
+        let addr = NonNull::from(&mut mem[0]).cast::<u8>();
+        Buffer {
+            addr,
+            cap: pages * PAGE_SIZE,
+            len,
+            run: None,
+            heap: Some(mem),
             persist: None,
             home: None,
         }
@@ -258,8 +366,8 @@ impl Buffer {
 
     /// The first `len()` bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the buffer owns `cap >= len` valid bytes (from_raw's contract or a PageRun
-        // of ours), and no grant of them is live while the application holds the buffer in
+        // SAFETY: the buffer owns `cap >= len` valid bytes (from_raw's contract, a PageRun of
+        // ours, or its own heap pages, which moving the Buffer does not move), and no grant of them is live while the application holds the buffer in
         // per-request mode (grants end before a Completion gives it back). With persistent
         // grants this rests on an ASSUMPTION, not a proof: the pages stay granted read-write
         // and mapped by the backend, and we trust the backend to write them only while it
