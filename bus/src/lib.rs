@@ -43,42 +43,10 @@
 //! using the bus's XenStore client ([`Bus::client`]; the bus takes only its own watch
 //! tokens). The driver, built `with_deferred_shutdown`, reports `Event::ShutdownPending`
 //! after acknowledging the request; the loop runs [`Bus::shutdown`] and then
-//! `Control::finish_shutdown`, which runs the `before_shutdown` hook and `SCHEDOP_shutdown`:
+//! `Control::finish_shutdown`, which runs the `before_shutdown` hook and `SCHEDOP_shutdown`.
+//! The xen-control crate docs show that loop, and its `tests/bus_shutdown.rs` runs it against
+//! `xl shutdown` / `xl reboot`.
 //!
-//! ```no_run
-//! use core::time::Duration;
-//! use xen_bus::Bus;
-//! use xen_bus::platform::{Clock, Console, Events, Scheduler};
-//! use xen_bus::store::client::Transport;
-//! use xen_control::{Control, Event, Request};
-//!
-//! fn main_loop<T: Transport, P: Clock + Console + Events + Scheduler>(
-//!     bus: &mut Bus<T>,
-//!     platform: &P,
-//! ) {
-//!     let mut ctl = Control::new(|_: Request| {}).with_deferred_shutdown();
-//!     ctl.start(bus.client()).unwrap();
-//!     loop {
-//!         let p = bus.poll_clock(platform).unwrap();
-//!         while let Some(ev) = ctl.poll(bus.client(), platform).unwrap() {
-//!             if let Event::ShutdownPending { .. } = ev {
-//!                 let closed = bus.shutdown(platform, Duration::from_secs(15), |p| {
-//!                     let left = p.next_deadline.unwrap().saturating_sub(platform.now());
-//!                     if let Some(port) = p.port.filter(|_| !p.busy) {
-//!                         let _ = platform.wait(&[port], Some(left));
-//!                         platform.clear(port);
-//!                     }
-//!                 });
-//!                 let _ = closed; // Err: XenStore is gone; shut down anyway
-//!                 ctl.finish_shutdown(platform).unwrap(); // does not return on Xen
-//!                 return;
-//!             }
-//!         }
-//!         // ... wait on p.port until p.next_deadline, as for any poll.
-//! #       let _ = p;
-//!     }
-//! }
-//! ```
 //!
 //! # State changes
 //! Written as Linux's `xenbus_switch_state()` does: in a transaction, only if the node still

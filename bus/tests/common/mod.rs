@@ -14,15 +14,16 @@ use std::time::Duration;
 
 use xen_bus::store::client::{Client, Store, Transport};
 use xen_bus::store::perms::{Access, Perm, Perms};
-use xen_bus::{
-    BackDriver, Bus, BusConfig, BusEvent, DeviceCtx, DeviceInfo, DeviceStatus, DriverError,
-    DriverResult, FrontDriver, Progress, XenbusState,
-};
+use xen_bus::{Bus, BusConfig, BusEvent, DeviceInfo, DeviceStatus, DriverError};
 use xen_store_host::conformance::Limits;
 use xen_store_host::ours::OurXenstored;
 use xen_store_host::UnixTransport;
 
 pub use xen_bus::DomId;
+
+// The vdummy drivers, shared with xen-control's bus shutdown test.
+mod dummy;
+pub use dummy::{DummyBack, DummyFront, FrontOpts, Log};
 
 /// How far the fake clock moves per round.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -31,126 +32,6 @@ pub type Dom0 = Client<UnixTransport>;
 
 pub fn perms(entries: &[(Access, DomId)]) -> Perms {
     Perms::from_vec(entries.iter().map(|&(a, d)| Perm::new(a, d)).collect()).unwrap()
-}
-
-/// What the vdummy drivers saw and did, in order: `probe`, `initialise`, `attach`,
-/// `detach`, `other <n>` (the other end's state as seen).
-pub type Log = Rc<RefCell<Vec<String>>>;
-
-/// How a vdummy frontend behaves.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FrontOpts {
-    /// Go Initialised without waiting for the backend's InitWait.
-    pub skip_init_wait: bool,
-    /// `initialise` never finishes.
-    pub stall_initialise: bool,
-}
-
-/// The vdummy frontend: publishes `ring-ref` and `event-channel` (+ `feature-dummy` echoed
-/// if the backend offered it), then Initialised; on the backend's Connected reads `sectors`.
-pub struct DummyFront {
-    log: Log,
-    opts: FrontOpts,
-    detached: u32,
-}
-
-impl DummyFront {
-    pub fn new(log: Log, opts: FrontOpts) -> DummyFront {
-        DummyFront {
-            log,
-            opts,
-            detached: 0,
-        }
-    }
-}
-
-impl FrontDriver for DummyFront {
-    fn probe(&mut self, _ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        self.detached = 0;
-        self.log.borrow_mut().push("probe".into());
-        Ok(Progress::Done)
-    }
-    fn waits_for_init_wait(&self) -> bool {
-        !self.opts.skip_init_wait
-    }
-    fn initialise(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        if self.opts.stall_initialise {
-            return Ok(Progress::Pending);
-        }
-        self.log.borrow_mut().push("initialise".into());
-        let offered = ctx.read_other("feature-dummy")?.as_deref() == Some(b"1");
-        ctx.write("ring-ref", b"8")?;
-        ctx.write("event-channel", b"3")?;
-        if offered {
-            ctx.write("feature-dummy", b"1")?;
-        }
-        Ok(Progress::Done)
-    }
-    fn attach(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        let sectors = ctx.require_other_u32("sectors")?;
-        self.log.borrow_mut().push(format!("attach {sectors}"));
-        Ok(Progress::Done)
-    }
-    fn other_end_changed(
-        &mut self,
-        _ctx: &mut DeviceCtx<'_>,
-        state: XenbusState,
-    ) -> Result<(), DriverError> {
-        self.log
-            .borrow_mut()
-            .push(format!("other {}", state.as_u32()));
-        Ok(())
-    }
-    fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
-        self.detached += 1;
-        assert!(self.detached == 1, "the bus detaches once per probe");
-        self.log.borrow_mut().push("detach".into());
-    }
-}
-
-/// The vdummy backend: publishes `feature-dummy` at probe (→ InitWait); on the frontend's
-/// Initialised reads `ring-ref` and `event-channel` (both must be numbers), writes `sectors`
-/// (→ Connected).
-pub struct DummyBack {
-    log: Log,
-    detached: u32,
-}
-
-impl DummyBack {
-    pub fn new(log: Log) -> DummyBack {
-        DummyBack { log, detached: 0 }
-    }
-}
-
-impl BackDriver for DummyBack {
-    fn probe(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        self.detached = 0;
-        self.log.borrow_mut().push("probe".into());
-        ctx.write("feature-dummy", b"1")?;
-        Ok(Progress::Done)
-    }
-    fn attach(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        let r = ctx.require_other_u32("ring-ref")?;
-        let e = ctx.require_other_u32("event-channel")?;
-        self.log.borrow_mut().push(format!("attach {r} {e}"));
-        ctx.write("sectors", b"1024")?;
-        Ok(Progress::Done)
-    }
-    fn other_end_changed(
-        &mut self,
-        _ctx: &mut DeviceCtx<'_>,
-        state: XenbusState,
-    ) -> Result<(), DriverError> {
-        self.log
-            .borrow_mut()
-            .push(format!("other {}", state.as_u32()));
-        Ok(())
-    }
-    fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
-        self.detached += 1;
-        assert!(self.detached == 1, "the bus detaches once per probe");
-        self.log.borrow_mut().push("detach".into());
-    }
 }
 
 /// A bus under test, type-erased.
@@ -296,21 +177,14 @@ impl Sim {
                     .get(&info.nodename)
                     .copied()
                     .unwrap_or_default();
-                Box::new(DummyFront {
-                    log: log_for(&logs, &n, info),
-                    opts: o,
-                    detached: 0,
-                })
+                Box::new(DummyFront::new(log_for(&logs, &n, info), o))
             })
             .unwrap();
         }
         if back {
             let (logs, n) = (self.logs.clone(), name.to_string());
             b.register_back("vdummy", move |info| {
-                Box::new(DummyBack {
-                    log: log_for(&logs, &n, info),
-                    detached: 0,
-                })
+                Box::new(DummyBack::new(log_for(&logs, &n, info)))
             })
             .unwrap();
         }

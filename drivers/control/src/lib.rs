@@ -78,8 +78,44 @@
 //! reports [`Event::ShutdownPending`] without shutting down; the loop then closes its devices
 //! (`xen_bus::Bus::shutdown`, bounded) and calls [`Control::finish_shutdown`], which runs the
 //! hook and `SCHEDOP_shutdown`. Meanwhile further requests are ignored, as during any
-//! shutdown. This crate does not depend on `xen-bus` (nor it on this one); the xen-bus crate
-//! docs show the loop, and its `tests/shutdown.rs` runs it against `xl shutdown`/`xl reboot`.
+//! shutdown. This crate does not depend on `xen-bus` (nor it on this one); the loop, with the
+//! bus (`tests/bus_shutdown.rs` runs it against `xl shutdown`/`xl reboot`):
+//!
+//! ```no_run
+//! use core::time::Duration;
+//! use xen_bus::Bus;
+//! use xen_bus::platform::{Clock, Console, Events, Scheduler};
+//! use xen_bus::store::client::Transport;
+//! use xen_control::{Control, Event, Request};
+//!
+//! fn main_loop<T: Transport, P: Clock + Console + Events + Scheduler>(
+//!     bus: &mut Bus<T>,
+//!     platform: &P,
+//! ) {
+//!     let mut ctl = Control::new(|_: Request| {}).with_deferred_shutdown();
+//!     ctl.start(bus.client()).unwrap();
+//!     loop {
+//!         let p = bus.poll_clock(platform).unwrap();
+//!         while let Some(ev) = ctl.poll(bus.client(), platform).unwrap() {
+//!             if let Event::ShutdownPending { .. } = ev {
+//!                 let closed = bus.shutdown(platform, Duration::from_secs(15), |p| {
+//!                     let left = p.next_deadline.unwrap().saturating_sub(platform.now());
+//!                     if let Some(port) = p.port.filter(|_| !p.busy) {
+//!                         let _ = platform.wait(&[port], Some(left));
+//!                         platform.clear(port);
+//!                     }
+//!                 });
+//!                 let _ = closed; // Err: XenStore is gone; shut down anyway
+//!                 ctl.finish_shutdown(platform).unwrap(); // does not return on Xen
+//!                 return;
+//!             }
+//!         }
+//!         // ... wait on p.port until p.next_deadline, as for any poll.
+//! #       let _ = p;
+//!     }
+//! }
+//! ```
+//!
 //! Without the deferred mode the hook is called from [`Control::poll`] as before (an image
 //! without devices, or one whose hook owns what it closes).
 //!

@@ -124,7 +124,7 @@ fn a_request_the_guest_does_not_handle_is_not_acknowledged() {
     assert_eq!(ts.hv().domain(3).unwrap().shutdown_reason(), None);
 }
 
-/// The deferred shutdown (what an image with a bus uses, see `xen-bus`'s tests/shutdown.rs):
+/// The deferred shutdown (what an image with a bus uses, see tests/bus_shutdown.rs):
 /// `xl shutdown` is acknowledged and reported as pending, the domain keeps running until the
 /// image calls `finish_shutdown`, which runs the hook and then `SCHEDOP_shutdown`.
 #[test]
