@@ -70,7 +70,7 @@ use crate::error::XsError;
 use crate::framer::Framer;
 use crate::msg::{Request, Response};
 use crate::path::Path;
-pub use crate::transport::Transport;
+pub use crate::transport::{Transport, TransportError};
 use crate::wire::{Message, MsgType, XENSTORE_PAYLOAD_MAX};
 use crate::{DomId, EvtchnPort};
 use watch::Watches;
@@ -269,8 +269,8 @@ impl<T: Transport> Client<T> {
             }
             let n = match self.transport.recv(&mut self.rx, remaining) {
                 Ok(n) => n.min(self.rx.len()),
-                Err(XsClientError::Timeout) => 0,
-                Err(e) => return Err(self.fail(e)),
+                Err(TransportError::Timeout) => 0,
+                Err(e) => return Err(self.fail(e.into())),
             };
             if n == 0 {
                 if remaining.is_zero() || self.transport.now() >= deadline {
@@ -322,6 +322,7 @@ impl<T: Transport> Client<T> {
         let deadline = self.transport.now().saturating_add(self.config.timeout);
         self.stats.requests_sent += 1;
         if let Err(e) = self.transport.send(&bytes, self.config.timeout) {
+            let e = XsClientError::from(e);
             // A part of the message may be in the stream: it is out of sync, unless the ring
             // was reset (which discards partial messages).
             if e == XsClientError::ConnectionReset {

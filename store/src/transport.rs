@@ -12,7 +12,7 @@
 //! * [`recv`](Transport::recv) returns `Ok(n)` with `n > 0` bytes as soon as any are
 //!   available, waiting at most `timeout` for the first; `Ok(0)` means nothing arrived in
 //!   time. `timeout == Duration::ZERO` is a non-blocking poll. A dead peer is an error
-//!   ([`XsClientError::PeerGone`], [`XsClientError::Closed`]), never `Ok(0)`.
+//!   ([`TransportError::PeerGone`], [`TransportError::Closed`]), never `Ok(0)`.
 //! * [`now`](Transport::now) is a monotonic clock; the client computes its deadlines with it
 //!   (so that a server flooding watch events cannot keep a request waiting forever).
 //!
@@ -27,9 +27,9 @@
 //! ```
 
 use alloc::boxed::Box;
+use core::fmt;
 use core::time::Duration;
 
-use crate::client::XsClientError;
 use crate::platform::abi::xs::{
     XENSTORE_CONNECTED, XENSTORE_SERVER_FEATURE_ERROR, XENSTORE_SERVER_FEATURE_RECONNECTION,
 };
@@ -37,16 +37,79 @@ use crate::platform::xs_ring::XsGuestRing;
 use crate::platform::{Clock, Error as PlatformError, Events};
 use crate::EvtchnPort;
 
+/// Why a [`Transport`] operation failed. The client reports each as the
+/// [`XsClientError`](crate::client::XsClientError) variant of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportError {
+    /// No room to send, or (for a connect) no answer, within the timeout.
+    Timeout,
+    /// The server is gone: its event channel was closed or its domain destroyed.
+    PeerGone,
+    /// The server closed the connection (end of stream on a socket).
+    Closed,
+    /// The shared ring's indexes are inconsistent (`prod - cons > 1024`).
+    RingCorrupt,
+    /// The server set the ring's `error` field (`XENSTORE_ERROR_*`) and stopped serving.
+    ServerError(u32),
+    /// The ring was reset (`XENSTORE_RECONNECT`): what was in flight is gone.
+    ConnectionReset,
+    /// A platform call failed in another way.
+    Platform(PlatformError),
+    /// A host transport's I/O error (the raw OS errno, or -1 if none).
+    Io(i32),
+    /// The transport or server does not support the operation.
+    Unsupported,
+}
+
+impl From<PlatformError> for TransportError {
+    /// `Timeout`, `PeerGone` and `RingOverflow` have their own variants.
+    fn from(e: PlatformError) -> Self {
+        match e {
+            PlatformError::Timeout => TransportError::Timeout,
+            PlatformError::PeerGone => TransportError::PeerGone,
+            PlatformError::RingOverflow => TransportError::RingCorrupt,
+            other => TransportError::Platform(other),
+        }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Timeout => f.write_str("timed out"),
+            TransportError::PeerGone => f.write_str("the XenStore server is gone"),
+            TransportError::Closed => f.write_str("the XenStore server closed the connection"),
+            TransportError::RingCorrupt => f.write_str("corrupt XenStore ring indexes"),
+            TransportError::ServerError(e) => {
+                write!(f, "the XenStore server reported ring error {e}")
+            }
+            TransportError::ConnectionReset => f.write_str("the XenStore ring was reset"),
+            TransportError::Platform(e) => write!(f, "platform error: {e}"),
+            TransportError::Io(e) => write!(f, "I/O error (errno {e})"),
+            TransportError::Unsupported => f.write_str("not supported by the transport"),
+        }
+    }
+}
+
+impl core::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            TransportError::Platform(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A reliable byte stream to a XenStore server. See the [module docs](self) for the contract.
 pub trait Transport {
     /// Monotonic time since an arbitrary fixed point.
     fn now(&self) -> Duration;
 
     /// Send all of `bytes`, waiting at most `timeout` for room.
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError>;
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError>;
 
     /// Receive at least one byte into `buf`, waiting at most `timeout`; `Ok(0)`: none came.
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError>;
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError>;
 
     /// The event-channel port an event loop should wait on before polling this transport
     /// again ([`Client::poll_watch_events`](crate::client::Client::poll_watch_events)), if it
@@ -60,10 +123,10 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     fn now(&self) -> Duration {
         (**self).now()
     }
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
         (**self).send(bytes, timeout)
     }
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         (**self).recv(buf, timeout)
     }
     fn event_port(&self) -> Option<EvtchnPort> {
@@ -75,10 +138,10 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn now(&self) -> Duration {
         (**self).now()
     }
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
         (**self).send(bytes, timeout)
     }
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         (**self).recv(buf, timeout)
     }
     fn event_port(&self) -> Option<EvtchnPort> {
@@ -95,12 +158,12 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 ///   bit *before* looking at the ring again, as `SCHEDOP_poll` users must, so no wakeup is lost.
 ///   The daemon is notified after every index update (xenstore-ring.txt).
 /// * A dead peer ([`Events::wait`] or [`Events::notify`] failing with `PeerGone`) is an error at
-///   once; corrupt indexes are [`XsClientError::RingCorrupt`].
+///   once; corrupt indexes are [`TransportError::RingCorrupt`].
 /// * `server_features` is honoured: with `XENSTORE_SERVER_FEATURE_ERROR`, a non-zero `error`
-///   field is [`XsClientError::ServerError`]; with `XENSTORE_SERVER_FEATURE_RECONNECTION`, a
+///   field is [`TransportError::ServerError`]; with `XENSTORE_SERVER_FEATURE_RECONNECTION`, a
 ///   `connection` field reading `XENSTORE_RECONNECT` means a reset is in progress: the
 ///   transport ignores every other field, waits (bounded) for `XENSTORE_CONNECTED`, and reports
-///   [`XsClientError::ConnectionReset`]. [`reconnect`](Self::reconnect) starts such a reset.
+///   [`TransportError::ConnectionReset`]. [`reconnect`](Self::reconnect) starts such a reset.
 ///   A reset that began and completed between two looks at the ring (someone else set
 ///   `XENSTORE_RECONNECT` and the daemon was quick) is caught too: `req_prod` and `rsp_cons`
 ///   are written only by this side, except by a reset, so when either differs from the value
@@ -168,10 +231,10 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
     /// Make sure the ring is usable: if the daemon advertises reconnection and a reset is in
     /// progress, wait (at most `timeout`) until it completes; fail if the daemon reports an
     /// error.
-    pub fn connect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+    pub fn connect(&mut self, timeout: Duration) -> Result<(), TransportError> {
         let deadline = self.deadline(timeout);
         let r = match self.check(deadline) {
-            Err(XsClientError::ConnectionReset) => Ok(()),
+            Err(TransportError::ConnectionReset) => Ok(()),
             other => other,
         };
         self.own_indexes();
@@ -184,11 +247,11 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
     /// connection has no watches or transactions; call
     /// [`Client::reset`](crate::client::Client::reset) to match.
     ///
-    /// [`XsClientError::Unsupported`] if the daemon does not advertise
+    /// [`TransportError::Unsupported`] if the daemon does not advertise
     /// `XENSTORE_SERVER_FEATURE_RECONNECTION`.
-    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), TransportError> {
         if self.ring.server_features() & XENSTORE_SERVER_FEATURE_RECONNECTION == 0 {
-            return Err(XsClientError::Unsupported);
+            return Err(TransportError::Unsupported);
         }
         let deadline = self.deadline(timeout);
         self.ring.request_reconnect();
@@ -202,12 +265,14 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
         self.platform.now().saturating_add(timeout)
     }
 
-    fn notify(&self) -> Result<(), XsClientError> {
-        self.platform.notify(self.port).map_err(XsClientError::from)
+    fn notify(&self) -> Result<(), TransportError> {
+        self.platform
+            .notify(self.port)
+            .map_err(TransportError::from)
     }
 
     /// Wait for an event until `deadline`: `Ok(true)` woken, `Ok(false)` deadline passed.
-    fn wait(&self, deadline: Duration) -> Result<bool, XsClientError> {
+    fn wait(&self, deadline: Duration) -> Result<bool, TransportError> {
         let remaining = deadline.saturating_sub(self.platform.now());
         if remaining.is_zero() {
             return Ok(false);
@@ -219,11 +284,11 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
         }
     }
 
-    fn check_error(&self) -> Result<(), XsClientError> {
+    fn check_error(&self) -> Result<(), TransportError> {
         if self.ring.server_features() & XENSTORE_SERVER_FEATURE_ERROR != 0 {
             let e = self.ring.error();
             if e != 0 {
-                return Err(XsClientError::ServerError(e));
+                return Err(TransportError::ServerError(e));
             }
         }
         Ok(())
@@ -231,7 +296,7 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
 
     /// Error field, then connection state. A reset in progress is waited out and reported
     /// as `ConnectionReset`.
-    fn check(&mut self, deadline: Duration) -> Result<(), XsClientError> {
+    fn check(&mut self, deadline: Duration) -> Result<(), TransportError> {
         self.check_error()?;
         if self.ring.server_features() & XENSTORE_SERVER_FEATURE_RECONNECTION == 0 {
             return Ok(());
@@ -242,19 +307,19 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
             self.wait_connected(deadline)?;
             self.check_error()?;
             self.own_indexes();
-            return Err(XsClientError::ConnectionReset);
+            return Err(TransportError::ConnectionReset);
         }
         let ix = self.ring.indexes();
         if (ix.req_prod, ix.rsp_cons) != self.owned {
             // Reset and reconnected while we were not looking.
             self.own_indexes();
-            return Err(XsClientError::ConnectionReset);
+            return Err(TransportError::ConnectionReset);
         }
         Ok(())
     }
 
     /// Wait until `connection == XENSTORE_CONNECTED`, ignoring every other field.
-    fn wait_connected(&mut self, deadline: Duration) -> Result<(), XsClientError> {
+    fn wait_connected(&mut self, deadline: Duration) -> Result<(), TransportError> {
         loop {
             if self.ring.connection() == XENSTORE_CONNECTED {
                 return Ok(());
@@ -264,7 +329,7 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
                 return Ok(());
             }
             if !self.wait(deadline)? {
-                return Err(XsClientError::Timeout);
+                return Err(TransportError::Timeout);
             }
         }
     }
@@ -275,7 +340,7 @@ impl<P: Events + Clock + ?Sized> Transport for RingTransport<'_, P> {
         self.platform.now()
     }
 
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
         let deadline = self.deadline(timeout);
         let mut rest = bytes;
         loop {
@@ -296,12 +361,12 @@ impl<P: Events + Clock + ?Sized> Transport for RingTransport<'_, P> {
                 continue;
             }
             if !self.wait(deadline)? {
-                return Err(XsClientError::Timeout);
+                return Err(TransportError::Timeout);
             }
         }
     }
 
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         if buf.is_empty() {
             return Ok(0);
         }

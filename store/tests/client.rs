@@ -14,7 +14,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use xen_store::client::{
-    Client, ClientConfig, ProtocolError, Store, Transport, WatchEvent, XsClientError,
+    Client, ClientConfig, ProtocolError, Store, Transport, TransportError, WatchEvent,
+    XsClientError,
 };
 use xen_store::perms::{Access, Perms};
 use xen_store::wire::{Header, Message, MsgType};
@@ -128,9 +129,9 @@ impl Transport for Loopback {
         self.now
     }
 
-    fn send(&mut self, bytes: &[u8], _timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], _timeout: Duration) -> Result<(), TransportError> {
         if self.dies_at.is_some_and(|d| self.delivered >= d) {
-            return Err(XsClientError::Closed);
+            return Err(TransportError::Closed);
         }
         let msgs: Vec<Message> = self.inbox.feed(bytes).map(|m| m.unwrap()).collect();
         for m in msgs {
@@ -144,7 +145,7 @@ impl Transport for Loopback {
         Ok(())
     }
 
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         self.recv_calls += 1;
         assert!(self.recv_calls < 1_000_000, "client spins");
         if self.outbox.is_empty() {
@@ -157,7 +158,7 @@ impl Transport for Loopback {
         let mut n = buf.len().min(self.chunk).min(self.outbox.len());
         if let Some(d) = self.dies_at {
             if self.delivered >= d {
-                return Err(XsClientError::Closed);
+                return Err(TransportError::Closed);
             }
             n = n.min(d - self.delivered);
         }

@@ -485,7 +485,7 @@ fn reconnect_needs_the_feature() {
     let mut t = w.transport();
     assert_eq!(
         t.reconnect(Duration::from_secs(1)),
-        Err(XsClientError::Unsupported)
+        Err(xen_store::client::TransportError::Unsupported)
     );
 }
 

@@ -22,7 +22,7 @@ use xen_control::{
 };
 use xen_platform::{Events, Scheduler, ShutdownReason};
 use xen_sim::Domain;
-use xen_store::client::{Client, Store, Transport, XsClientError};
+use xen_store::client::{Client, Store, Transport, TransportError};
 use xen_store::perms::{Access, Perm, Perms};
 use xen_store::{DomId, EvtchnPort};
 use xen_store_host::conformance::Limits;
@@ -603,7 +603,7 @@ impl Transport for Racy {
     fn now(&self) -> Duration {
         self.inner.now()
     }
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
         let word = |at: usize| {
             bytes
                 .get(at..at + 4)
@@ -619,7 +619,7 @@ impl Transport for Racy {
         }
         self.inner.send(bytes, timeout)
     }
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         self.inner.recv(buf, timeout)
     }
     fn event_port(&self) -> Option<EvtchnPort> {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Events};
-use xen_store::client::XsClientError;
+use xen_store::client::TransportError;
 use xen_store::transport::{RingTransport, Transport};
 use xen_store::EvtchnPort;
 
@@ -78,7 +78,7 @@ impl UnixTransport {
         &self.stream
     }
 
-    fn set_nonblocking(&mut self, on: bool) -> Result<(), XsClientError> {
+    fn set_nonblocking(&mut self, on: bool) -> Result<(), TransportError> {
         if self.nonblocking != on {
             self.stream.set_nonblocking(on).map_err(io_error)?;
             self.nonblocking = on;
@@ -89,15 +89,15 @@ impl UnixTransport {
 
 /// Map a socket error to the client's error: a timeout is `Timeout`, a peer that went away
 /// is `Closed`, anything else the raw errno.
-fn io_error(e: std::io::Error) -> XsClientError {
+fn io_error(e: std::io::Error) -> TransportError {
     match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => XsClientError::Timeout,
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => TransportError::Timeout,
         ErrorKind::BrokenPipe
         | ErrorKind::ConnectionReset
         | ErrorKind::ConnectionAborted
         | ErrorKind::NotConnected
-        | ErrorKind::UnexpectedEof => XsClientError::Closed,
-        _ => XsClientError::Io(e.raw_os_error().unwrap_or(-1)),
+        | ErrorKind::UnexpectedEof => TransportError::Closed,
+        _ => TransportError::Io(e.raw_os_error().unwrap_or(-1)),
     }
 }
 
@@ -106,7 +106,7 @@ impl Transport for UnixTransport {
         self.t0.elapsed()
     }
 
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
         self.set_nonblocking(false)?;
         // A zero write timeout would mean "none" to the socket: at least 1 ms.
         let t = Some(timeout.max(Duration::from_millis(1)));
@@ -117,7 +117,7 @@ impl Transport for UnixTransport {
         self.stream.write_all(bytes).map_err(io_error)
     }
 
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -130,7 +130,7 @@ impl Transport for UnixTransport {
                 .map_err(io_error)?;
         }
         match self.stream.read(buf) {
-            Ok(0) => Err(XsClientError::Closed),
+            Ok(0) => Err(TransportError::Closed),
             Ok(n) => Ok(n),
             Err(e)
                 if matches!(
@@ -195,22 +195,22 @@ impl<P: Events + Clock> OwnedRing<P> {
     }
 
     /// [`RingTransport::connect`]: wait out a ring reset in progress.
-    pub fn connect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+    pub fn connect(&mut self, timeout: Duration) -> Result<(), TransportError> {
         self.with(|t| t.connect(timeout))
     }
 
     /// [`RingTransport::reconnect`]: ask the daemon to reset the ring (then call
     /// [`Client::reset`](xen_store::client::Client::reset) on the client using it).
-    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), XsClientError> {
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), TransportError> {
         self.with(|t| t.reconnect(timeout))
     }
 
     fn with<R>(
         &mut self,
-        f: impl FnOnce(&mut RingTransport<'_, P>) -> Result<R, XsClientError>,
-    ) -> Result<R, XsClientError> {
+        f: impl FnOnce(&mut RingTransport<'_, P>) -> Result<R, TransportError>,
+    ) -> Result<R, TransportError> {
         // Only None if an earlier call panicked half way: the connection is unusable.
-        let ring = self.ring.take().ok_or(XsClientError::Closed)?;
+        let ring = self.ring.take().ok_or(TransportError::Closed)?;
         let mut t = RingTransport::new(ring, &self.platform, self.port);
         let r = f(&mut t);
         self.ring = Some(t.into_ring());
@@ -223,11 +223,11 @@ impl<P: Events + Clock> Transport for OwnedRing<P> {
         self.platform.now()
     }
 
-    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), XsClientError> {
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
         self.with(|t| t.send(bytes, timeout))
     }
 
-    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, XsClientError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         self.with(|t| t.recv(buf, timeout))
     }
 

@@ -104,6 +104,23 @@ impl From<ProtocolError> for XsClientError {
     }
 }
 
+impl From<crate::transport::TransportError> for XsClientError {
+    fn from(e: crate::transport::TransportError) -> Self {
+        use crate::transport::TransportError as T;
+        match e {
+            T::Timeout => XsClientError::Timeout,
+            T::PeerGone => XsClientError::PeerGone,
+            T::Closed => XsClientError::Closed,
+            T::RingCorrupt => XsClientError::RingCorrupt,
+            T::ServerError(x) => XsClientError::ServerError(x),
+            T::ConnectionReset => XsClientError::ConnectionReset,
+            T::Platform(p) => XsClientError::Platform(p),
+            T::Io(x) => XsClientError::Io(x),
+            T::Unsupported => XsClientError::Unsupported,
+        }
+    }
+}
+
 impl From<platform::Error> for XsClientError {
     /// `Timeout`, `PeerGone` and `RingOverflow` have their own variants; the rest is
     /// [`XsClientError::Platform`].

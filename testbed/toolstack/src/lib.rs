@@ -282,7 +282,7 @@ impl Guest {
     pub fn xs_client(&self) -> Result<GuestClient> {
         let mut t = self.take_transport()?;
         t.connect(GUEST_TIMEOUT)
-            .map_err(Error::xs("connect", self.dom_path()))?;
+            .map_err(|e| Error::xs("connect", self.dom_path())(e.into()))?;
         Ok(Client::with_config(
             t,
             ClientConfig {
