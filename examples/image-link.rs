@@ -2,8 +2,9 @@
 // Link the bin as a freestanding, statically linked ELF at 1 MiB (IMAGES.md: these
 // arguments turn rustc's host-target link into an image Xen's domain builder accepts).
 fn main() {
-    let script =
-        std::env::var("DEP_XEN_RT_LINKER_SCRIPT").expect("xen-rt publishes its linker script");
+    // xen-rt's linker script, passed on by the facade (`xenolith`, feature `image`).
+    let script = std::env::var("DEP_XENOLITH_LINKER_SCRIPT")
+        .expect("the xenolith facade with feature `image` passes on xen-rt's linker script");
     for arg in [
         "-nostartfiles",
         "-nostdlib",
@@ -21,6 +22,6 @@ fn main() {
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{script}");
     println!("cargo:rerun-if-changed={script}");
-    println!("cargo:rerun-if-env-changed=DEP_XEN_RT_LINKER_SCRIPT");
+    println!("cargo:rerun-if-env-changed=DEP_XENOLITH_LINKER_SCRIPT");
     println!("cargo:rerun-if-changed=../image-link.rs");
 }

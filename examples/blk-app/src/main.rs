@@ -22,13 +22,13 @@ use alloc::string::String;
 use core::fmt::Write as _;
 use core::time::Duration;
 
-use xen_blk::front::{Blkfront, BlockDevice, WaitMode};
-use xen_blk::negotiate::FlushMode;
-use xen_bus::{Bus, BusConfig};
-use xen_control::{Control, Event, Request};
-use xen_platform::{Clock, Scheduler, ShutdownReason};
-use xen_rt::Xen;
-use xen_store::client::Store;
+use xenolith::blk::front::{Blkfront, BlockDevice, WaitMode};
+use xenolith::blk::negotiate::FlushMode;
+use xenolith::bus::{Bus, BusConfig};
+use xenolith::control::{Control, Event, Request};
+use xenolith::platform::{Clock, Scheduler, ShutdownReason};
+use xenolith::rt::Xen;
+use xenolith::store::client::Store;
 use xenolith_apps::disk_check::{disk_check, DiskCheck};
 use xenolith_apps::start::{open_store, wait_until, StoreSession};
 
@@ -161,7 +161,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     }
 }
 
-fn check_disk<T: xen_store::client::Transport>(
+fn check_disk<T: xenolith::store::client::Transport>(
     xen: &'static Xen,
     bus: &mut Bus<T>,
     xs_port: u32,
@@ -204,7 +204,7 @@ fn check_disk<T: xen_store::client::Transport>(
         cfg.sector_size,
         cfg.physical_sector_size,
         cfg.sectors,
-        dev.sectors() * xen_blk::block::SECTOR,
+        dev.sectors() * xenolith::blk::block::SECTOR,
         cfg.readonly as u8,
         opts.mode,
     );

@@ -35,16 +35,16 @@ use core::fmt::Write as _;
 use core::ptr::NonNull;
 use core::time::Duration;
 
-use xen_control::{Control, Event, Request};
-use xen_platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
-use xen_platform::{
+use xenolith::control::{Control, Event, Request};
+use xenolith::platform::abi::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
+use xenolith::platform::{
     Clock, CopyPtr, Error, Events, GrantCopy, GrantMapper, Grants, MultiMapping, PageRun, Pages,
     Platform, Scheduler, ShutdownReason, MAX_MULTI_MAP,
 };
-use xen_rt::gnttab::MAP_SLOTS;
-use xen_rt::Xen;
-use xen_store::client::{Client, Store};
-use xen_store::transport::RingTransport;
+use xenolith::rt::gnttab::MAP_SLOTS;
+use xenolith::rt::Xen;
+use xenolith::store::client::{Client, Store};
+use xenolith::store::transport::RingTransport;
 
 type Xs = Client<RingTransport<'static, Xen>>;
 

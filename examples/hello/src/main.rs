@@ -14,10 +14,10 @@ use alloc::string::String;
 use core::fmt::Write as _;
 use core::time::Duration;
 
-use xen_control::{Control, Event, Request};
-use xen_platform::{Clock, Events, Scheduler, ShutdownReason};
-use xen_rt::Xen;
-use xen_store::client::Store;
+use xenolith::control::{Control, Event, Request};
+use xenolith::platform::{Clock, Events, Scheduler, ShutdownReason};
+use xenolith::rt::Xen;
+use xenolith::store::client::Store;
 use xenolith_apps::start::{open_store, wait_until, StoreSession};
 
 /// Called by the runtime (xen-rt) once the platform and the heap are up.

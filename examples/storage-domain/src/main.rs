@@ -19,17 +19,17 @@ use alloc::vec::Vec;
 use core::fmt::Write as _;
 use core::time::Duration;
 
-use xen_blk::back::{BackOptions, DiskSpec};
-use xen_blk::front::{Blkfront, WaitMode, DEFAULT_LIMITS};
-use xen_blk::negotiate::FrontLimits;
-use xen_bus::{Bus, BusConfig};
-use xen_control::{Control, Event, Request};
-use xen_platform::abi::xen::{
+use xenolith::blk::back::{BackOptions, DiskSpec};
+use xenolith::blk::front::{Blkfront, WaitMode, DEFAULT_LIMITS};
+use xenolith::blk::negotiate::FrontLimits;
+use xenolith::bus::{Bus, BusConfig};
+use xenolith::control::{Control, Event, Request};
+use xenolith::platform::abi::xen::{
     HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_SCHED_OP,
 };
-use xen_platform::{Clock, Scheduler, ShutdownReason};
-use xen_rt::Xen;
-use xen_store::client::Store;
+use xenolith::platform::{Clock, Scheduler, ShutdownReason};
+use xenolith::rt::Xen;
+use xenolith::store::client::Store;
 use xenolith_apps::start::{open_store, wait_on, StoreSession};
 use xenolith_apps::target::{describe, make_storage, parse_target};
 use xenolith_apps::StorageDomain;
@@ -152,7 +152,7 @@ fn run(xen: &'static Xen) -> Result<(), String> {
                     request.as_str()
                 );
                 // Each hypercall is a guest exit: per response, the cost a request pays here.
-                let calls = |nr| xen_rt::hypercall::calls(nr);
+                let calls = |nr| xenolith::rt::hypercall::calls(nr);
                 let _ = writeln!(
                     out,
                     "storage-domain: {} responses; hypercalls: sched_op {}, event_channel_op {}, grant_table_op {}",
