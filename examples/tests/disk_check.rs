@@ -69,8 +69,8 @@ fn run_check_in(
         let mut bus = Bus::with_config(guest.xs_client().unwrap(), guest.domid(), cfg);
         let front = Blkfront::new(plat.clone()).with_mode(WaitMode::Event);
         front.register(&mut bus).unwrap();
-        let mut dev =
-            xenolith_apps::first_disk(&plat, &mut bus, &front, Duration::from_secs(10), &|| {
+        let mut dev = front
+            .first_disk(&mut bus, Duration::from_secs(10), &mut || {
                 std::thread::sleep(Duration::from_millis(1))
             })
             .unwrap();

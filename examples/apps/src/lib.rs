@@ -27,7 +27,7 @@ use alloc::vec;
 use core::time::Duration;
 
 use xen_blk::back::{BackOptions, BackPoll, BlkBack, StorageFactory};
-use xen_blk::front::{BlkDevice, Blkfront, BlockDevice};
+use xen_blk::front::{Blkfront, BlockDevice};
 use xen_bus::store::client::Transport;
 use xen_bus::Bus;
 use xen_platform::{Clock, Events, PlatformRef};
@@ -115,29 +115,6 @@ pub fn storage_domain<H: PlatformRef, T: Transport>(
     Ok(())
 }
 
-/// Waits (up to `timeout`) for blkfront's first connected disk.
-pub fn first_disk<H: PlatformRef, T: Transport>(
-    plat: &H,
-    bus: &mut Bus<T>,
-    front: &Blkfront<H>,
-    timeout: Duration,
-    idle: &dyn Fn(),
-) -> Result<BlkDevice<H>, String> {
-    let plat = plat.get();
-    let start = plat.now();
-    loop {
-        let _ = bus.poll(plat.now());
-        front.service(bus);
-        if let Some(dev) = front.connected().first().and_then(|n| front.device(n)) {
-            return Ok(dev);
-        }
-        if plat.now().saturating_sub(start) > timeout {
-            return Err(String::from("no disk connected"));
-        }
-        idle();
-    }
-}
-
 /// What [`blk_app`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppReport {
@@ -149,11 +126,7 @@ pub struct AppReport {
 
 /// Compile-in storage for a single-purpose VM: on its first disk, write `record` (padded to
 /// whole sectors) at `sector`, flush, read it back and verify it.
-pub fn blk_app<H: PlatformRef>(
-    dev: &mut BlkDevice<H>,
-    sector: u64,
-    record: &[u8],
-) -> Result<AppReport, String> {
+pub fn blk_app(dev: &mut dyn BlockDevice, sector: u64, record: &[u8]) -> Result<AppReport, String> {
     let ss = dev.sector_size() as usize;
     let len = record.len().div_ceil(ss).max(1) * ss;
     let mut data = vec![0u8; len];

@@ -173,9 +173,11 @@ fn check_disk<T: xenolith::store::client::Transport>(
         .register(bus)
         .map_err(|e| format!("registering blkfront: {e:?}"))?;
     let t0 = xen.now();
-    let mut dev = xenolith_apps::first_disk(&xen, bus, &front, Duration::from_secs(60), &|| {
-        let _ = wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_millis(20)));
-    })?;
+    let mut dev = front
+        .first_disk(bus, Duration::from_secs(60), &mut || {
+            let _ = wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_millis(20)));
+        })
+        .map_err(|e| format!("no disk connected: {e}"))?;
     let attach_ms = xen.now().saturating_sub(t0).as_millis();
     let cfg = dev
         .config()

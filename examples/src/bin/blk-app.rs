@@ -61,10 +61,11 @@ fn run() -> Result<(), String> {
         );
         let front = Blkfront::new(plat.clone()).with_mode(WaitMode::Event);
         front.register(&mut bus).map_err(|e| format!("{e:?}"))?;
-        let result =
-            xenolith_apps::first_disk(&plat, &mut bus, &front, Duration::from_secs(10), &|| {
+        let result = front
+            .first_disk(&mut bus, Duration::from_secs(10), &mut || {
                 std::thread::sleep(Duration::from_millis(1))
             })
+            .map_err(|e| format!("no disk connected: {e}"))
             .and_then(|mut dev| xenolith_apps::blk_app(&mut dev, 2048, b"xenolith blk-app record"));
         stop.store(true, Ordering::SeqCst);
         server

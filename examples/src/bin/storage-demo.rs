@@ -200,9 +200,11 @@ fn guest(
     let mut bus = Bus::with_config(xs, g.domid(), bus_cfg());
     let front = Blkfront::new(dom.clone()).with_mode(WaitMode::Event);
     front.register(&mut bus).map_err(|e| format!("{e:?}"))?;
-    let mut dev = xenolith_apps::first_disk(&dom, &mut bus, &front, LIMIT, &|| {
-        std::thread::sleep(Duration::from_millis(1))
-    })?;
+    let mut dev = front
+        .first_disk(&mut bus, LIMIT, &mut || {
+            std::thread::sleep(Duration::from_millis(1))
+        })
+        .map_err(|e| format!("no disk connected: {e}"))?;
     let config = dev.config().ok_or("connected without a configuration")?;
     let mut r = Report {
         name: g.name().to_string(),

@@ -30,7 +30,7 @@ use xen_bus::driver::errno;
 use xen_bus::store::client::{Store, Transport, XsClientError};
 use xen_bus::{Bus, DeviceCtx, DeviceInfo, DriverError, DriverResult, FrontDriver, Progress};
 use xen_bus::{DomId, XenbusState};
-use xen_platform::{EvtchnPort, Pages, PlatformRef};
+use xen_platform::{Clock, EvtchnPort, Pages, PlatformRef};
 
 use super::ring::{release_ring, setup_ring, DataPath, RingSetup, WaitMode};
 use super::{BlkError, BlockDevice, Buffer, Completion, Rejected, Request, SECTOR};
@@ -224,6 +224,29 @@ impl<H: PlatformRef> Blkfront<H> {
             .filter(|(_, d)| d.borrow().state() == DeviceState::Connected)
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Polls `bus` (and [`service`](Self::service)) until a disk is connected, and returns
+    /// the first one (by nodename); [`BlkError::Timeout`] after `timeout` of the platform's
+    /// clock. `idle` runs between polls: wait on the XenStore port, or sleep a little.
+    pub fn first_disk<T: Transport>(
+        &self,
+        bus: &mut Bus<T>,
+        timeout: Duration,
+        idle: &mut dyn FnMut(),
+    ) -> Result<BlkDevice<H>, BlkError> {
+        let start = self.plat.get().now();
+        loop {
+            let _ = bus.poll(self.plat.get().now());
+            self.service(bus);
+            if let Some(dev) = self.connected().first().and_then(|n| self.device(n)) {
+                return Ok(dev);
+            }
+            if self.plat.get().now().saturating_sub(start) > timeout {
+                return Err(BlkError::Timeout);
+            }
+            idle();
+        }
     }
 
     /// Call after every [`Bus::poll`]: a device whose data path failed (a misbehaving

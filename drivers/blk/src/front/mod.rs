@@ -13,6 +13,41 @@
 //! - [`io::BlockIo`]: an `embedded-io` `Read`/`Write`/`Seek` adapter over any [`BlockDevice`].
 //! - [`StorageDevice`]: a [`Storage`](crate::storage::Storage) of this domain (a `MemDisk`) as a
 //!   [`BlockDevice`].
+//!
+//! # Example
+//! An application's disk code is written against [`BlockDevice`], so it runs the same on a
+//! disk from a backend (in an image: `Blkfront::new(xen)`, `register` on the bus, then
+//! [`Blkfront::first_disk`]) and on a RAM disk, as here:
+//!
+//! ```
+//! use core::time::Duration;
+//! use xen_blk::front::{BlkError, BlockDevice, Request, StorageDevice};
+//! use xen_blk::storage::MemDisk;
+//!
+//! fn stamp(dev: &mut dyn BlockDevice) -> Result<(), BlkError> {
+//!     // Whole blocks, addressed in 512-byte sectors (blkif's unit) whatever the block size.
+//!     let mut block = vec![0u8; dev.sector_size() as usize];
+//!     block[..5].copy_from_slice(b"hello");
+//!     dev.write(8, &block)?;
+//!     dev.flush()?;
+//!     // Many requests in flight: submit with a tag, then poll for completions.
+//!     let buf = dev.alloc_buffer(block.len())?;
+//!     dev.submit(7, Request::Read { sector: 8, buf }).map_err(|r| r.error)?;
+//!     let mut done = None;
+//!     while done.is_none() {
+//!         dev.poll(&mut |c| done = Some(c))?;
+//!         dev.wait(Duration::from_millis(10))?;
+//!     }
+//!     let c = done.unwrap();
+//!     assert_eq!((c.tag, c.result), (7, Ok(())));
+//!     let buf = c.buf.unwrap();
+//!     assert_eq!(&buf.as_slice()[..5], b"hello");
+//!     dev.free_buffer(buf)
+//! }
+//!
+//! stamp(&mut StorageDevice::new(MemDisk::new(2048))).unwrap();
+//! stamp(&mut StorageDevice::new(MemDisk::new(2048).with_sector_size(4096))).unwrap();
+//! ```
 
 use core::fmt;
 use core::ptr::NonNull;
