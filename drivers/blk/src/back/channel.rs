@@ -148,6 +148,12 @@ pub struct Channel<H: PlatformRef> {
     /// Scratch of `indirect`: the indirect pages' bytes, and the segments read from them.
     raw: Vec<u8>,
     wire: Vec<BlkifRequestSegment>,
+    /// Requests taken in the current [`Channel::poll`] (a round).
+    round_requests: usize,
+    /// Deficit round robin: bytes this ring may still move before its next round.
+    deficit: usize,
+    /// A request taken from the ring (its one read) that waits for deficit to start.
+    held: Option<BlkifRequest>,
 }
 
 impl<H: PlatformRef> Channel<H> {
@@ -197,6 +203,9 @@ impl<H: PlatformRef> Channel<H> {
             local: Vec::new(),
             raw: Vec::new(),
             wire: Vec::new(),
+            round_requests: 0,
+            deficit: 0,
+            held: None,
         })
     }
 
@@ -238,12 +247,38 @@ impl<H: PlatformRef> Channel<H> {
     /// `events`: when the ring is drained, ask the frontend for a notification
     /// (`RING_FINAL_CHECK_FOR_REQUESTS`). A polled loop passes false: the frontend then never
     /// notifies, and the idle loop only reads the ring.
+    ///
+    /// One call is one round of this ring: at most [`RING_BUDGET`] requests and
+    /// [`RING_PASSES`] passes, and requests are started by deficit round robin (Shreedhar and
+    /// Varghese, 1995): each round of a backlogged ring adds [`QUANTUM`] bytes of credit, and
+    /// a request starts only when the credit covers what it can move ([`cost`]). So a
+    /// frontend that keeps its ring full of the largest requests, or that moves `req_prod`
+    /// back and forth so the final check keeps firing, gets its share of the backend and no
+    /// more: the other rings, the bus and its own close are served between its rounds. A
+    /// ring left with work reports it (`true`) and is served again in the next round.
     pub fn poll(&mut self, events: bool) -> bool {
+        self.round_requests = 0;
+        if self.backlogged() {
+            self.deficit = self.deficit.saturating_add(QUANTUM);
+        }
+        let mut passes = 0;
+        let mut more = false;
         loop {
+            passes += 1;
             let mut progress = self.take_completions();
             progress |= self.retry_stalled();
             progress |= self.take_requests();
             self.flush_responses();
+            if self.budget_spent() || passes >= RING_PASSES {
+                // Answer what the storage finished of this round (bounded by the requests
+                // held); requests may be left on the ring: no notification is asked for
+                // (the frontend need not send one), the next round takes them.
+                if self.take_completions() {
+                    self.flush_responses();
+                }
+                more = true;
+                break;
+            }
             if progress {
                 continue;
             }
@@ -258,9 +293,27 @@ impl<H: PlatformRef> Channel<H> {
             }
             break;
         }
+        if !self.backlogged() {
+            // DRR: an idle ring keeps no credit.
+            self.deficit = 0;
+        }
         let mut has_ports = false;
         self.storage.ports(&mut |_| has_ports = true);
-        !self.pending.is_empty() && !has_ports
+        more || (!self.pending.is_empty() && !has_ports)
+    }
+
+    /// Whether this round is over: its requests taken, or a request waits for credit.
+    fn budget_spent(&self) -> bool {
+        self.round_requests >= RING_BUDGET || self.held.is_some()
+    }
+
+    /// Whether requests wait: one held for credit, or some on the ring.
+    fn backlogged(&self) -> bool {
+        self.held.is_some()
+            || self
+                .ring
+                .ring_ref()
+                .is_some_and(|r| r.has_unconsumed_requests())
     }
 
     fn take_completions(&mut self) -> bool {
@@ -394,21 +447,34 @@ impl<H: PlatformRef> Channel<H> {
 
     fn take_requests(&mut self) -> bool {
         let mut any = false;
-        while self.may_take() {
-            let Some(r) = self.ring.ring() else { break };
-            let req = match r.take_request() {
-                Ok(Some(req)) => req,
-                Ok(None) => break,
-                Err(e) => {
-                    // RING_REQUEST_PROD_OVERFLOW: a frontend that claims more requests than
-                    // the ring holds is not served any more (Linux: "Frontend provided bogus
-                    // ring requests", blkback.c `__do_block_io_op`).
-                    self.broken = Some(e);
-                    break;
+        while self.may_take() && self.round_requests < RING_BUDGET {
+            let req = match self.held.take() {
+                Some(req) => req,
+                None => {
+                    let Some(r) = self.ring.ring() else { break };
+                    match r.take_request() {
+                        Ok(Some(req)) => req,
+                        Ok(None) => break,
+                        Err(e) => {
+                            // RING_REQUEST_PROD_OVERFLOW: a frontend that claims more requests
+                            // than the ring holds is not served any more (Linux: "Frontend
+                            // provided bogus ring requests", blkback.c `__do_block_io_op`).
+                            self.broken = Some(e);
+                            break;
+                        }
+                    }
                 }
             };
+            let c = cost(&req);
+            if c > self.deficit {
+                // Read once already: it waits here, not on the ring, for the next rounds.
+                self.held = Some(req);
+                break;
+            }
+            self.deficit -= c;
             any = true;
             self.stats.requests += 1;
+            self.round_requests += 1;
             self.dispatch(&req);
             // Requests served at once (in place) are answered as we go once a batch has
             // moved PUBLISH_BYTES: the frontend refills the ring while we copy the rest, instead
@@ -432,6 +498,14 @@ impl<H: PlatformRef> Channel<H> {
     pub fn disconnect(&mut self) {
         self.take_completions();
         self.stalled = None;
+        if let Some(req) = self.held.take() {
+            let op = if req.operation == BLKIF_OP_INDIRECT {
+                cast::<BlkifRequest, BlkifRequestIndirect>(&req).indirect_op
+            } else {
+                req.operation
+            };
+            self.respond(req.id, op, BLKIF_RSP_ERROR);
+        }
         let tags: Vec<u64> = self.pending.keys().copied().collect();
         for t in tags {
             if let Some(p) = self.pending.remove(&t) {
@@ -487,6 +561,47 @@ impl<H: PlatformRef> Drop for Channel<H> {
         self.disconnect();
     }
 }
+
+/// Most requests one ring has taken per [`Channel::poll`] (a round); then the other rings are
+/// served. A round of a full 1-page ring (32 slots) fits, twice.
+pub const RING_BUDGET: usize = 64;
+
+/// Deficit round robin: the bytes of credit each round adds to a backlogged ring. A request
+/// of 4 KiB starts in the round it arrives; one of 1 MiB (256 indirect segments) every 16th
+/// round of its ring, so a ring of small requests beside it is served 16 times meanwhile.
+pub const QUANTUM: usize = 64 << 10;
+
+/// The most a request costs (the largest indirect request): a discard of a whole disk (a
+/// memset of a RAM disk) waits as long as the largest read or write, not longer.
+pub const MAX_COST: usize = 1 << 20;
+
+/// What a request costs in the deficit: the bytes it can move, from its local copy's header
+/// alone (an indirect request's pages are not read here), between one sector and
+/// [`MAX_COST`]. Flushes and requests that will be refused cost one sector.
+pub fn cost(req: &BlkifRequest) -> usize {
+    let segs = |n: usize| n.saturating_mul(PAGE_SIZE);
+    let bytes = match req.operation {
+        BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER | BLKIF_OP_FLUSH_DISKCACHE => {
+            let n = usize::from(req.nr_segments).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
+            req.seg[..n]
+                .iter()
+                .map(|s| (usize::from(s.last_sect.saturating_sub(s.first_sect)) + 1) * 512)
+                .sum()
+        }
+        BLKIF_OP_INDIRECT => segs(usize::from(
+            cast::<BlkifRequest, BlkifRequestIndirect>(req).nr_segments,
+        )),
+        BLKIF_OP_DISCARD => {
+            let d = cast::<BlkifRequest, BlkifRequestDiscard>(req);
+            usize::try_from(d.nr_sectors.saturating_mul(SECTOR)).unwrap_or(usize::MAX)
+        }
+        _ => 0,
+    };
+    bytes.clamp(SECTOR as usize, MAX_COST)
+}
+
+/// Most passes of one [`Channel::poll`] (take completions, take requests, final check).
+const RING_PASSES: usize = 2 * RING_BUDGET;
 
 /// Most bytes of data buffers a channel holds for requests in flight (8 MiB: 8 of the largest
 /// indirect requests, 256 segments of a page each).

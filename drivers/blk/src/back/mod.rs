@@ -136,6 +136,8 @@ struct Hub<H: PlatformRef> {
     polled: bool,
     /// Responses written by connections that have ended.
     retired_responses: u64,
+    /// The device `poll_into` serves first next time (round-robin).
+    next_first: core::cell::Cell<usize>,
 }
 
 /// blkback for every `vbd` this domain serves, on the platform handle `H` (`&'static Xen` in
@@ -167,6 +169,7 @@ impl<H: PlatformRef> BlkBack<H> {
                 devices: BTreeMap::new(),
                 polled: false,
                 retired_responses: 0,
+                next_first: core::cell::Cell::new(0),
             })),
         }
     }
@@ -218,7 +221,17 @@ impl<H: PlatformRef> BlkBack<H> {
         // Serving a ring never calls back into the hub (the bus is not polled from here), so
         // the hub stays borrowed for the walk: nothing is copied per poll.
         let hub = self.hub.borrow();
-        for (name, slot) in &hub.devices {
+        // Round-robin: each call starts one device further on, and each ring gets one
+        // budgeted round (Channel::poll), so no ring is always served first or for long.
+        let n = hub.devices.len();
+        let first = hub.next_first.get() % n.max(1);
+        hub.next_first.set(first.wrapping_add(1));
+        let order = hub
+            .devices
+            .iter()
+            .skip(first)
+            .chain(hub.devices.iter().take(first));
+        for (name, slot) in order {
             let mut s = slot.borrow_mut();
             let Some(ch) = s.channel.as_mut() else {
                 continue;

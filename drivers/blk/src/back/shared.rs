@@ -50,6 +50,11 @@ impl SharedRing {
         self.ring.as_mut()
     }
 
+    /// The ring, to look at (`None` once unmapped).
+    pub fn ring_ref(&self) -> Option<&BlkBackRing> {
+        self.ring.as_ref()
+    }
+
     /// Detach the ring, then unmap its pages. Idempotent.
     pub fn unmap(&mut self, p: &(impl GrantMapper + ?Sized)) {
         self.ring = None;
