@@ -1,5 +1,5 @@
-//! blkback's work budget (one round per ring per poll, rings served round-robin, requests
-//! started by deficit round robin): a frontend that keeps its ring full cannot hold one
+//! blkback's work budget (rounds per ring, at most ROUNDS_PER_POLL per poll, rings served
+//! round-robin, requests and parts of large requests started by deficit round robin): a frontend that keeps its ring full cannot hold one
 //! `BlkBack::poll` call for long, nor starve another frontend of the same backend. Hand-written frontends through the simulator, our xenstored and
 //! `xen-toolstack`.
 
@@ -9,6 +9,7 @@ use back_common::*;
 use xen_blk::abi::*;
 use xen_blk::back::channel::{MAX_COST, QUANTUM, RING_BUDGET};
 use xen_blk::back::BackOptions;
+use xen_blk::back::ROUNDS_PER_POLL;
 use xen_toolstack::Guest;
 
 /// `n` guests, each with a raw frontend on a ring of `1 << order` pages, all Connected.
@@ -39,28 +40,28 @@ fn fill(f: &mut RawFront, id0: u64, n: usize, segs: &[(xen_platform::GrantRef, u
 
 #[test]
 fn a_full_ring_is_served_in_rounds() {
-    let (w, _g, mut fronts) = world(1, 2);
+    let (w, _g, mut fronts) = world(1, 4);
     let f = &mut fronts[0];
     let (_p, gr) = f.page(0, false);
-    let slots = f.ring.size() as usize; // order 2: 4 pages of 32 requests
-    let per_round = (QUANTUM / 4096).min(RING_BUDGET);
-    assert!(slots > per_round);
+    let slots = f.ring.size() as usize; // order 4: 16 pages of 32 requests
+    let per_poll = (QUANTUM / 4096).min(RING_BUDGET) * ROUNDS_PER_POLL;
+    assert!(slots > per_poll);
     fill(f, 1, slots, &[(gr, 0, 7)]);
-    // One call serves one round of this ring (a quantum of 4 KiB reads), and says that work
-    // is left.
+    // One call serves at most ROUNDS_PER_POLL rounds of this ring (a quantum of 4 KiB reads
+    // each), and says that work is left.
     let p = w.back.poll();
     assert!(p.busy, "requests left on the ring: poll again");
     let first = f.collect();
-    assert_eq!(first, per_round, "one round answers a quantum's worth");
-    // The next rounds take the rest; nothing is lost, nothing answered twice.
-    let mut rounds = 1;
+    assert_eq!(first, per_poll, "a call answers its rounds' worth");
+    // The next calls take the rest; nothing is lost, nothing answered twice.
+    let mut calls = 1;
     while f.responses.len() < slots {
         w.back.poll();
         f.collect();
-        rounds += 1;
-        assert!(rounds <= slots, "no progress");
+        calls += 1;
+        assert!(calls <= slots, "no progress");
     }
-    assert_eq!(rounds, slots.div_ceil(per_round));
+    assert_eq!(calls, slots.div_ceil(per_poll));
     assert!(f.responses.iter().all(|r| r.status == BLKIF_RSP_OKAY));
     let mut ids: Vec<u64> = f.responses.iter().map(|r| r.id).collect();
     ids.sort();
@@ -96,22 +97,24 @@ fn big_requests_wait_for_credit_while_small_ones_flow() {
     let n = big.ring.size() as usize;
     discards(big, n);
     let (_p, gr) = small.page(0, false);
-    for round in 0..(2 * rounds_per_big) as u64 {
-        small.push(&[rw(BLKIF_OP_READ, round, 8, &[(gr, 0, 7)])]);
+    let calls = 4 * rounds_per_big / ROUNDS_PER_POLL;
+    for call in 0..calls as u64 {
+        small.push(&[rw(BLKIF_OP_READ, call, 8, &[(gr, 0, 7)])]);
         assert!(w.back.poll().busy, "the discards are still waiting");
         assert!(
             small
-                .response(round)
+                .response(call)
                 .is_some_and(|r| r.status == BLKIF_RSP_OKAY),
-            "round {round}: the small request was answered in its own round"
+            "call {call}: the small request was answered in the same call"
         );
     }
     big.collect();
+    // calls × ROUNDS_PER_POLL rounds of credit pay for 4 discards.
     assert!(
-        (1..=2).contains(&big.responses.len()),
+        (3..=4).contains(&big.responses.len()),
         "{} discards started in {} rounds",
         big.responses.len(),
-        2 * rounds_per_big
+        calls * ROUNDS_PER_POLL
     );
     // Left alone, every discard is served in the end.
     while big.responses.len() < n {
@@ -126,7 +129,9 @@ fn a_held_request_is_answered_when_the_frontend_goes_away() {
     let (mut w, g, mut fronts) = world(1, 0);
     let f = &mut fronts[0];
     discards(f, 1);
-    w.back.poll(); // the discard is taken and waits for credit
+    // The discard (1 MiB of credit) is taken and waits: one call gives less.
+    assert!(ROUNDS_PER_POLL * QUANTUM < (DISK_SECTORS as usize * 512).min(MAX_COST));
+    w.back.poll();
     assert!(f.collect() == 0);
     // The frontend closes: the request it sent is answered (error), not dropped.
     f.set_state(5);
@@ -141,7 +146,7 @@ fn a_held_request_is_answered_when_the_frontend_goes_away() {
 
 #[test]
 fn a_flooding_frontend_does_not_starve_another() {
-    let (w, _g, mut fronts) = world(2, 2);
+    let (w, _g, mut fronts) = world(2, 4);
     let (hostile, honest) = fronts.split_at_mut(1);
     let (hostile, honest) = (&mut hostile[0], &mut honest[0]);
     let (_hp, hg) = hostile.page(0, false);
@@ -161,9 +166,49 @@ fn a_flooding_frontend_does_not_starve_another() {
         );
         let before = hostile.responses.len();
         hostile.collect();
+        let per_poll = (QUANTUM / 4096).min(RING_BUDGET) * ROUNDS_PER_POLL;
         assert!(
-            hostile.responses.len() - before <= RING_BUDGET,
-            "round {round}: the flooding ring got one round, not all of its requests"
+            hostile.responses.len() - before <= per_poll,
+            "round {round}: the flooding ring got its rounds, not all of its requests"
         );
     }
+}
+
+#[test]
+fn a_split_request_is_answered_once_with_its_first_error() {
+    let (mut w, g, mut fronts) = world(1, 0);
+    let f = &mut fronts[0];
+    // 32 segments of whole pages: 128 KiB, two parts. The first part's grants are good; one
+    // in the second part was never granted.
+    let mut segs: Vec<(xen_platform::GrantRef, u8, u8)> =
+        (0..32).map(|_| (f.page(0x33, true).1, 0, 7)).collect();
+    segs[20].0 = 0xdead;
+    let (ip, igr) = f.page(0, true);
+    f.write_page(&ip, 0, &seg_bytes(&segs));
+    f.push(&[indirect_req(BLKIF_OP_WRITE, 7, 0, 32, &[igr])]);
+    w.run_until("answered", |_| f.collect() > 0);
+    for _ in 0..20 {
+        w.poll();
+    }
+    f.collect();
+    assert_eq!(f.responses.len(), 1, "one response for the whole request");
+    assert_eq!(
+        (f.responses[0].id, f.responses[0].status),
+        (7, BLKIF_RSP_ERROR)
+    );
+    assert_eq!(f.responses[0].operation, BLKIF_OP_WRITE);
+    let st = w.back.device(&w.be_node(g[0].domid())).unwrap().stats;
+    assert_eq!((st.split, st.parts), (1, 2), "{st:?}");
+    // The ring goes on: a good split request after it is answered OKAY.
+    segs[20].0 = f.page(0x44, true).1;
+    f.write_page(&ip, 0, &seg_bytes(&segs));
+    f.push(&[indirect_req(BLKIF_OP_WRITE, 8, 0, 32, &[igr])]);
+    w.run_until("answered", |_| {
+        f.collect();
+        f.responses.len() == 2
+    });
+    assert_eq!(
+        (f.responses[1].id, f.responses[1].status),
+        (8, BLKIF_RSP_OKAY)
+    );
 }

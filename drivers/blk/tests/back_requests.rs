@@ -419,29 +419,6 @@ fn flush_and_barrier_when_not_offered_are_eopnotsupp() {
     );
 }
 
-fn indirect_req(op: u8, id: u64, sector: u64, nr: u16, pages: &[GrantRef]) -> BlkifRequest {
-    let mut ind = BlkifRequestIndirect {
-        operation: BLKIF_OP_INDIRECT,
-        indirect_op: op,
-        nr_segments: nr,
-        id,
-        sector_number: sector,
-        ..Default::default()
-    };
-    ind.indirect_grefs[..pages.len()].copy_from_slice(pages);
-    as_request(&ind)
-}
-
-/// Segment entries as the bytes of an indirect page.
-fn seg_bytes(segs: &[(GrantRef, u8, u8)]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for &(g, a, b) in segs {
-        v.extend_from_slice(&g.to_le_bytes());
-        v.extend_from_slice(&[a, b, 0, 0]);
-    }
-    v
-}
-
 #[test]
 fn indirect_write_then_read_of_100_segments() {
     let (mut w, _g, mut f) = default_world();
@@ -905,7 +882,9 @@ fn buffered_bytes_are_bounded_requests_wait_on_the_ring() {
         RingStyle::Order(1),
         |v| v,
     );
-    // 12 indirect reads of 256 pages (1 MiB) each: only 8 MiB are taken at once.
+    // 12 indirect reads of 256 pages (1 MiB) each: only 8 MiB are taken at once (in parts of
+    // PART_BYTES, each its own storage op).
+    let per_request = (1 << 20) / xen_blk::back::channel::PART_BYTES;
     let (page, gr) = f.page(0, false);
     let (ip, igr) = f.page(0, true);
     f.write_page(&ip, 0, &seg_bytes(&[(gr, 0, 7); 256]));
@@ -913,11 +892,17 @@ fn buffered_bytes_are_bounded_requests_wait_on_the_ring() {
         .map(|i| indirect_req(BLKIF_OP_READ, i, 0, 256, &[igr]))
         .collect();
     f.push(&reqs);
-    w.run_until("8 submitted", |_| ctl.borrow().log.len() == 8);
+    w.run_until("8 MiB submitted", |_| {
+        ctl.borrow().log.len() == 8 * per_request
+    });
     for _ in 0..50 {
         w.poll();
     }
-    assert_eq!(ctl.borrow().log.len(), 8, "the rest waits on the ring");
+    assert_eq!(
+        ctl.borrow().log.len(),
+        8 * per_request,
+        "the rest waits on the ring"
+    );
     ctl.borrow_mut().closed = false;
     w.run_until("all answered", |_| {
         f.collect();

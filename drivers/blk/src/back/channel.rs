@@ -9,7 +9,7 @@
 //! [`BackRing::take_request`]: xen_platform::ring::BackRing::take_request
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -63,13 +63,17 @@ pub struct ChannelStats {
     pub responses: u64,
     /// Requests refused at validation (ERROR or EOPNOTSUPP without reaching the storage).
     pub refused: u64,
-    /// Ops handed to the storage.
+    /// Ops handed to the storage (each part of a split request is one).
     pub submitted: u64,
     /// Most requests held by the storage at once.
     pub max_in_flight: usize,
     /// Reads and writes served in place (through persistent grants into an in-place storage:
-    /// no buffer, no mapping, answered at once).
+    /// no buffer, no mapping, answered at once); each part of a split request counts.
     pub in_place: u64,
+    /// Requests larger than [`PART_BYTES`], split into parts.
+    pub split: u64,
+    /// The parts those were split into.
+    pub parts: u64,
     /// The frontend's grants mapped persistently now.
     pub persistent_maps: usize,
 }
@@ -105,6 +109,34 @@ struct Pending {
     barrier: bool,
     /// Bytes of buffer the request holds (counted in [`Channel::buffered`]).
     bytes: usize,
+    /// A part of a large request: its [`Parent`] is answered, not `id` alone.
+    parent: Option<u64>,
+}
+
+/// A part of a large read or write: up to [`PART_BYTES`] of its segments, started on its own
+/// when its ring has the credit, so that no ring's request is copied in one long piece.
+struct Part {
+    parent: u64,
+    read: bool,
+    /// First sector of the part.
+    sector: u64,
+    segs: Vec<Seg>,
+}
+
+impl Part {
+    fn bytes(&self) -> usize {
+        self.segs.iter().map(Seg::bytes).sum()
+    }
+}
+
+/// A request split into parts: answered once, when its last part is done, with the first
+/// error any part had (a part that fails makes the parts not yet started end at once).
+struct Parent {
+    id: u64,
+    rsp_op: u8,
+    /// Parts queued or in flight.
+    left: usize,
+    status: i16,
 }
 
 /// A validated request waiting: for the ring to drain (barrier) or for room in the storage.
@@ -154,6 +186,13 @@ pub struct Channel<H: PlatformRef> {
     deficit: usize,
     /// A request taken from the ring (its one read) that waits for deficit to start.
     held: Option<BlkifRequest>,
+    /// Parts of large requests not started yet, in order (served before new requests).
+    parts: VecDeque<Part>,
+    /// The requests those parts (and parts in flight) belong to, by key.
+    parents: BTreeMap<u64, Parent>,
+    next_parent: u64,
+    /// What the last poll returned.
+    busy: bool,
 }
 
 impl<H: PlatformRef> Channel<H> {
@@ -206,6 +245,10 @@ impl<H: PlatformRef> Channel<H> {
             round_requests: 0,
             deficit: 0,
             held: None,
+            parts: VecDeque::new(),
+            parents: BTreeMap::new(),
+            next_parent: 0,
+            busy: false,
         })
     }
 
@@ -259,7 +302,9 @@ impl<H: PlatformRef> Channel<H> {
     pub fn poll(&mut self, events: bool) -> bool {
         self.round_requests = 0;
         if self.backlogged() {
-            self.deficit = self.deficit.saturating_add(QUANTUM);
+            // Capped: a ring blocked for other reasons (a full storage, its buffer limit)
+            // does not bank credit for a burst later.
+            self.deficit = (self.deficit + QUANTUM).min(MAX_COST + QUANTUM);
         }
         let mut passes = 0;
         let mut more = false;
@@ -299,17 +344,26 @@ impl<H: PlatformRef> Channel<H> {
         }
         let mut has_ports = false;
         self.storage.ports(&mut |_| has_ports = true);
-        more || (!self.pending.is_empty() && !has_ports)
+        self.busy = more || (!self.pending.is_empty() && !has_ports);
+        self.busy
     }
 
-    /// Whether this round is over: its requests taken, or a request waits for credit.
+    /// What the last [`poll`](Self::poll) returned.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Whether this round is over: its requests taken, or a request or part waits for credit.
     fn budget_spent(&self) -> bool {
-        self.round_requests >= RING_BUDGET || self.held.is_some()
+        self.round_requests >= RING_BUDGET
+            || self.held.is_some()
+            || self.parts.front().is_some_and(|p| p.bytes() > self.deficit)
     }
 
-    /// Whether requests wait: one held for credit, or some on the ring.
-    fn backlogged(&self) -> bool {
-        self.held.is_some()
+    /// Whether requests wait: parts not started, one held for credit, or some on the ring.
+    pub fn backlogged(&self) -> bool {
+        !self.parts.is_empty()
+            || self.held.is_some()
             || self
                 .ring
                 .ring_ref()
@@ -367,7 +421,49 @@ impl<H: PlatformRef> Channel<H> {
         if pend.barrier {
             self.barrier_in_flight = false;
         }
-        self.respond(pend.id, pend.rsp_op, status);
+        self.answer(pend.id, pend.rsp_op, status, pend.parent);
+    }
+
+    /// Answer request `id`, or count a part of `parent` done (answering the parent after its
+    /// last part).
+    pub(super) fn answer(&mut self, id: u64, rsp_op: u8, status: i16, parent: Option<u64>) {
+        let Some(key) = parent else {
+            return self.respond(id, rsp_op, status);
+        };
+        let Some(p) = self.parents.get_mut(&key) else {
+            return;
+        };
+        p.left -= 1;
+        if status != BLKIF_RSP_OKAY && p.status == BLKIF_RSP_OKAY {
+            p.status = status;
+        }
+        if p.left == 0 {
+            let p = self.parents.remove(&key).expect("present");
+            self.respond(p.id, p.rsp_op, p.status);
+        }
+    }
+
+    /// Start a part of a large request (or end it at once if another part failed).
+    fn start_part(&mut self, part: Part) {
+        let Some(parent) = self.parents.get(&part.parent) else {
+            return;
+        };
+        let (id, rsp_op) = (parent.id, parent.rsp_op);
+        if parent.status != BLKIF_RSP_OKAY {
+            let status = parent.status;
+            return self.answer(id, rsp_op, status, Some(part.parent));
+        }
+        let len = part.bytes();
+        self.local = part.segs;
+        self.rw_local(
+            id,
+            rsp_op,
+            part.read,
+            part.sector,
+            len,
+            0,
+            Some(part.parent),
+        );
     }
 
     fn respond(&mut self, id: u64, operation: u8, status: i16) {
@@ -448,6 +544,19 @@ impl<H: PlatformRef> Channel<H> {
     fn take_requests(&mut self) -> bool {
         let mut any = false;
         while self.may_take() && self.round_requests < RING_BUDGET {
+            // Parts of a large request first, in order, each when the credit covers it.
+            if let Some(part) = self.parts.front() {
+                let c = part.bytes();
+                if c > self.deficit {
+                    break;
+                }
+                self.deficit -= c;
+                let part = self.parts.pop_front().expect("front exists");
+                any = true;
+                self.round_requests += 1;
+                self.start_part(part);
+                continue;
+            }
             let req = match self.held.take() {
                 Some(req) => req,
                 None => {
@@ -512,6 +621,11 @@ impl<H: PlatformRef> Channel<H> {
                 self.finish(p, BLKIF_RSP_ERROR);
             }
         }
+        // Large requests with parts not started: answered now, once.
+        self.parts.clear();
+        for (_, p) in core::mem::take(&mut self.parents) {
+            self.respond(p.id, p.rsp_op, BLKIF_RSP_ERROR);
+        }
         self.flush_responses();
         if let Some(pers) = self.persistent.as_mut() {
             pers.unmap_all(self.p.get());
@@ -571,6 +685,10 @@ pub const RING_BUDGET: usize = 64;
 /// round of its ring, so a ring of small requests beside it is served 16 times meanwhile.
 pub const QUANTUM: usize = 64 << 10;
 
+/// The most bytes of a part: a read or write larger than this is split into parts of at most
+/// this many bytes (whole segments, ending on a logical block), each started on its own.
+pub const PART_BYTES: usize = QUANTUM;
+
 /// The most a request costs (the largest indirect request): a discard of a whole disk (a
 /// memset of a RAM disk) waits as long as the largest read or write, not longer.
 pub const MAX_COST: usize = 1 << 20;
@@ -597,6 +715,14 @@ pub fn cost(req: &BlkifRequest) -> usize {
         }
         _ => 0,
     };
+    let split = matches!(
+        req.operation,
+        BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_INDIRECT
+    ) && bytes > PART_BYTES;
+    if split {
+        // Its parts are charged as they start.
+        return SECTOR as usize;
+    }
     bytes.clamp(SECTOR as usize, MAX_COST)
 }
 

@@ -98,6 +98,10 @@ impl Default for BackOptions {
     }
 }
 
+/// Most passes of one [`BlkBack::poll`] over the rings that are still backlogged (each pass
+/// is one round of each of them).
+pub const ROUNDS_PER_POLL: usize = 8;
+
 /// What [`BlkBack::poll`] leaves.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackPoll {
@@ -221,28 +225,47 @@ impl<H: PlatformRef> BlkBack<H> {
         // Serving a ring never calls back into the hub (the bus is not polled from here), so
         // the hub stays borrowed for the walk: nothing is copied per poll.
         let hub = self.hub.borrow();
-        // Round-robin: each call starts one device further on, and each ring gets one
-        // budgeted round (Channel::poll), so no ring is always served first or for long.
+        // Round-robin: each call starts one device further on; each pass gives every ring
+        // one budgeted round (Channel::poll), so no ring is always served first or for long.
+        // Rings still backlogged get further passes, up to ROUNDS_PER_POLL: a lone busy ring
+        // is not slowed by a trip through the image's loop per quantum, and the call stays
+        // bounded.
         let n = hub.devices.len();
         let first = hub.next_first.get() % n.max(1);
         hub.next_first.set(first.wrapping_add(1));
-        let order = hub
-            .devices
-            .iter()
-            .skip(first)
-            .chain(hub.devices.iter().take(first));
-        for (name, slot) in order {
-            let mut s = slot.borrow_mut();
-            let Some(ch) = s.channel.as_mut() else {
-                continue;
-            };
-            out.busy |= ch.poll(!hub.polled);
-            out.ports.push(ch.port());
-            ch.storage_ports(&mut |p| out.ports.push(p));
-            if ch.broken().is_some() {
-                out.broken.push(name.clone());
+        for pass in 0..ROUNDS_PER_POLL {
+            let order = hub
+                .devices
+                .iter()
+                .skip(first)
+                .chain(hub.devices.iter().take(first));
+            let mut again = false;
+            for (name, slot) in order {
+                let mut s = slot.borrow_mut();
+                let Some(ch) = s.channel.as_mut() else {
+                    continue;
+                };
+                if pass > 0 && !ch.backlogged() {
+                    continue;
+                }
+                ch.poll(!hub.polled);
+                again |= ch.backlogged() && ch.broken().is_none();
+                if pass == 0 {
+                    out.ports.push(ch.port());
+                    ch.storage_ports(&mut |p| out.ports.push(p));
+                    if ch.broken().is_some() {
+                        out.broken.push(name.clone());
+                    }
+                }
+            }
+            if !again {
+                break;
             }
         }
+        out.busy = hub
+            .devices
+            .values()
+            .any(|s| s.borrow().channel.as_ref().is_some_and(Channel::busy));
     }
 
     /// Responses written since this backend was made, over every connection of every device

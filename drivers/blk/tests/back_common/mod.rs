@@ -401,3 +401,27 @@ pub fn as_request<T: Copy>(v: &T) -> BlkifRequest {
 pub fn disk_byte(offset: usize) -> u8 {
     (offset / 512) as u8 ^ 0x5a
 }
+
+/// An indirect request of `nr` segments whose entries are in the pages `pages`.
+pub fn indirect_req(op: u8, id: u64, sector: u64, nr: u16, pages: &[GrantRef]) -> BlkifRequest {
+    let mut ind = BlkifRequestIndirect {
+        operation: BLKIF_OP_INDIRECT,
+        indirect_op: op,
+        nr_segments: nr,
+        id,
+        sector_number: sector,
+        ..Default::default()
+    };
+    ind.indirect_grefs[..pages.len()].copy_from_slice(pages);
+    as_request(&ind)
+}
+
+/// Segment entries as the bytes of an indirect page.
+pub fn seg_bytes(segs: &[(GrantRef, u8, u8)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for &(g, a, b) in segs {
+        v.extend_from_slice(&g.to_le_bytes());
+        v.extend_from_slice(&[a, b, 0, 0]);
+    }
+    v
+}

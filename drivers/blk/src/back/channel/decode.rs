@@ -58,6 +58,7 @@ impl<H: PlatformRef> Channel<H> {
                             is_read: false,
                             barrier: flags & DRAIN != 0,
                             bytes: 0,
+                            parent: None,
                         },
                     );
                     if flags & DRAIN != 0 {
@@ -96,6 +97,7 @@ impl<H: PlatformRef> Channel<H> {
                         is_read: false,
                         barrier: false,
                         bytes: 0,
+                        parent: None,
                     },
                 );
                 let op = Op::Discard {
@@ -236,6 +238,73 @@ impl<H: PlatformRef> Channel<H> {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
         let len = (total * SECTOR) as usize;
+        if flags == 0 && len > PART_BYTES {
+            return self.split(id, rsp_op, read, sector, per_block);
+        }
+        self.rw_local(id, rsp_op, read, sector, len, flags, None);
+    }
+
+    /// Queue the checked segments of `self.local` as parts of at most [`PART_BYTES`], each
+    /// ending on a logical block of `per_block` sectors (a part may only be longer when
+    /// segments of odd sizes leave no such end before).
+    fn split(&mut self, id: u64, rsp_op: u8, read: bool, sector: u64, per_block: u64) {
+        let key = self.next_parent;
+        self.next_parent = self.next_parent.wrapping_add(1);
+        let segs = core::mem::take(&mut self.local);
+        let (mut at, mut n) = (sector, 0);
+        let mut cur: Vec<Seg> = Vec::new();
+        let mut cur_sectors = 0u64;
+        for s in segs {
+            let ss = s.bytes() as u64 / SECTOR;
+            let full = (cur_sectors + ss) * SECTOR > PART_BYTES as u64;
+            if full && !cur.is_empty() && cur_sectors & (per_block - 1) == 0 {
+                self.parts.push_back(Part {
+                    parent: key,
+                    read,
+                    sector: at,
+                    segs: core::mem::take(&mut cur),
+                });
+                n += 1;
+                at += cur_sectors;
+                cur_sectors = 0;
+            }
+            cur.push(s);
+            cur_sectors += ss;
+        }
+        self.parts.push_back(Part {
+            parent: key,
+            read,
+            sector: at,
+            segs: cur,
+        });
+        n += 1;
+        self.stats.split += 1;
+        self.stats.parts += n as u64;
+        self.parents.insert(
+            key,
+            Parent {
+                id,
+                rsp_op,
+                left: n,
+                status: BLKIF_RSP_OKAY,
+            },
+        );
+    }
+
+    /// A checked read or write of the segments in `self.local` (`len` bytes at `sector`):
+    /// through persistent grants in place, or with a buffer handed to the storage. `parent`:
+    /// a part of a split request.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rw_local(
+        &mut self,
+        id: u64,
+        rsp_op: u8,
+        read: bool,
+        sector: u64,
+        len: usize,
+        flags: u8,
+        parent: Option<u64>,
+    ) {
         let persistent = resolve_segs(
             self.persistent.as_mut(),
             self.p.get(),
@@ -264,7 +333,7 @@ impl<H: PlatformRef> Channel<H> {
                 Err(BlkError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
                 Err(_) => BLKIF_RSP_ERROR,
             };
-            return self.respond(id, rsp_op, status);
+            return self.answer(id, rsp_op, status, parent);
         }
         let mut buf = vec![0u8; len];
         if persistent && !read {
@@ -274,7 +343,8 @@ impl<H: PlatformRef> Channel<H> {
             // refused here. A read's pages are mapped writable only at completion: a grant
             // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
             if !gather(self.p.get(), self.fe, &self.local, &mut buf) {
-                return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+                self.stats.refused += 1;
+                return self.answer(id, rsp_op, BLKIF_RSP_ERROR, parent);
             }
         }
         // A read keeps its segments for the copy at completion.
@@ -295,6 +365,7 @@ impl<H: PlatformRef> Channel<H> {
                 is_read: read,
                 barrier: drain,
                 bytes: len,
+                parent,
             },
         );
         if drain {
