@@ -412,6 +412,11 @@ impl BackendOffer {
         let persistent = read_flag(get, keys::FEATURE_PERSISTENT)?;
         let sectors = read_num(get, keys::SECTORS)?
             .ok_or_else(|| DriverError::new(ENOENT, "reading backend fields: sectors missing"))?;
+        // A size in bytes must fit in a u64 (sectors × 512 everywhere above): a backend that
+        // claims more is refused here rather than overflowing an application's arithmetic.
+        if sectors > u64::MAX / 512 {
+            return Err(DriverError::new(EINVAL, format!("bad sectors {sectors}")));
+        }
         let sector_size = read_u32(get, keys::SECTOR_SIZE)?.unwrap_or(512);
         if sector_size < 512 || !sector_size.is_power_of_two() || sector_size as usize > PAGE_SIZE {
             return Err(DriverError::new(

@@ -333,10 +333,23 @@ fn readonly_and_sector_sizes() {
         BackendOffer::read(getter(&missing)).unwrap_err().errno,
         ENOENT
     );
-    for bad in ["-1", "12x", "", "99999999999999999999999"] {
+    // u64::MAX / 512 + 1 and u64::MAX parse, but their size in bytes would not fit a u64.
+    for bad in [
+        "-1",
+        "12x",
+        "",
+        "99999999999999999999999",
+        "36028797018963968",
+        "18446744073709551615",
+    ] {
         let d = dir(&[("sectors", bad)]);
         assert!(BackendOffer::read(getter(&d)).is_err(), "sectors {bad:?}");
     }
+    let d = dir(&[("sectors", "36028797018963967")]);
+    assert_eq!(
+        BackendOffer::read(getter(&d)).unwrap().sectors,
+        u64::MAX / 512
+    );
 }
 
 #[test]
