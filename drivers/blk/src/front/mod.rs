@@ -55,6 +55,8 @@ use core::time::Duration;
 
 use xen_platform::{PageRun, PAGE_SIZE};
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod glue;
 pub mod io;
 mod ring;
