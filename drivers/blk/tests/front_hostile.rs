@@ -97,6 +97,42 @@ fn response_producer_overflow_fails_the_device() {
 }
 
 #[test]
+fn a_data_page_kept_mapped_after_the_answer_fails_the_device() {
+    // XSA-396: a backend that keeps a page it was granted for one request may read or write
+    // it later; the frontend fails the device at once (the page stays in quarantine).
+    hostile(
+        Behaviour::KeepDataMapped,
+        1,
+        "kept a granted page mapped",
+        false,
+    );
+}
+
+#[test]
+fn an_indirect_page_kept_mapped_after_the_answer_fails_the_device() {
+    // Its request id cannot be reused while the page is mapped: before, the id was retired
+    // silently, and a backend that kept doing it drained the id pool until I/O hung.
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let _be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::KeepIndirectMapped,
+    );
+    let mut dev = s.connect();
+    assert!(dev.config().unwrap().indirect && !dev.config().unwrap().persistent);
+    let b = dev.alloc_buffer(64 << 10).unwrap();
+    dev.submit(1, Request::Read { sector: 0, buf: b }).unwrap();
+    let done = collect(&mut s, &mut dev, 1);
+    assert_eq!(done[0].result, Ok(()), "the data itself was served");
+    match s.state() {
+        Some(DeviceState::Failed(w)) => assert!(w.contains("indirect page"), "{w:?}"),
+        other => panic!("not failed: {other:?}"),
+    }
+    assert_eq!(dev.read(0, &mut [0u8; 512]), Err(BlkError::Failed));
+    s.until("error published", |s| s.error().is_some());
+}
+
+#[test]
 fn backend_domain_destroyed_mid_io_fails_pending_requests() {
     for mode in [WaitMode::Event, WaitMode::Polled] {
         let mut s = Setup::new(mode, true, false);

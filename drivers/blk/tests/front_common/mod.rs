@@ -181,6 +181,12 @@ pub enum Behaviour {
     GarbageStatus,
     /// Moves `rsp_prod` 1000 ahead.
     ProdOverflow,
+    /// Correctly, but keeps the first request's first data page mapped after answering
+    /// (until the frontend closes).
+    KeepDataMapped,
+    /// Correctly, but keeps the first indirect request's first indirect page mapped after
+    /// answering (until the frontend closes).
+    KeepIndirectMapped,
 }
 
 /// What the backend saw of one request.
@@ -608,6 +614,8 @@ impl Setup {
             };
             let mut pending: Vec<BlkifRequest> = Vec::new();
             let mut answered_once = false;
+            // Pages a misbehaving backend keeps mapped after answering.
+            let mut kept: Vec<xen_platform::Mapping> = Vec::new();
             let mut next_look = Instant::now();
             let result = loop {
                 if stop2.load(Ordering::SeqCst) {
@@ -618,6 +626,9 @@ impl Setup {
                     next_look = Instant::now() + Duration::from_millis(5);
                     if let Ok(Some(st)) = xs.try_read(&format!("{fp}/state")) {
                         if st == b"5" || st == b"6" {
+                            for m in kept.drain(..) {
+                                let _ = dom.unmap(m);
+                            }
                             let _ = Events::close(&dom, port);
                             let _ = dom.unmap_multi(map);
                             let _ = xs.write(&format!("{bp}/state"), b"6");
@@ -649,6 +660,26 @@ impl Setup {
                                 let status = serve.handle(&r);
                                 responses.push((r.id, rsp_op(&r), status));
                             }
+                        }
+                    }
+                    Behaviour::KeepDataMapped | Behaviour::KeepIndirectMapped => {
+                        for r in pending.drain(..) {
+                            let status = serve.handle(&r);
+                            let gref = match (beh, r.operation) {
+                                (Behaviour::KeepDataMapped, BLKIF_OP_READ | BLKIF_OP_WRITE) => {
+                                    Some(r.seg[0].gref)
+                                }
+                                (Behaviour::KeepIndirectMapped, BLKIF_OP_INDIRECT) => {
+                                    Some(u32_at(&req_bytes(&r), 28))
+                                }
+                                _ => None,
+                            };
+                            if let (Some(g), true) = (gref, kept.is_empty()) {
+                                if let Ok(m) = dom.map(fe, g, true) {
+                                    kept.push(m);
+                                }
+                            }
+                            responses.push((r.id, rsp_op(&r), status));
                         }
                     }
                     Behaviour::Stall => {}

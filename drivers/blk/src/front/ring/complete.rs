@@ -61,7 +61,9 @@ impl<H: PlatformRef> DataPath<H> {
         for (id, status) in finished {
             self.complete_part(id, status, &failed);
         }
-        if let Some(why) = bad {
+        // A backend that kept a page mapped after answering (XSA-396: never trust it with the
+        // memory again) fails the device now, not at the application's next service call.
+        if let Some(why) = bad.or(self.failure) {
             self.fail(why);
             return;
         }
@@ -74,9 +76,14 @@ impl<H: PlatformRef> DataPath<H> {
         let opi = sh.op;
         let (data, ind) = refs.split_at(sh.data_refs.min(refs.len()));
         if ind.iter().any(|r| failed.contains(r)) {
+            // The id stays retired with its indirect pages in quarantine; the device fails
+            // (below), so retired ids cannot drain the pool.
             sh.retired = true;
             let stuck: Vec<GrantRef> = ind.iter().copied().filter(|r| failed.contains(r)).collect();
             self.quarantine.push((stuck, None));
+            if self.failure.is_none() {
+                self.failure = Some("the backend kept an indirect page mapped after answering");
+            }
         } else {
             self.free_ids.push(id);
         }
