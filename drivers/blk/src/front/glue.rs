@@ -33,7 +33,7 @@ use xen_bus::{DomId, XenbusState};
 use xen_platform::{Clock, EvtchnPort, Pages, PlatformRef};
 
 use super::ring::{release_ring, setup_ring, DataPath, RingSetup, WaitMode};
-use super::{BlkError, BlockDevice, Buffer, Completion, Rejected, Request, SECTOR};
+use super::{chunked, BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
 use crate::negotiate::{
     front_ring_order, negotiate_front, BackendOffer, FrontConfig, FrontLimits, FrontRing,
     MAX_RING_PAGE_ORDER,
@@ -471,56 +471,35 @@ impl<H: PlatformRef> BlkDevice<H> {
         }
     }
 
-    /// Read or write `len` bytes through the bounce buffer, in chunks.
+    /// Read or write `len` bytes through the device's bounce buffer (kept for its life),
+    /// in chunks of at least 64 KiB: the provided [`chunked`] loop on a cached buffer.
     fn bounce(
         &mut self,
         write: bool,
         sector: u64,
         len: usize,
-        mut copy: impl FnMut(usize, &mut [u8], bool),
+        copy: &mut dyn FnMut(usize, &mut [u8]),
     ) -> Result<(), BlkError> {
         let ss = self.sector_size() as usize;
         if ss == 0 || !len.is_multiple_of(ss) {
             return Err(BlkError::Misaligned);
         }
-        let mut i = self.inner.borrow_mut();
-        let timeout = i.timeout;
-        let bounce = i.bounce.take();
-        let returns = i.returns.clone();
-        let dp = i.dp.as_mut().ok_or(BlkError::NotConnected)?;
-        let chunk = dp.max_request_bytes().max(ss).max(64 * 1024) / ss * ss;
-        let mut b = match bounce {
+        let cached = {
+            let mut i = self.inner.borrow_mut();
+            if i.dp.is_none() {
+                return Err(BlkError::NotConnected);
+            }
+            i.bounce.take()
+        };
+        let b = match cached {
             Some(b) => b,
             None => {
-                let mut b = dp.alloc_buffer(chunk)?;
-                b.home = Some(returns);
-                b
+                let chunk = self.max_request_bytes().max(ss).max(64 * 1024) / ss * ss;
+                self.alloc_buffer(chunk)?
             }
         };
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(chunk).min(b.capacity() / ss * ss);
-            b.set_len(n)?;
-            if write {
-                copy(done, b.as_mut_slice(), true);
-            }
-            let s = sector + (done as u64 / SECTOR);
-            let req = if write {
-                Request::Write { sector: s, buf: b }
-            } else {
-                Request::Read { sector: s, buf: b }
-            };
-            match dp.run(req, timeout) {
-                Ok(Some(back)) => b = back,
-                Ok(None) => return Err(BlkError::Failed),
-                Err(e) => return Err(e),
-            }
-            if !write {
-                copy(done, b.as_mut_slice(), false);
-            }
-            done += n;
-        }
-        i.bounce = Some(b);
+        let b = chunked(self, write, sector, len, b, copy)?;
+        self.inner.borrow_mut().bounce = Some(b);
         Ok(())
     }
 }
@@ -603,7 +582,7 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
     // one per call: pages, and grants when persistent).
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
         let len = buf.len();
-        self.bounce(false, sector, len, |at, b, _| {
+        self.bounce(false, sector, len, &mut |at, b| {
             buf[at..at + b.len()].copy_from_slice(b)
         })
     }
@@ -612,7 +591,7 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
         if self.read_only() {
             return Err(BlkError::ReadOnly);
         }
-        self.bounce(true, sector, data.len(), |at, b, _| {
+        self.bounce(true, sector, data.len(), &mut |at, b| {
             let n = b.len();
             b.copy_from_slice(&data[at..at + n])
         })

@@ -146,10 +146,11 @@ pub trait BlockDevice {
     /// Provided: chunks of [`max_request_bytes`](Self::max_request_bytes) through one buffer
     /// from [`alloc_buffer`](Self::alloc_buffer), each a [`run`](Self::run).
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
-        let len = buf.len();
-        chunked(self, false, sector, len, &mut |at, b| {
+        let b = chunk_buffer(self, buf.len())?;
+        let b = chunked(self, false, sector, buf.len(), b, &mut |at, b| {
             buf[at..at + b.len()].copy_from_slice(b)
-        })
+        })?;
+        self.free_buffer(b)
     }
     /// Write `data` (whole blocks) at 512-byte sector `sector`. Blocks. Provided as
     /// [`read`](Self::read).
@@ -157,10 +158,12 @@ pub trait BlockDevice {
         if self.read_only() {
             return Err(BlkError::ReadOnly);
         }
-        chunked(self, true, sector, data.len(), &mut |at, b| {
+        let b = chunk_buffer(self, data.len())?;
+        let b = chunked(self, true, sector, data.len(), b, &mut |at, b| {
             let n = b.len();
             b.copy_from_slice(&data[at..at + n])
-        })
+        })?;
+        self.free_buffer(b)
     }
     /// Make completed writes durable. Blocks.
     fn flush(&mut self) -> Result<(), BlkError> {
@@ -178,28 +181,33 @@ pub trait BlockDevice {
     }
 }
 
-/// The provided blocking read/write: `len` bytes at `sector`, in chunks through one buffer;
-/// `copy(at, chunk)` moves the chunk's bytes (into the buffer for a write, out of it for a
-/// read).
-fn chunked<D: BlockDevice + ?Sized>(
-    dev: &mut D,
-    write: bool,
-    sector: u64,
-    len: usize,
-    copy: &mut dyn FnMut(usize, &mut [u8]),
-) -> Result<(), BlkError> {
+/// A buffer for [`chunked`] to move `len` bytes through: one request's worth at most
+/// ([`BlockDevice::max_request_bytes`], whole blocks), less for a short transfer.
+/// [`BlkError::Misaligned`] (before allocating) unless `len` is whole blocks.
+fn chunk_buffer<D: BlockDevice + ?Sized>(dev: &mut D, len: usize) -> Result<Buffer, BlkError> {
     let ss = dev.sector_size().max(1) as usize;
     if !len.is_multiple_of(ss) {
         return Err(BlkError::Misaligned);
     }
-    if len == 0 {
-        return Ok(());
-    }
-    let chunk = (dev.max_request_bytes().max(ss) / ss * ss).min(len);
-    let mut b = dev.alloc_buffer(chunk)?;
+    dev.alloc_buffer((dev.max_request_bytes().max(ss) / ss * ss).min(len).max(ss))
+}
+
+/// Blocking read/write: `len` bytes (whole blocks: the callers check) at `sector`, in chunks
+/// of `b`'s capacity (whole blocks), each a [`BlockDevice::run`]; `copy(at, chunk)` moves the
+/// chunk's bytes (into the buffer for a write, out of it for a read). Gives `b` back for
+/// reuse (or to be freed).
+pub(crate) fn chunked<D: BlockDevice + ?Sized>(
+    dev: &mut D,
+    write: bool,
+    sector: u64,
+    len: usize,
+    mut b: Buffer,
+    copy: &mut dyn FnMut(usize, &mut [u8]),
+) -> Result<Buffer, BlkError> {
+    let ss = dev.sector_size().max(1) as usize;
     let mut done = 0;
     while done < len {
-        let n = (len - done).min(chunk);
+        let n = (len - done).min(b.capacity() / ss * ss);
         b.set_len(n)?;
         if write {
             copy(done, b.as_mut_slice());
@@ -216,7 +224,7 @@ fn chunked<D: BlockDevice + ?Sized>(
         }
         done += n;
     }
-    dev.free_buffer(b)
+    Ok(b)
 }
 
 /// Page-aligned I/O memory that the frontend grants to the backend while a request runs.
