@@ -11,30 +11,24 @@
 //! mode, waiting on event channels in event mode); the guest runs blkfront. Numbers are medians
 //! of rounds; the machine is shared, so compare ratios, not absolute values.
 
+mod common;
+
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{bus_cfg, median};
 use xen_blk::back::{BackOptions, BackPoll, BlkBack};
 use xen_blk::front::{BlkDevice, Blkfront, BlockDevice, Buffer, Request, WaitMode};
 use xen_blk::storage::{MemDisk, Storage};
-use xen_bus::{Bus, BusConfig};
+use xen_bus::Bus;
 use xen_platform::Events;
 use xen_sim::Domain;
 use xen_toolstack::{DomainConfig, Guest, Toolstack, Vbd};
 
 const DISK_MIB: u64 = 256;
-
-fn bus_cfg() -> BusConfig {
-    BusConfig {
-        handshake_timeout: Duration::from_secs(10),
-        close_timeout: Duration::from_secs(5),
-        resync_interval: Duration::from_millis(100),
-        ..BusConfig::default()
-    }
-}
 
 fn serve(storage: &Guest, polled: &AtomicBool, stop: &AtomicBool) {
     let mut bus = Bus::with_config(storage.xs_client().unwrap(), storage.domid(), bus_cfg());
@@ -184,11 +178,6 @@ fn memcpy_rate(disk: &mut [u8], size: usize, random: bool, write: bool, dur: Dur
 fn aligned(v: &mut [u8], len: usize) -> &mut [u8] {
     let start = v.as_ptr().align_offset(4096).min(4096);
     &mut v[start..start + len]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

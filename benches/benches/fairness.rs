@@ -9,29 +9,23 @@
 //! The storage domain serves in event mode in its own thread, each guest runs in its own
 //! thread. Numbers are medians of rounds; the machine is shared, so compare the ratio.
 
+mod common;
+
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{bus_cfg, median};
 use xen_blk::back::{BackOptions, BackPoll, BlkBack};
 use xen_blk::front::{BlkDevice, Blkfront, BlockDevice, Buffer, Request, WaitMode};
 use xen_blk::storage::{MemDisk, Storage};
 use xen_bus::store::client::Transport;
-use xen_bus::{Bus, BusConfig};
+use xen_bus::Bus;
 use xen_platform::Events;
 use xen_sim::Domain;
 use xen_toolstack::{DomainConfig, Guest, Toolstack, Vbd};
 
 const DISK_MIB: u64 = 64;
-
-fn bus_cfg() -> BusConfig {
-    BusConfig {
-        handshake_timeout: Duration::from_secs(10),
-        close_timeout: Duration::from_secs(5),
-        resync_interval: Duration::from_millis(100),
-        ..BusConfig::default()
-    }
-}
 
 /// The storage domain: blkback over RAM disks, event-driven.
 fn serve(storage: &Guest, stop: &AtomicBool) {
@@ -127,11 +121,6 @@ fn honest(dev: &mut BlkDevice<Rc<Domain>>, dur: Duration) -> f64 {
         n += 1;
     }
     n as f64 / t0.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

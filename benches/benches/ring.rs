@@ -13,8 +13,11 @@
 //! as a backend hands requests to its storage code. Both read every byte of each request once
 //! (`BackRing` always copies the whole entry; GCC copies it all because it may be handed on).
 
+mod common;
+
 use std::time::Duration;
 
+use common::median;
 use xen_platform::ring::{entry_size, ring_size};
 use xenolith_benches::{c_ring_size, c_run, rust_run, BenchReq, BenchRsp, RunStats, SimRing, Work};
 
@@ -24,11 +27,6 @@ const TARGET: Duration = Duration::from_millis(100);
 
 fn ns_per(stats: RunStats, n: u64) -> f64 {
     stats.elapsed.as_nanos() as f64 / n as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -8,16 +8,14 @@
 //! Each guest talks to the daemon over its own shared ring; the daemon's ring service thread
 //! reads at most a few requests per ring per round. Medians of rounds; compare the ratio.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::median;
 use xen_bus::store::client::Store;
 use xen_toolstack::{DomainConfig, Toolstack};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
