@@ -13,6 +13,31 @@ use xen_bus::{
 /// `detach`, `other <n>` (the other end's state as seen).
 pub type Log = Rc<RefCell<Vec<String>>>;
 
+/// What both vdummy drivers keep: the log, and the detaches since the last probe.
+struct Recorder {
+    log: Log,
+    detached: u32,
+}
+
+impl Recorder {
+    fn push(&self, what: impl Into<String>) {
+        self.log.borrow_mut().push(what.into());
+    }
+    fn probe(&mut self) {
+        self.detached = 0;
+        self.push("probe");
+    }
+    fn other(&self, state: XenbusState) -> Result<(), DriverError> {
+        self.push(format!("other {}", state.as_u32()));
+        Ok(())
+    }
+    fn detach(&mut self) {
+        self.detached += 1;
+        assert!(self.detached == 1, "the bus detaches once per probe");
+        self.push("detach");
+    }
+}
+
 /// How a vdummy frontend behaves.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FrontOpts {
@@ -25,25 +50,22 @@ pub struct FrontOpts {
 /// The vdummy frontend: publishes `ring-ref` and `event-channel` (+ `feature-dummy` echoed
 /// if the backend offered it), then Initialised; on the backend's Connected reads `sectors`.
 pub struct DummyFront {
-    log: Log,
+    rec: Recorder,
     opts: FrontOpts,
-    detached: u32,
 }
 
 impl DummyFront {
     pub fn new(log: Log, opts: FrontOpts) -> DummyFront {
         DummyFront {
-            log,
+            rec: Recorder { log, detached: 0 },
             opts,
-            detached: 0,
         }
     }
 }
 
 impl FrontDriver for DummyFront {
     fn probe(&mut self, _ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        self.detached = 0;
-        self.log.borrow_mut().push("probe".into());
+        self.rec.probe();
         Ok(Progress::Done)
     }
     fn waits_for_init_wait(&self) -> bool {
@@ -53,7 +75,7 @@ impl FrontDriver for DummyFront {
         if self.opts.stall_initialise {
             return Ok(Progress::Pending);
         }
-        self.log.borrow_mut().push("initialise".into());
+        self.rec.push("initialise");
         let offered = ctx.read_other("feature-dummy")?.as_deref() == Some(b"1");
         ctx.write("ring-ref", b"8")?;
         ctx.write("event-channel", b"3")?;
@@ -64,7 +86,7 @@ impl FrontDriver for DummyFront {
     }
     fn attach(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
         let sectors = ctx.require_other_u32("sectors")?;
-        self.log.borrow_mut().push(format!("attach {sectors}"));
+        self.rec.push(format!("attach {sectors}"));
         Ok(Progress::Done)
     }
     fn other_end_changed(
@@ -72,15 +94,10 @@ impl FrontDriver for DummyFront {
         _ctx: &mut DeviceCtx<'_>,
         state: XenbusState,
     ) -> Result<(), DriverError> {
-        self.log
-            .borrow_mut()
-            .push(format!("other {}", state.as_u32()));
-        Ok(())
+        self.rec.other(state)
     }
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
-        self.detached += 1;
-        assert!(self.detached == 1, "the bus detaches once per probe");
-        self.log.borrow_mut().push("detach".into());
+        self.rec.detach();
     }
 }
 
@@ -88,27 +105,27 @@ impl FrontDriver for DummyFront {
 /// Initialised reads `ring-ref` and `event-channel` (both must be numbers), writes `sectors`
 /// (→ Connected).
 pub struct DummyBack {
-    log: Log,
-    detached: u32,
+    rec: Recorder,
 }
 
 impl DummyBack {
     pub fn new(log: Log) -> DummyBack {
-        DummyBack { log, detached: 0 }
+        DummyBack {
+            rec: Recorder { log, detached: 0 },
+        }
     }
 }
 
 impl BackDriver for DummyBack {
     fn probe(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
-        self.detached = 0;
-        self.log.borrow_mut().push("probe".into());
+        self.rec.probe();
         ctx.write("feature-dummy", b"1")?;
         Ok(Progress::Done)
     }
     fn attach(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
         let r = ctx.require_other_u32("ring-ref")?;
         let e = ctx.require_other_u32("event-channel")?;
-        self.log.borrow_mut().push(format!("attach {r} {e}"));
+        self.rec.push(format!("attach {r} {e}"));
         ctx.write("sectors", b"1024")?;
         Ok(Progress::Done)
     }
@@ -117,14 +134,9 @@ impl BackDriver for DummyBack {
         _ctx: &mut DeviceCtx<'_>,
         state: XenbusState,
     ) -> Result<(), DriverError> {
-        self.log
-            .borrow_mut()
-            .push(format!("other {}", state.as_u32()));
-        Ok(())
+        self.rec.other(state)
     }
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
-        self.detached += 1;
-        assert!(self.detached == 1, "the bus detaches once per probe");
-        self.log.borrow_mut().push("detach".into());
+        self.rec.detach();
     }
 }
