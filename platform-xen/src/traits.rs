@@ -63,6 +63,14 @@ pub trait Grants {
         }
         n
     }
+    /// `(free, total)` grant references this domain can hand out, when they are few enough to
+    /// manage (a real guest's grant table has a fixed size); `None`: no bound worth managing.
+    /// A frontend that keeps grants for a whole connection (persistent grants) caps what one
+    /// device keeps by it, so other devices, and every request's short-lived grants, still get
+    /// references.
+    fn grant_refs(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// A foreign page mapped into our address space by [`GrantMapper::map`].

@@ -236,3 +236,84 @@ fn backend_closing_fails_unanswered_writes_and_keeps_answered_ones() {
     assert_eq!(&disk[..4096], &pattern(4096, 1)[..]);
     assert_eq!(&disk[4096..8192], &pattern(4096, 2)[..]);
 }
+
+/// XSA-396/403: what a backend can read and write of the application's memory. In every mode
+/// (persistent grants or not, backend trusted or not) a backend that writes every data page
+/// it can still map after answering (`Behaviour::Scribble`) cannot change a buffer the
+/// application got back; only with a trusted backend and no persistent grants are the
+/// application's own whole pages ever granted (for the request), and never a page a request
+/// covers only in part.
+#[test]
+fn a_backend_cannot_reach_the_applications_memory_after_a_request() {
+    for (persistent, trusted) in [(true, true), (true, false), (false, true), (false, false)] {
+        let what = format!("persistent {persistent}, trusted {trusted}");
+        let mut s = Setup::with_vbd(
+            WaitMode::Event,
+            false,
+            xen_blk::front::DEFAULT_LIMITS,
+            |mut v| {
+                v.trusted = trusted;
+                v
+            },
+        );
+        let mut offer = modern_offer();
+        offer.persistent = persistent;
+        let be = s.backend(BackKeys::from_offer(&offer), DISK, Behaviour::Scribble);
+        let mut dev = s.connect();
+        assert_eq!(dev.config().unwrap().persistent, persistent, "{what}");
+        // Two whole pages and a 512-byte tail.
+        let len = 2 * 4096 + 512;
+        let data = pattern(len, 7);
+        let mut a = dev.alloc_buffer(len).unwrap();
+        a.as_mut_slice().copy_from_slice(&data);
+        let a_frames = frames(&s, &a);
+        dev.submit(1, Request::Write { sector: 0, buf: a }).unwrap();
+        let a = collect(&mut s, &mut dev, 1).remove(0);
+        assert_eq!(a.result, Ok(()), "{what}");
+        let b = dev.alloc_buffer(len).unwrap();
+        let b_frames = frames(&s, &b);
+        dev.submit(2, Request::Read { sector: 0, buf: b }).unwrap();
+        let b = collect(&mut s, &mut dev, 1).remove(0);
+        assert_eq!(b.result, Ok(()), "{what}");
+        let b = b.buf.unwrap();
+        assert!(b.as_slice() == data.as_slice(), "{what}: read back");
+        // Another request: the backend first writes over every page it can still map.
+        let c = dev.alloc_buffer(4096).unwrap();
+        dev.submit(3, Request::Read { sector: 64, buf: c }).unwrap();
+        assert_eq!(collect(&mut s, &mut dev, 1)[0].result, Ok(()), "{what}");
+        assert!(
+            b.as_slice() == data.as_slice(),
+            "{what}: the backend changed a buffer the application holds"
+        );
+        let scribbled = be.scribbled.load(std::sync::atomic::Ordering::SeqCst);
+        // With persistent grants it keeps (and here abuses) its mappings of our bounce
+        // pages. (Without, the refs it names were ended and may be reused by the guest for
+        // the request in flight, which it may write anyway.)
+        if persistent {
+            assert!(scribbled > 0, "{what}: no page written later");
+        }
+        // What was ever granted of the application's pages.
+        let granted = s.plat.granted_frames.lock().unwrap().clone();
+        let exposed = |f: &[u64]| -> Vec<bool> { f.iter().map(|x| granted.contains(x)).collect() };
+        let whole_pages_granted = trusted && !persistent;
+        for f in [&a_frames, &b_frames] {
+            assert_eq!(
+                exposed(f),
+                [whole_pages_granted, whole_pages_granted, false],
+                "{what}: frames of the application's buffer granted"
+            );
+        }
+        let _ = dev.free_buffer(b);
+    }
+}
+
+/// The frame of each page of `buf`.
+fn frames(s: &Setup, buf: &xen_blk::front::Buffer) -> Vec<u64> {
+    use xen_platform::Pages;
+    (0..buf.capacity() / 4096)
+        .map(|i| {
+            let at = std::ptr::NonNull::new(buf.addr().as_ptr().wrapping_add(i * 4096)).unwrap();
+            s.plat.dom.frame(at).unwrap()
+        })
+        .collect()
+}

@@ -463,6 +463,13 @@ impl Grants for Xen {
         TABLE.with(|t| t.end(gref))
     }
 
+    fn grant_refs(&self) -> Option<(usize, usize)> {
+        // The reserved entries (the toolstack's) are never handed out.
+        let (in_use, nr) = TABLE.with(|t| t.usage());
+        let total = nr.saturating_sub(GNTTAB_NR_RESERVED_ENTRIES as usize);
+        Some((total.saturating_sub(in_use), total))
+    }
+
     fn end_batch(&self, refs: &[GrantRef], failed: &mut dyn FnMut(GrantRef, Error)) -> usize {
         // One pass under one lock; the callback runs after it (it may grant again).
         let mut bad = [(0 as GrantRef, Error::Invalid); 16];

@@ -609,6 +609,10 @@ impl Grants for Domain {
         self.hv.lock().end(self.id_(), gref)
     }
 
+    fn grant_refs(&self) -> Option<(usize, usize)> {
+        self.hv.lock().grant_refs(self.id_())
+    }
+
     /// Under one lock. On a dead domain every ref fails with `NoSuchDomain`.
     fn end_batch(&self, refs: &[GrantRef], failed: &mut dyn FnMut(GrantRef, Error)) -> usize {
         let mut errors = Vec::new();

@@ -717,6 +717,21 @@ impl State {
         Ok(())
     }
 
+    /// `(free, total)` grant references of the domain (refs `0..GNTTAB_NR_RESERVED_ENTRIES`
+    /// excluded, as a real guest never hands them out).
+    pub(crate) fn grant_refs(&self, me: DomId) -> Option<(usize, usize)> {
+        let d = self.live(me).ok()?;
+        let reserved = NR_RESERVED_REFS as usize;
+        let total = (self.config.grant_entries as usize).saturating_sub(reserved);
+        let used = d
+            .grants
+            .iter()
+            .skip(reserved)
+            .filter(|g| g.is_some())
+            .count();
+        Some((total.saturating_sub(used), total))
+    }
+
     /// `(free, total)` of the domain's mapping window, if it has one.
     pub(crate) fn map_slots(&self, me: DomId) -> Option<(usize, usize)> {
         let d = self.live(me).ok()?;

@@ -26,8 +26,8 @@ impl<H: PlatformRef> FuzzFront<H> {
     pub fn new(plat: H, backend: DomId, cfg: FrontConfig) -> Result<Self, BlkError> {
         let setup = setup_ring(&plat, backend, cfg.ring_page_order).map_err(BlkError::Platform)?;
         let (refs, port, ring) = (setup.refs.clone(), setup.port, setup.run.addr);
-        let dp =
-            DataPath::new(plat, backend, 0, setup, cfg, WaitMode::Polled).map_err(|(e, _)| e)?;
+        let dp = DataPath::new(plat, backend, 0, setup, cfg, WaitMode::Polled, true)
+            .map_err(|(e, _)| e)?;
         Ok(FuzzFront {
             dp,
             refs,

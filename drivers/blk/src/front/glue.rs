@@ -77,8 +77,6 @@ impl<H: PlatformRef> Inner<H> {
         }
         let bounce = self.bounce.take();
         if let Some(dp) = self.dp.as_mut() {
-            // The bounce buffer may hold persistent grants: the data path ends them with the
-            // others (and keeps the pages while the backend still maps them).
             if let Some(b) = bounce {
                 let _ = dp.free_buffer(b);
             }
@@ -329,11 +327,15 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
             .setup
             .take()
             .ok_or_else(|| DriverError::new(errno::EINVAL, "attach without a ring"))?;
+        // libxl writes `trusted` (1 or 0, `disk.trusted`) in the frontend's directory; Linux
+        // blkfront reads it there, absent meaning trusted, and bounces everything through its
+        // own pages when it is 0 (XSA-403).
+        let trusted = ctx.read("trusted")?.is_none_or(|v| v.as_slice() != b"0");
         let (plat, backend, handle, mode) = (i.plat.clone(), i.backend, i.handle, i.mode);
-        match DataPath::new(plat, backend, handle, setup, cfg, mode) {
+        match DataPath::new(plat, backend, handle, setup, cfg, mode, trusted) {
             Ok(mut dp) => {
                 if let Some(old) = i.dp.take() {
-                    dp.done = old.done;
+                    dp.take_over(old);
                 }
                 i.dp = Some(dp);
                 i.error_published = false;
@@ -579,7 +581,7 @@ impl<H: PlatformRef> BlockDevice for BlkDevice<H> {
     }
 
     // read and write keep one bounce buffer for the device's life (the provided ones allocate
-    // one per call: pages, and grants when persistent).
+    // pages per call).
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
         let len = buf.len();
         self.bounce(false, sector, len, &mut |at, b| {

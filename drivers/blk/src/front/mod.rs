@@ -227,23 +227,23 @@ pub(crate) fn chunked<D: BlockDevice + ?Sized>(
     Ok(b)
 }
 
-/// Page-aligned I/O memory that the frontend grants to the backend while a request runs.
+/// Page-aligned I/O memory for requests.
 ///
 /// A `Buffer` is moved into [`BlockDevice::submit`] and comes back in its [`Completion`], so
-/// the application does not touch the memory while the backend serves a request on it.
+/// the application does not touch the memory while a request runs on it.
 ///
-/// With persistent grants (`feature-persistent` negotiated, the default against a backend that
-/// offers it) a buffer from [`BlockDevice::alloc_buffer`] stays granted, read-write, to the
-/// backend for the whole connection (blkif.h note 8), and the backend keeps it mapped: the
-/// price of mapping nothing per request is trusting the backend not to write it outside a
-/// read — the trust Linux blkfront gives its backend in the same mode. Turn it off with
-/// `FrontLimits::persistent = false`. Buffers made with [`Buffer::from_raw`] are never granted
-/// persistently.
+/// No backend keeps access to a buffer once its request completed (XSA-396/403): blkfront
+/// grants a buffer's whole pages for the length of one request and ends the grants before the
+/// completion hands the buffer back, and carries everything else through pages of its own
+/// (bounce pages, copied): every segment with persistent grants (the backend maps those pages
+/// for the whole connection) or when the toolstack marks the backend untrusted (`trusted =
+/// 0`), and a segment shorter than a page (the rest of the page is never shown). A backend that
+/// keeps a buffer page mapped after answering fails the device, and the buffer is never given
+/// back (it stays in quarantine).
 ///
 /// Give a buffer back with [`BlockDevice::free_buffer`]. One that is dropped instead is not
 /// lost: an owned buffer (from `alloc_buffer`) goes to its device's return list, and the
-/// device ends its grants and frees its pages at its next call (`alloc_buffer`,
-/// `free_buffer`, `poll`).
+/// device frees its pages at its next call (`alloc_buffer`, `free_buffer`, `poll`).
 #[must_use = "a Buffer holds pages (and maybe grants): give it back with free_buffer"]
 pub struct Buffer {
     addr: NonNull<u8>,
@@ -252,8 +252,6 @@ pub struct Buffer {
     run: Option<PageRun>,
     /// Heap pages of a buffer that is never granted ([`storage_device::StorageDevice`]).
     heap: Option<alloc::boxed::Box<[HeapPage]>>,
-    /// Persistent grants of its pages, for the connection that made them.
-    pub(crate) persist: Option<Persist>,
     /// Where a dropped owned buffer goes: its device's return list.
     pub(crate) home: Option<Returns>,
 }
@@ -280,7 +278,6 @@ impl Drop for Buffer {
             len: self.len,
             run: self.run.take(),
             heap: None,
-            persist: self.persist.take(),
             home: None,
         };
         // Never panics in drop: if the list is being drained right now, the buffer's pages
@@ -290,14 +287,6 @@ impl Drop for Buffer {
             Err(_) => core::mem::forget(b),
         };
     }
-}
-
-/// A buffer's persistent grants: `refs[i]` grants page `i` to the backend of connection
-/// `epoch` (each connection of each device has its own epoch).
-#[derive(Debug)]
-pub(crate) struct Persist {
-    pub epoch: u64,
-    pub refs: alloc::vec::Vec<Option<xen_platform::GrantRef>>,
 }
 
 impl fmt::Debug for Buffer {
@@ -336,7 +325,6 @@ impl Buffer {
             len: cap,
             run: None,
             heap: None,
-            persist: None,
             home: None,
         })
     }
@@ -348,7 +336,6 @@ impl Buffer {
             len,
             run: Some(run),
             heap: None,
-            persist: None,
             home: None,
         }
     }
@@ -365,14 +352,8 @@ impl Buffer {
             len,
             run: None,
             heap: Some(mem),
-            persist: None,
             home: None,
         }
-    }
-
-    /// Whether the pages are ours (from `alloc_buffer`), not the caller's.
-    pub(crate) fn owned(&self) -> bool {
-        self.run.is_some()
     }
 
     pub(crate) fn into_run(mut self) -> Option<PageRun> {
@@ -412,21 +393,17 @@ impl Buffer {
     /// The first `len()` bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the buffer owns `cap >= len` valid bytes (from_raw's contract, a PageRun of
-        // ours, or its own heap pages, which moving the Buffer does not move), and no grant of them is live while the application holds the buffer in
-        // per-request mode (grants end before a Completion gives it back). With persistent
-        // grants this rests on an ASSUMPTION, not a proof: the pages stay granted read-write
-        // and mapped by the backend, and we trust the backend to write them only while it
-        // serves a read of this buffer (which the application cannot hold meanwhile). A
-        // backend that breaks that trust can change the bytes under this slice — the same
-        // trust Linux blkfront gives its backend in this mode (type docs; turn it off with
-        // `FrontLimits::persistent = false`).
+        // ours, or its own heap pages, which moving the Buffer does not move). No grant of
+        // them is live while the application holds the buffer: blkfront grants a buffer's
+        // pages only while a request runs on it (the buffer is moved into the request) and
+        // ends the grants before a completion gives it back; one the backend keeps mapped is
+        // never given back (type docs).
         unsafe { core::slice::from_raw_parts(self.addr.as_ptr(), self.len) }
     }
 
     /// The first `len()` bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in as_slice, with the same assumption about a persistent-grant backend;
-        // `&mut self` makes the borrow exclusive on our side.
+        // SAFETY: as in as_slice; `&mut self` makes the borrow exclusive on our side.
         unsafe { core::slice::from_raw_parts_mut(self.addr.as_ptr(), self.len) }
     }
 }

@@ -17,7 +17,6 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use xen_platform::ring::FrontRing;
@@ -26,7 +25,7 @@ use xen_platform::{
     Scheduler, PAGE_SIZE,
 };
 
-use super::{BlkError, Buffer, Completion, Persist, Rejected, Request};
+use super::{BlkError, Buffer, Completion, Rejected, Request};
 use crate::abi::{
     indirect_pages, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
     BlkifResponse, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST,
@@ -82,10 +81,6 @@ struct OpState {
     result: Result<(), BlkError>,
     /// Grants of the buffer the backend did not let go of: the buffer is kept.
     stuck: Vec<GrantRef>,
-    /// The caller's own buffer (`Buffer::from_raw`) when `buf` is a bounce buffer of ours:
-    /// with persistent grants the backend keeps what it maps, so caller memory is never
-    /// granted; a read is copied into it at completion, and it is what the completion returns.
-    orig: Option<Buffer>,
 }
 
 #[derive(Debug, Default)]
@@ -97,14 +92,60 @@ struct Shadow {
     refs: Vec<GrantRef>,
     /// Data grants (the first `data_refs` of `refs`).
     data_refs: usize,
-    /// The buffer page of each data grant in `refs`.
-    data_pages: Vec<u32>,
-    /// This id's indirect pages (allocated on first use, kept).
-    indirect: Option<PageRun>,
-    /// An indirect page is still mapped by the backend: the id is never used again.
-    retired: bool,
-    /// Persistent grants of `indirect`'s pages (read-write, kept for the connection).
-    indirect_refs: Vec<GrantRef>,
+    /// Each data segment: where its bytes are in the operation's buffer and which page
+    /// carried them.
+    segs: Vec<Seg>,
+    /// The bounce pages holding this request's indirect descriptors, with their grants.
+    indirect: Vec<(u32, GrantRef)>,
+}
+
+/// One data segment of a request in flight.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    /// The bounce page that carried it (index in [`BouncePool`]), or `None`: the
+    /// application's own page, granted for this request only.
+    bounce: Option<u32>,
+    /// Byte offset of the segment in the operation's buffer.
+    at: usize,
+    /// Bytes (a multiple of 512, at most a page).
+    len: usize,
+    /// The grant the request names.
+    gref: GrantRef,
+}
+
+/// Pages of ours that carry request data in place of the application's memory, so that no
+/// page of the application's stays shared with a backend once its request completed
+/// (XSA-396/403: a backend is not trusted with memory beyond the request). Used for every
+/// segment with persistent grants (then each page is granted once, read-write, for the
+/// connection: blkif.h note 8), for every segment when the toolstack marks the backend
+/// untrusted (`trusted = 0`), and for a segment shorter than a page (the rest of the page is
+/// never exposed). Linux blkfront does the same since XSA-403 ("bounce" with persistent grants
+/// or an untrusted backend). Pages are reused last in, first out, so a backend's LRU of
+/// persistent mappings keeps hitting the same ones (blkif.h, feature-persistent).
+#[derive(Debug, Default)]
+struct BouncePool {
+    /// Index = page id; `None` once a page went to quarantine (a backend kept it mapped).
+    pages: Vec<Option<BouncePage>>,
+    /// Ids of allocated pages not carrying a segment now (last in, first out).
+    free: Vec<u32>,
+    /// Pages allocated (`Some` in `pages`).
+    live: usize,
+    /// Most pages allocated at once.
+    cap: usize,
+}
+
+#[derive(Debug)]
+struct BouncePage {
+    run: PageRun,
+    /// Its persistent grant (kept for the connection), with persistent grants.
+    gref: Option<GrantRef>,
+}
+
+impl BouncePool {
+    /// Pages that can be handed out now or allocated.
+    fn available(&self) -> usize {
+        self.free.len() + self.cap.saturating_sub(self.live)
+    }
 }
 
 /// An operation finished (completion not yet handed out).
@@ -140,24 +181,15 @@ pub(crate) struct DataPath<H: PlatformRef> {
     /// Why the device failed (a misbehaving backend); `None` while healthy.
     pub failure: Option<&'static str>,
     pub connected: bool,
-    /// This connection's number, unique across devices and connections: a buffer's
-    /// persistent grants are reused only on the connection that made them.
-    epoch: u64,
-    /// Every persistent grant of buffer pages made on this connection (ended at shutdown).
-    persistent: Vec<GrantRef>,
-    /// Most persistent grants of buffer pages (blkif.h note 9: RING_SIZE *
-    /// BLKIF_MAX_SEGMENTS_PER_REQUEST); beyond, pages are granted per request.
-    persist_cap: usize,
-    /// Freed buffers whose pages keep their persistent grants, reused by `alloc_buffer`
-    /// (last in, first out, as blkif.h recommends so a backend's LRU keeps them mapped).
-    spare: Vec<Buffer>,
+    /// The toolstack trusts the backend (`trusted`, default 1, as libxl writes it): the
+    /// application's whole pages may be granted for the length of a request.
+    trusted: bool,
+    /// Pages that carry data instead of the application's (see [`BouncePool`]).
+    bounce: BouncePool,
 }
 
 /// Looks at the ring in a polled `wait` before yielding the CPU (a few microseconds).
 const POLL_SPINS: u32 = 4096;
-
-/// Source of connection epochs.
-static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 impl<H: PlatformRef> core::fmt::Debug for DataPath<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -186,6 +218,7 @@ impl<H: PlatformRef> DataPath<H> {
         setup: RingSetup,
         cfg: FrontConfig,
         mode: WaitMode,
+        trusted: bool,
     ) -> Result<Self, (BlkError, RingSetup)> {
         let bytes = setup.run.len();
         // SAFETY: the run is `bytes` bytes of our own zeroed pages, granted to the backend
@@ -198,15 +231,7 @@ impl<H: PlatformRef> DataPath<H> {
         let n = cfg.max_requests.min(ring.size()) as usize;
         let mut shadow = Vec::with_capacity(n);
         shadow.resize_with(n, Shadow::default);
-        // Pages kept granted for the connection: one request's worth per slot, but never more
-        // than a backend keeps mapped persistently (Linux blkback: `max_persistent_grants`,
-        // default 1056; it maps the rest per request, so pages kept beyond that only pin our
-        // memory: 4 MiB per disk at 1056, 22 MiB for a 16-page ring's 512 × 11).
-        let persist_cap = if cfg.persistent {
-            (n * BLKIF_MAX_SEGMENTS_PER_REQUEST).min(PERSISTENT_PAGES_MAX)
-        } else {
-            0
-        };
+        let cap = bounce_cap(plat.get().grant_refs(), n, &cfg);
         Ok(DataPath {
             plat,
             backend,
@@ -226,11 +251,21 @@ impl<H: PlatformRef> DataPath<H> {
             quarantine: Vec::new(),
             failure: None,
             connected: true,
-            epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
-            persistent: Vec::new(),
-            persist_cap,
-            spare: Vec::new(),
+            trusted,
+            bounce: BouncePool {
+                cap,
+                ..BouncePool::default()
+            },
         })
+    }
+
+    /// Take over what a previous connection of the device left: completions the application
+    /// has not taken yet, and memory a backend still maps (kept in quarantine until it lets
+    /// go, never dropped).
+    pub fn take_over(&mut self, mut old: DataPath<H>) {
+        old.shutdown(BlkError::Failed);
+        self.done.append(&mut old.done);
+        self.quarantine.append(&mut old.quarantine);
     }
 
     pub fn port(&self) -> Option<EvtchnPort> {
@@ -349,25 +384,11 @@ impl<H: PlatformRef> DataPath<H> {
                 return reject(BlkError::OutOfRange, buf);
             }
         }
-        let (buf, orig) = match buf {
-            Some(b) if self.persist_cap > 0 && !b.owned() => {
-                let mut bounce = match self.alloc_buffer(b.len()) {
-                    Ok(x) => x,
-                    Err(e) => return reject(e, Some(b)),
-                };
-                if kind == Kind::Write {
-                    bounce.as_mut_slice().copy_from_slice(b.as_slice());
-                }
-                (Some(bounce), Some(b))
-            }
-            other => (other, None),
-        };
         let op = OpState {
             tag,
             internal,
             kind,
             buf,
-            orig,
             sector512: sector,
             parts,
             next_part: 0,
@@ -553,45 +574,42 @@ impl<H: PlatformRef> DataPath<H> {
         n
     }
 
-    /// A buffer of our own pages, zeroed: a spare one of the same size that keeps its
-    /// persistent grants (the last one freed first), else fresh pages.
+    /// A buffer of fresh pages of ours (zeroed by the platform).
     pub fn alloc_buffer(&mut self, bytes: usize) -> Result<Buffer, BlkError> {
         let pages = bytes.div_ceil(PAGE_SIZE).max(1);
-        if let Some(i) = self
-            .spare
-            .iter()
-            .rposition(|b| b.capacity() == pages * PAGE_SIZE)
-        {
-            let mut b = self.spare.remove(i);
-            b.set_len(b.capacity())?;
-            b.as_mut_slice().fill(0);
-            b.set_len(bytes)?;
-            return Ok(b);
-        }
         let run = self.p().alloc(pages).map_err(BlkError::Platform)?;
         Ok(Buffer::from_run(run, bytes))
     }
 
-    /// Take back a buffer: one holding persistent grants of this connection is kept for
-    /// `alloc_buffer` (its grants stay, as the backend keeps them mapped); others go back
-    /// to the platform.
+    /// Take back a buffer: its pages go back to the platform (no grant of them outlives a
+    /// request, so none is live here).
     pub fn free_buffer(&mut self, buf: Buffer) -> Result<(), BlkError> {
-        let keeps_grants = self.connected
-            && buf
-                .persist
-                .as_ref()
-                .is_some_and(|ps| ps.epoch == self.epoch && ps.refs.iter().any(Option::is_some));
-        if keeps_grants {
-            self.spare.push(buf);
-            return Ok(());
-        }
         if let Some(run) = buf.into_run() {
-            // A page still granted (a persistent grant a backend has not let go of yet) is
-            // freed from quarantine once it is ended.
             self.free_run(run);
         }
         Ok(())
     }
+}
+
+/// Most bounce pages (data and indirect descriptor pages) of one device: a request's worth per
+/// ring slot (blkif.h note 9:
+/// RING_SIZE × BLKIF_MAX_SEGMENTS_PER_REQUEST), but no more than Linux blkback keeps mapped
+/// persistently ([`PERSISTENT_PAGES_MAX`]) — pages past that would only pin our memory — nor a
+/// quarter of the grant references the platform has (`grant_refs`), so other devices and
+/// rings still get theirs; and never fewer than one request of the most segments needs.
+fn bounce_cap(grant_refs: Option<(usize, usize)>, slots: usize, cfg: &FrontConfig) -> usize {
+    let mut cap = (slots * BLKIF_MAX_SEGMENTS_PER_REQUEST).min(PERSISTENT_PAGES_MAX);
+    if let Some((_, total)) = grant_refs {
+        cap = cap.min(total / 4);
+    }
+    let most = cfg.max_segments as usize;
+    cap.max(
+        most + if cfg.indirect {
+            indirect_pages(most)
+        } else {
+            0
+        },
+    )
 }
 
 /// Grant `pages` fresh ring pages to `backend` and allocate an unbound port for it.

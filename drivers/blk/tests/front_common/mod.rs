@@ -41,6 +41,8 @@ pub struct Counting {
     pub grants: AtomicUsize,
     /// Grants made read-only (blkif.h note 8: none once persistent grants are negotiated).
     pub readonly_grants: AtomicUsize,
+    /// Every frame the guest ever granted: what a backend could have read or written.
+    pub granted_frames: Mutex<std::collections::BTreeSet<XenPfn>>,
 }
 
 impl Counting {
@@ -51,6 +53,7 @@ impl Counting {
             end_calls: AtomicUsize::new(0),
             grants: AtomicUsize::new(0),
             readonly_grants: AtomicUsize::new(0),
+            granted_frames: Mutex::new(Default::default()),
         })
     }
     pub fn batches(&self) -> usize {
@@ -94,6 +97,7 @@ impl Grants for Counting {
         if readonly {
             self.readonly_grants.fetch_add(1, Ordering::SeqCst);
         }
+        self.granted_frames.lock().unwrap().insert(frame);
         self.dom.grant(domid, frame, readonly)
     }
     fn end(&self, gref: GrantRef) -> PResult<()> {
@@ -103,6 +107,9 @@ impl Grants for Counting {
     fn end_batch(&self, refs: &[GrantRef], failed: &mut dyn FnMut(GrantRef, Error)) -> usize {
         self.end_batch_calls.fetch_add(1, Ordering::SeqCst);
         self.dom.end_batch(refs, failed)
+    }
+    fn grant_refs(&self) -> Option<(usize, usize)> {
+        self.dom.grant_refs()
     }
 }
 
@@ -187,6 +194,9 @@ pub enum Behaviour {
     /// Correctly, but keeps the first indirect request's first indirect page mapped after
     /// answering (until the frontend closes).
     KeepIndirectMapped,
+    /// Correctly, but before serving each request writes 0xee over every data page it was
+    /// ever given that it can still map (a backend abusing what it keeps mapped, XSA-396).
+    Scribble,
 }
 
 /// What the backend saw of one request.
@@ -264,6 +274,8 @@ pub struct Backend {
     /// Requests taken so far.
     pub taken: Arc<AtomicUsize>,
     pub behaviour: Arc<Mutex<Behaviour>>,
+    /// Pages [`Behaviour::Scribble`] managed to write after their request was answered.
+    pub scribbled: Arc<AtomicUsize>,
     pub handle: Option<JoinHandle<std::result::Result<(), String>>>,
 }
 
@@ -335,14 +347,33 @@ struct Serve {
     persistent: bool,
     disk: Arc<Mutex<Vec<u8>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Every data grant a request named.
+    grefs: std::cell::RefCell<std::collections::BTreeSet<GrantRef>>,
 }
 
 impl Serve {
+    /// Write 0xee over every data page named before that can still be mapped writable;
+    /// returns how many.
+    fn scribble(&self) -> usize {
+        let mut n = 0;
+        for &g in self.grefs.borrow().iter() {
+            if let Ok(m) = self.dom.map(self.fe, g, false) {
+                // SAFETY: one mapped page of the frontend's, written as plain bytes (the
+                // frontend must cope with whatever a backend writes there).
+                unsafe { std::ptr::write_bytes(m.addr.as_ptr(), 0xee, PAGE_SIZE) };
+                self.dom.unmap(m).unwrap();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Copy between a granted page and the disk.
     fn xfer(&self, gref: GrantRef, first: u8, last: u8, at: &mut usize, write: bool) -> bool {
         if first > last || last >= 8 {
             return false;
         }
+        self.grefs.borrow_mut().insert(gref);
         let m = match self.dom.map(self.fe, gref, write) {
             Ok(m) => m,
             Err(_) => return false,
@@ -498,7 +529,44 @@ impl Setup {
         read_only: bool,
         limits: FrontLimits,
     ) -> Setup {
-        let ts = Toolstack::new().unwrap();
+        Self::with_vbd(mode, storage_domain, limits, |v| {
+            if read_only {
+                v.read_only()
+            } else {
+                v
+            }
+        })
+    }
+
+    /// As [`Setup::with_limits`], with the vbd as `vbd` makes it (read-only, untrusted, ...).
+    pub fn with_vbd(
+        mode: WaitMode,
+        storage_domain: bool,
+        limits: FrontLimits,
+        vbd: impl FnOnce(Vbd) -> Vbd,
+    ) -> Setup {
+        Self::with_sim(
+            xen_sim::Config::default(),
+            mode,
+            storage_domain,
+            limits,
+            vbd,
+        )
+    }
+
+    /// As [`Setup::with_vbd`], on a simulated hypervisor with limits `sim`.
+    pub fn with_sim(
+        sim: xen_sim::Config,
+        mode: WaitMode,
+        storage_domain: bool,
+        limits: FrontLimits,
+        vbd: impl FnOnce(Vbd) -> Vbd,
+    ) -> Setup {
+        let ts = Toolstack::with_config(xen_toolstack::ToolstackConfig {
+            sim,
+            ..Default::default()
+        })
+        .unwrap();
         ts.set_timeouts(Timeouts::all(Duration::from_secs(5)));
         let guest = ts.create_domain("guest", DomainConfig::default()).unwrap();
         let storage = storage_domain.then(|| {
@@ -509,10 +577,7 @@ impl Setup {
             Some(s) => s.domain().clone(),
             None => ts.dom0().clone(),
         };
-        let mut vbd = Vbd::new(guest.domid(), back.id(), "xvda", "/disk.img");
-        if read_only {
-            vbd = vbd.read_only();
-        }
+        let vbd = vbd(Vbd::new(guest.domid(), back.id(), "xvda", "/disk.img"));
         let dev = ts.add_vbd(&vbd).unwrap();
         let plat = Counting::new(guest.domain().clone());
         let mut bus = Bus::with_config(guest.xs_client().unwrap(), guest.domid(), bus_cfg());
@@ -543,6 +608,8 @@ impl Setup {
         let ring_pages = Arc::new(AtomicUsize::new(0));
         let taken = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(b));
+        let scribbled = Arc::new(AtomicUsize::new(0));
+        let scr2 = scribbled.clone();
         let mut xs = self.ts.dom0_client().unwrap();
         let dom = self.back.clone();
         let fe = self.guest.domid();
@@ -611,6 +678,7 @@ impl Setup {
                 persistent: offered && cfg.ring.persistent,
                 disk: disk2,
                 seen: seen2,
+                grefs: Default::default(),
             };
             let mut pending: Vec<BlkifRequest> = Vec::new();
             let mut answered_once = false;
@@ -648,6 +716,13 @@ impl Setup {
                 let beh = *beh2.lock().unwrap();
                 let mut responses = Vec::new();
                 match beh {
+                    Behaviour::Scribble => {
+                        for r in pending.drain(..) {
+                            scr2.fetch_add(serve.scribble(), Ordering::SeqCst);
+                            let status = serve.handle(&r);
+                            responses.push((r.id, rsp_op(&r), status));
+                        }
+                    }
                     Behaviour::Honest => {
                         for r in pending.drain(..) {
                             let status = serve.handle(&r);
@@ -756,6 +831,7 @@ impl Setup {
             ring_pages,
             taken,
             behaviour,
+            scribbled,
             handle: Some(handle),
         }
     }

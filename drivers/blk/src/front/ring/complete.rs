@@ -74,49 +74,52 @@ impl<H: PlatformRef> DataPath<H> {
         let sh = &mut self.shadow[id as usize];
         let refs = core::mem::take(&mut sh.refs);
         let opi = sh.op;
-        let (data, ind) = refs.split_at(sh.data_refs.min(refs.len()));
-        if ind.iter().any(|r| failed.contains(r)) {
-            // The id stays retired with its indirect pages in quarantine; the device fails
-            // (below), so retired ids cannot drain the pool.
-            sh.retired = true;
-            let stuck: Vec<GrantRef> = ind.iter().copied().filter(|r| failed.contains(r)).collect();
-            self.quarantine.push((stuck, None));
-            if self.failure.is_none() {
+        let data = &refs[..sh.data_refs.min(refs.len())];
+        self.free_ids.push(id);
+        // Indirect descriptor pages: per-request grants the backend still maps fail the
+        // device (below) and their pages stay in quarantine.
+        for (b, g) in core::mem::take(&mut sh.indirect) {
+            let kept = !failed.is_empty() && failed.contains(&g) && refs.contains(&g);
+            if kept && self.failure.is_none() {
                 self.failure = Some("the backend kept an indirect page mapped after answering");
             }
-        } else {
-            self.free_ids.push(id);
+            self.bounce_return(b, kept.then_some(g));
         }
-        let data_pages = core::mem::take(&mut sh.data_pages);
+        let sh = &mut self.shadow[id as usize];
+        let segs = core::mem::take(&mut sh.segs);
+        let persistent = self.cfg.persistent;
         let mut stuck: Vec<GrantRef> = Vec::new();
+        for seg in &segs {
+            // A grant made for this request that the backend still maps after answering.
+            let per_request = seg.bounce.is_none() || !persistent;
+            let kept = per_request && failed.contains(&seg.gref) && data.contains(&seg.gref);
+            let Some(b) = seg.bounce else {
+                if kept {
+                    stuck.push(seg.gref);
+                }
+                continue;
+            };
+            if kept {
+                self.bounce_return(b, Some(seg.gref));
+                if self.failure.is_none() {
+                    self.failure = Some("the backend kept a granted page mapped after answering");
+                }
+                continue;
+            }
+            let read_ok = status == BLKIF_RSP_OKAY
+                && self
+                    .ops
+                    .get(opi)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|op| op.kind == Kind::Read);
+            if read_ok {
+                self.bounce_to_buffer(opi, b, seg);
+            }
+            self.bounce_return(b, None);
+        }
         let Some(op) = self.ops.get_mut(opi).and_then(Option::as_mut) else {
             return;
         };
-        let epoch = self.epoch;
-        for (i, &r) in data.iter().enumerate() {
-            if !failed.contains(&r) {
-                continue;
-            }
-            // With persistent grants the backend keeps what it could map read-write (blkif.h:
-            // it "will still try to map those grants persistently"), e.g. a read's pages
-            // granted per request beyond our cap: keep the grant as a persistent one of the
-            // buffer, as Linux's blkif_completion does, rather than call that misbehaviour.
-            let slot = op
-                .buf
-                .as_mut()
-                .filter(|_| self.persist_cap > 0)
-                .and_then(|b| b.persist.as_mut())
-                .filter(|ps| ps.epoch == epoch)
-                .and_then(|ps| ps.refs.get_mut(*data_pages.get(i)? as usize))
-                .filter(|slot| slot.is_none());
-            match slot {
-                Some(slot) => {
-                    *slot = Some(r);
-                    self.persistent.push(r);
-                }
-                None => stuck.push(r),
-            }
-        }
         op.in_flight = op.in_flight.saturating_sub(1);
         if !stuck.is_empty() {
             op.stuck.extend(stuck);
@@ -147,6 +150,32 @@ impl<H: PlatformRef> DataPath<H> {
         }
     }
 
+    /// Copy a read segment from bounce page `b` into the operation's buffer.
+    fn bounce_to_buffer(&mut self, opi: usize, b: u32, seg: &Seg) {
+        let Some(src) = self
+            .bounce
+            .pages
+            .get(b as usize)
+            .and_then(Option::as_ref)
+            .map(|p| p.run.addr)
+        else {
+            return;
+        };
+        let dst = self
+            .ops
+            .get_mut(opi)
+            .and_then(Option::as_mut)
+            .and_then(|op| op.buf.as_mut())
+            .and_then(|buf| buf.as_mut_slice().get_mut(seg.at..seg.at + seg.len));
+        if let Some(dst) = dst {
+            // SAFETY: `src` is a page of ours (kept in the pool) and `seg.len <= PAGE_SIZE`.
+            // With persistent grants the backend still maps it and may write it while we copy:
+            // the copy reads plain bytes with no reference to the page, and what the
+            // application gets is its own memory, which no backend maps.
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), seg.len) };
+        }
+    }
+
     pub(super) fn finish(&mut self, opi: usize) {
         let Some(mut op) = self.ops.get_mut(opi).and_then(Option::take) else {
             return;
@@ -156,15 +185,6 @@ impl<H: PlatformRef> DataPath<H> {
         if !op.stuck.is_empty() {
             let run = buffer.take().and_then(Buffer::into_run);
             self.quarantine.push((core::mem::take(&mut op.stuck), run));
-        }
-        if let Some(mut orig) = op.orig.take() {
-            if let Some(bounce) = buffer.take() {
-                if op.kind == Kind::Read && op.result.is_ok() {
-                    orig.as_mut_slice().copy_from_slice(bounce.as_slice());
-                }
-                let _ = self.free_buffer(bounce);
-            }
-            buffer = Some(orig);
         }
         self.done.push_back(Done {
             internal: op.internal,
@@ -266,39 +286,15 @@ impl<H: PlatformRef> DataPath<H> {
         } else {
             self.quarantine.push((failed, run));
         }
-        // Persistent grants: a backend that disconnected has unmapped them; those it still
-        // maps wait in quarantine with their pages (freed once ended) — spare buffers' and
-        // indirect pages' with their runs, the others' (buffers the application holds: their
-        // pages are its own) alone.
-        let mut spare_refs: Vec<GrantRef> = Vec::new();
-        for b in core::mem::take(&mut self.spare) {
-            let refs: Vec<GrantRef> = b
-                .persist
-                .iter()
-                .flat_map(|ps| ps.refs.iter().flatten().copied())
-                .collect();
-            spare_refs.extend_from_slice(&refs);
-            self.retire(refs, b.into_run());
-        }
-        spare_refs.sort_unstable();
-        let others: Vec<GrantRef> = core::mem::take(&mut self.persistent)
-            .into_iter()
-            .filter(|r| spare_refs.binary_search(r).is_err())
-            .collect();
-        self.retire(others, None);
-        for i in 0..self.shadow.len() {
-            let refs = core::mem::take(&mut self.shadow[i].indirect_refs);
-            let Some(run) = self.shadow[i].indirect.take() else {
-                continue;
-            };
-            if !refs.is_empty() {
-                // Persistent indirect grants end with their pages.
-                self.retire(refs, Some(run));
-            } else if self.shadow[i].retired {
-                // Its grant is in quarantine: leak the page rather than reuse it.
-                let _leaked = run; // never freed: not ours to reuse
-            } else {
-                self.free_run(run);
+        // Bounce pages: a backend that disconnected has unmapped their persistent grants;
+        // those it still maps wait in quarantine with their pages (freed once ended).
+        let pool = core::mem::take(&mut self.bounce.pages);
+        self.bounce.free.clear();
+        self.bounce.live = 0;
+        for page in pool.into_iter().flatten() {
+            match page.gref {
+                Some(g) => self.retire(vec![g], Some(page.run)),
+                None => self.free_run(page.run),
             }
         }
         self.retry_quarantine();
