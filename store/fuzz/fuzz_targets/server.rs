@@ -116,6 +116,7 @@ fuzz_target!(|data: &[u8]| {
         perms_per_node: 3,
         path_max: 64,
         transaction_nodes: 16,
+        memory: 4096,
         keep_orphans: data.first().is_some_and(|b| b & 1 == 1),
         outbox: 16,
     };

@@ -32,6 +32,9 @@ pub(crate) struct Domain {
     pub shutdown: bool,
     /// Nodes owned (`domain->nbentry`).
     pub nbentry: usize,
+    /// Bytes accounted for the memory quota (`domain->memory`; see [`super::Quotas::memory`]
+    /// for what counts).
+    pub memory: usize,
     /// From the last `XS_INTRODUCE`.
     pub mfn: u64,
     /// From the last `XS_INTRODUCE`.
@@ -47,6 +50,7 @@ impl Domain {
             target: None,
             shutdown: false,
             nbentry: 0,
+            memory: 0,
             mfn: 0,
             port: 0,
         }
@@ -121,6 +125,54 @@ impl Domains {
     /// Nodes owned by `domid`.
     pub fn nbentry(&self, domid: DomId) -> usize {
         self.map.get(&domid).map_or(0, |d| d.nbentry)
+    }
+
+    /// The owner a stored node has once adjusted (what [`Domains::adjust`] makes of entry 0):
+    /// the domain its memory and node count are accounted to.
+    pub fn effective_owner(&self, node: &Node) -> DomId {
+        let o = node.owner();
+        if self.valid_for(o, node.generation) {
+            o
+        } else {
+            0
+        }
+    }
+
+    /// Account `n` more bytes to `domid` (unknown domains and dom0 are not counted).
+    pub fn mem_add(&mut self, domid: DomId, n: usize) {
+        if let Some(d) = self.map.get_mut(&domid) {
+            d.memory = d.memory.saturating_add(n);
+        }
+    }
+
+    /// Give `n` bytes back.
+    pub fn mem_sub(&mut self, domid: DomId, n: usize) {
+        if let Some(d) = self.map.get_mut(&domid) {
+            d.memory = d.memory.saturating_sub(n);
+        }
+    }
+
+    /// Bytes accounted to `domid`.
+    pub fn memory(&self, domid: DomId) -> usize {
+        self.map.get(&domid).map_or(0, |d| d.memory)
+    }
+
+    /// `domain_chk_quota()`: would `domid` hold `>= quota` bytes after giving back `sub` and
+    /// taking `add`? Never for dom0 or a domain the store does not know, nor with quota 0.
+    pub fn mem_refused(&self, domid: DomId, add: usize, sub: usize, quota: usize) -> bool {
+        quota != 0
+            && self
+                .map
+                .get(&domid)
+                .is_some_and(|d| d.memory.saturating_sub(sub).saturating_add(add) >= quota)
+    }
+
+    /// Bytes `domid` may still take: anything `>=` this is refused.
+    pub fn mem_room(&self, domid: DomId, quota: usize) -> usize {
+        match self.map.get(&domid) {
+            Some(d) if quota != 0 => quota.saturating_sub(d.memory),
+            _ => usize::MAX,
+        }
     }
 
     pub fn target(&self, domid: DomId) -> Option<DomId> {

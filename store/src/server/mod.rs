@@ -87,7 +87,10 @@
 //! without a transaction is `ENOENT`; ids count from 1 per connection.
 //!
 //! **Quotas** and **domains**: see [`Quotas`] (each limit with its error and exact
-//! comparison) and [`Store::destroy_domain`].
+//! comparison) and [`Store::destroy_domain`]. The memory quota ([`Quotas::memory`], XSA-326)
+//! counts what each unprivileged domain holds — the nodes it owns, its transactions' node
+//! copies, its watches and its queued output — and refuses node writes past it with `EIO`,
+//! watches and long replies with `ENOMEM`.
 //!
 //! # Where we differ from xenstored 4.17 (deliberately)
 //! * Numbers and permission strings must be strict decimals (the codec's rule): xenstored's
@@ -97,8 +100,12 @@
 //!   on an unknown `@` name (we answer `ENOENT`), `SET_PERMS` by a domU that owns a `@` name
 //!   giving it to another domain (`EPERM`, as for nodes), `RM` of a path without its NUL
 //!   (`EINVAL`).
-//! * The output queue bound and backpressure ([`Quotas::outbox`]) replace xenstored's memory
-//!   quota, outstanding-request quota and 20 s watch-event timeout.
+//! * The output queue bound and backpressure ([`Quotas::outbox`]) replace xenstored's
+//!   outstanding-request quota and 20 s watch-event timeout (the memory quota is
+//!   [`Quotas::memory`], as in xenstored).
+//! * Memory quota: a transaction's node copy counts its path, not xenstored's
+//!   `<generation>/<path>` key (a few bytes less per copy), and a refused overwrite answers
+//!   `EIO` where xenstored answers a leftover `errno`; no soft quota (xenstored only logs it).
 //!
 //! # Output policy
 //! Replies come in request order; events caused by a request precede its reply on the

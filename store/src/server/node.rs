@@ -155,6 +155,12 @@ impl Node {
     }
 }
 
+/// What a node stored at `path` counts for the memory quota (`do_tdb_write()`: the record,
+/// [`Node::acc_size`], plus the key, the path without its NUL).
+pub(crate) fn node_mem(path: &str, node: &Node) -> usize {
+    node.acc_size().saturating_add(path.len())
+}
+
 /// The parent of an absolute path (`get_parent()`): `/a/b` → `/a`, `/a` → `/`, `/` → `/`.
 pub(crate) fn parent(path: &str) -> &str {
     match path.get(1..).and_then(|rest| rest.rfind('/')) {

@@ -12,15 +12,33 @@ use alloc::vec::Vec;
 
 use super::domain::Domains;
 use super::node::{
-    basename, child_path, parent, perm_for, Node, NodePerm, Who, PERM_OWNER, PERM_READ, PERM_WRITE,
+    basename, child_path, node_mem, parent, perm_for, Node, NodePerm, Who, PERM_OWNER, PERM_READ,
+    PERM_WRITE,
 };
 use super::quotas::Quotas;
 use super::txn::{Transaction, TxEntry};
 use crate::error::XsError;
 use crate::wire::XENSTORE_PAYLOAD_MAX;
+use crate::DomId;
 
 /// The node tree: absolute path → node.
 pub(crate) type Tree = BTreeMap<String, Node>;
+
+/// Store `node` at `path` in the live tree (`None`: remove it), moving its memory-quota
+/// bytes from the old node's effective owner to the new one's (`do_tdb_write()` /
+/// `do_tdb_delete()`; no check here — callers check first where xenstored does).
+pub(crate) fn tree_put(tree: &mut Tree, doms: &mut Domains, path: &str, node: Option<Node>) {
+    let old = match node {
+        Some(n) => {
+            doms.mem_add(doms.effective_owner(&n), node_mem(path, &n));
+            tree.insert(path.to_string(), n)
+        }
+        None => tree.remove(path),
+    };
+    if let Some(o) = old {
+        doms.mem_sub(doms.effective_owner(&o), node_mem(path, &o));
+    }
+}
 
 /// A watch event to fire: the changed path, whether only watches on exactly that path see it
 /// (children of a removed subtree), and the permission lists of which any one readable by a
@@ -67,6 +85,11 @@ impl Op<'_> {
                         self.doms.adjust(&mut n);
                         n
                     });
+                    // The transaction's copy counts for the connection's domain, unchecked
+                    // (`access_node()` writes it with `no_quota_check`).
+                    if let Some(n) = &live {
+                        self.doms.mem_add(self.who.domid, node_mem(path, n));
+                    }
                     tx.entries.insert(
                         path.to_string(),
                         TxEntry {
@@ -110,6 +133,64 @@ impl Op<'_> {
         Ok(())
     }
 
+    /// The memory quota (`do_tdb_write()` → `domain_memory_add_chk()`), before storing each
+    /// of `writes` (path, new node): every domain the new nodes are accounted to — the owner,
+    /// or inside a transaction the connection's domain — may not end up holding `>=`
+    /// [`Quotas::memory`] bytes, counting what the replaced nodes give back (`EIO`). All
+    /// writes of one request are checked together: xenstored checks them one by one in an
+    /// order where each only adds, so the last one decides. A refusal inside a transaction
+    /// dooms it (`write_node()` → `fail_transaction()`).
+    fn check_memory(&mut self, writes: &[(&str, &Node)]) -> Result<(), XsError> {
+        let quota = self.q.memory;
+        if quota == 0 {
+            return Ok(());
+        }
+        // domain -> (bytes added, bytes given back)
+        let mut per: BTreeMap<DomId, (usize, usize)> = BTreeMap::new();
+        let mut gaining: Vec<DomId> = Vec::new();
+        for (path, new) in writes {
+            if let Some((d, m)) = self.held(path) {
+                let e = per.entry(d).or_default();
+                e.1 = e.1.saturating_add(m);
+            }
+            let d = if self.tx.is_some() {
+                self.who.domid
+            } else {
+                new.owner()
+            };
+            let e = per.entry(d).or_default();
+            e.0 = e.0.saturating_add(node_mem(path, new));
+            gaining.push(d);
+        }
+        let refused = gaining.iter().any(|d| {
+            per.get(d)
+                .is_some_and(|&(add, sub)| self.doms.mem_refused(*d, add, sub, quota))
+        });
+        if refused {
+            if let Some(tx) = self.tx.as_deref_mut() {
+                tx.fail = true;
+            }
+            return Err(XsError::Eio);
+        }
+        Ok(())
+    }
+
+    /// The memory the node now at `path` (as this operation sees it) counts, and the domain
+    /// it counts for.
+    fn held(&self, path: &str) -> Option<(DomId, usize)> {
+        match self.tx.as_deref() {
+            Some(tx) => tx
+                .entries
+                .get(path)
+                .and_then(|e| e.local.as_ref())
+                .map(|n| (self.who.domid, node_mem(path, n))),
+            None => self
+                .tree
+                .get(path)
+                .map(|n| (self.doms.effective_owner(n), node_mem(path, n))),
+        }
+    }
+
     /// `write_node()` without the quota check (callers check first): a new generation
     /// (`access_node()`), permission entries of vanished domains flagged, stored in the live
     /// tree or the transaction's view.
@@ -118,9 +199,7 @@ impl Op<'_> {
         node.generation = *self.gen;
         self.doms.adjust(&mut node);
         match self.tx.as_deref_mut() {
-            None => {
-                self.tree.insert(path.to_string(), node);
-            }
+            None => tree_put(self.tree, self.doms, path, Some(node)),
             Some(tx) => {
                 if !tx.entries.contains_key(path) {
                     // Every write reads its node first; keep the bookkeeping whole anyway.
@@ -137,7 +216,11 @@ impl Op<'_> {
                         old_perms: l.map(|n| n.perms.clone()),
                     }
                 });
-                e.local = Some(node);
+                let m = node_mem(path, &node);
+                if let Some(o) = e.local.replace(node) {
+                    self.doms.mem_sub(self.who.domid, node_mem(path, &o));
+                }
+                self.doms.mem_add(self.who.domid, m);
                 e.modified = true;
             }
         }
@@ -147,12 +230,12 @@ impl Op<'_> {
     fn delete(&mut self, path: &str) {
         *self.gen = self.gen.saturating_add(1);
         match self.tx.as_deref_mut() {
-            None => {
-                self.tree.remove(path);
-            }
+            None => tree_put(self.tree, self.doms, path, None),
             Some(tx) => {
                 if let Some(e) = tx.entries.get_mut(path) {
-                    e.local = None;
+                    if let Some(o) = e.local.take() {
+                        self.doms.mem_sub(self.who.domid, node_mem(path, &o));
+                    }
                     e.modified = true;
                 }
             }
@@ -291,6 +374,7 @@ impl Op<'_> {
             Ok(mut node) => {
                 node.value = value;
                 self.check_size(&node)?;
+                self.check_memory(&[(path, &node)])?;
                 let perms = self.event_perms(path, node.perms.clone());
                 self.write(path, node);
                 self.fire(path, false, perms);
@@ -388,6 +472,10 @@ impl Op<'_> {
         for (_, n) in &new_nodes {
             self.check_size(n)?;
         }
+        let mut writes: Vec<(&str, &Node)> =
+            new_nodes.iter().map(|(p, n)| (p.as_str(), n)).collect();
+        writes.push((top_path.as_str(), &top));
+        self.check_memory(&writes)?;
         // Event permissions: the node and its (possibly new) parent.
         let mut perms = Vec::new();
         if self.tx.is_none() {
@@ -500,6 +588,7 @@ impl Op<'_> {
         }
         let old = core::mem::replace(&mut node.perms, perms);
         self.check_size(&node)?;
+        self.check_memory(&[(path, &node)])?;
         let old_owner = old.first().map_or(0, |p| p.domid);
         self.count(old_owner, -1);
         self.count(new_owner, 1);

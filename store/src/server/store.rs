@@ -7,10 +7,10 @@ use alloc::vec::Vec;
 
 use super::domain::{Domain, Domains};
 use super::node::{
-    parent, perm_for, to_perms, watch_matches, Node, NodePerm, Who, PERM_OWNER, PERM_READ,
-    PERM_WRITE,
+    node_mem, parent, perm_for, to_perms, watch_matches, Node, NodePerm, Who, PERM_OWNER,
+    PERM_READ, PERM_WRITE,
 };
-use super::ops::{Fire, Op, Tree};
+use super::ops::{tree_put, Fire, Op, Tree};
 use super::quotas::Quotas;
 use super::txn::Transaction;
 use super::{ConnId, Notice};
@@ -31,6 +31,24 @@ struct Watch {
     relative: bool,
 }
 
+impl Watch {
+    /// What the watch counts for the memory quota (`add_watch()`: path + token, no NULs).
+    fn mem(&self) -> usize {
+        self.node.len().saturating_add(self.token.len())
+    }
+}
+
+/// `sizeof(struct xsd_sockmsg)`: what xenstored counts per queued message besides the payload.
+const MSG_HDR_SIZE: usize = 16;
+/// `DEFAULT_BUFFER_SIZE`: replies with at most this much payload are queued without a memory
+/// quota check ("path might be used for returning error").
+const SMALL_REPLY: usize = 16;
+
+/// What a queued message counts for the memory quota (`send_reply()`, `send_event()`).
+fn msg_mem(m: &Message) -> usize {
+    m.payload.len().saturating_add(MSG_HDR_SIZE)
+}
+
 /// One connection (`struct connection`): a Unix-socket client (always dom0, privileged) or the
 /// ring of an introduced domain.
 #[derive(Debug)]
@@ -42,6 +60,8 @@ struct Conn {
     txs: BTreeMap<u32, Transaction>,
     next_tx: u32,
     outbox: VecDeque<Message>,
+    /// Memory-quota bytes of `outbox` (sum of [`msg_mem`]).
+    out_bytes: usize,
     /// Cut off after ignoring its replies past the hard bound.
     broken: bool,
     dropped_events: u64,
@@ -56,6 +76,7 @@ impl Conn {
             txs: BTreeMap::new(),
             next_tx: 1,
             outbox: VecDeque::new(),
+            out_bytes: 0,
             broken: false,
             dropped_events: 0,
         }
@@ -74,16 +95,26 @@ impl Conn {
         if self.outbox.len() >= bound.saturating_mul(2) {
             self.broken = true;
             self.outbox.clear();
+            self.out_bytes = 0;
             return;
         }
+        self.out_bytes = self.out_bytes.saturating_add(msg_mem(&msg));
         self.outbox.push_back(msg);
+    }
+
+    /// What the connection holds for its domain's memory quota: watches, transaction copies,
+    /// queued output.
+    fn memory(&self) -> usize {
+        let w = self.watches.iter().map(Watch::mem);
+        let t = self.txs.values().map(Transaction::memory);
+        w.chain(t).fold(self.out_bytes, usize::saturating_add)
     }
 
     /// `send_event()`: an event whose payload would exceed `XENSTORE_PAYLOAD_MAX` is dropped;
     /// one identical to an event still queued is dropped unless it is a `@` special event
-    /// (XSA-326, "don't buffer multiple identical watch events"); past the bound events are
-    /// dropped and counted.
-    fn push_event(&mut self, path: &str, token: &str, bound: usize) {
+    /// (XSA-326, "don't buffer multiple identical watch events"); past the bound, or when it
+    /// needs `room` bytes of memory quota or more, events are dropped and counted.
+    fn push_event(&mut self, path: &str, token: &str, bound: usize, room: usize) {
         if self.broken {
             return;
         }
@@ -101,10 +132,11 @@ impl Conn {
         {
             return;
         }
-        if self.outbox.len() >= bound {
+        if self.outbox.len() >= bound || msg_mem(&msg) >= room {
             self.dropped_events = self.dropped_events.saturating_add(1);
             return;
         }
+        self.out_bytes = self.out_bytes.saturating_add(msg_mem(&msg));
         self.outbox.push_back(msg);
     }
 }
@@ -221,6 +253,7 @@ impl Store {
     /// [`Store::introduce_domain`] gives it a fresh connection.
     pub fn disconnect(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.remove(&conn) {
+            self.doms.mem_sub(c.domid, c.memory());
             if c.domain {
                 if let Some(d) = self.doms.map.get_mut(&c.domid) {
                     if d.conn == Some(conn) {
@@ -247,22 +280,28 @@ impl Store {
         self.conns.get(&conn).is_some_and(|c| c.broken)
     }
 
-    /// Backpressure: false while `conn` has [`Quotas::outbox`] or more messages queued (or is
-    /// closed or broken). A transport should stop reading requests from a connection that does
-    /// not want input until it has taken its output.
+    /// Backpressure: false while `conn` has [`Quotas::outbox`] or more messages queued, or
+    /// its domain holds [`Quotas::memory`] bytes or more (xenstored's `domain_can_read()`
+    /// stops reading such a domain's ring), or it is closed or broken. A transport should stop
+    /// reading requests from a connection that does not want input until it has taken its
+    /// output.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| !c.broken && c.outbox.len() < self.q.outbox)
+        self.conns.get(&conn).is_some_and(|c| {
+            !c.broken
+                && c.outbox.len() < self.q.outbox
+                && !self.doms.mem_refused(c.domid, 0, 0, self.q.memory)
+        })
     }
 
     /// Take everything queued for `conn`: replies in request order, and watch events (for any
     /// watch of the connection, whoever caused them) in the order they fired.
     pub fn take_output(&mut self, conn: ConnId) -> Vec<Message> {
-        self.conns
-            .get_mut(&conn)
-            .map(|c| c.outbox.drain(..).collect())
-            .unwrap_or_default()
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        self.doms.mem_sub(c.domid, c.out_bytes);
+        c.out_bytes = 0;
+        c.outbox.drain(..).collect()
     }
 
     /// Messages queued for `conn`.
@@ -319,6 +358,12 @@ impl Store {
         self.doms.nbentry(domid)
     }
 
+    /// Bytes accounted to `domid` for the memory quota ([`Quotas::memory`]); 0 for dom0 and
+    /// domains the store does not know.
+    pub fn memory_used(&self, domid: DomId) -> usize {
+        self.doms.memory(domid)
+    }
+
     /// Is the domain introduced?
     pub fn is_introduced(&self, domid: DomId) -> bool {
         self.doms.introduced(domid)
@@ -326,13 +371,25 @@ impl Store {
 
     /// Verify the store's invariants (for tests and fuzzing): `/` exists; every other node's
     /// parent exists and lists it exactly once; every listed child exists and has a valid
-    /// name; each known domain's node count equals the nodes it (effectively) owns; no
+    /// name; each known domain's node count equals the nodes it (effectively) owns, and its
+    /// memory count what its nodes, watches, transaction copies and queued output take; no
     /// queue exceeds its bound. Returns the first violation found.
     pub fn check_consistency(&self) -> Result<(), String> {
         if !self.tree.contains_key("/") {
             return Err("no root node".into());
         }
         let mut owned: BTreeMap<DomId, usize> = BTreeMap::new();
+        let mut mem: BTreeMap<DomId, usize> = BTreeMap::new();
+        for c in self.conns.values() {
+            let have: usize = c.outbox.iter().map(msg_mem).sum();
+            if have != c.out_bytes {
+                return Err(format!(
+                    "domain {}: output counted {} bytes, holds {have}",
+                    c.domid, c.out_bytes
+                ));
+            }
+            *mem.entry(c.domid).or_default() += c.memory();
+        }
         for (p, n) in &self.tree {
             if n.perms.is_empty() {
                 return Err(format!("{p}: no permissions"));
@@ -362,6 +419,7 @@ impl Store {
             let mut a = n.clone();
             self.doms.adjust(&mut a);
             *owned.entry(a.owner()).or_default() += 1;
+            *mem.entry(a.owner()).or_default() += node_mem(p, n);
         }
         for (d, dom) in &self.doms.map {
             let have = owned.get(d).copied().unwrap_or(0);
@@ -369,6 +427,13 @@ impl Store {
                 return Err(format!(
                     "domain {d}: counted {} nodes, owns {have}",
                     dom.nbentry
+                ));
+            }
+            let have = mem.get(d).copied().unwrap_or(0);
+            if dom.memory != have {
+                return Err(format!(
+                    "domain {d}: counted {} bytes of memory, holds {have}",
+                    dom.memory
                 ));
             }
         }
@@ -507,7 +572,8 @@ impl Store {
         });
         if let Some(id) = conn {
             // "Avoid triggering watch events when the domain's nodes are deleted."
-            if self.conns.remove(&id).is_some() {
+            if let Some(c) = self.conns.remove(&id) {
+                self.doms.mem_sub(c.domid, c.memory());
                 self.notices.push_back(Notice::Released { domid, conn: id });
             }
         }
@@ -532,6 +598,7 @@ impl Store {
             let descend = if owner == domid && p != "/" {
                 if self.q.keep_orphans {
                     if let Some(n) = self.tree.get_mut(&p) {
+                        self.doms.mem_sub(domid, node_mem(&p, n));
                         if let Some(o) = n.perms.first_mut() {
                             o.domid = 0;
                         }
@@ -605,6 +672,7 @@ impl Store {
             None
         };
         let bound = self.q.outbox;
+        let quota = self.q.memory;
         for conn in self.conns.values_mut() {
             if conn.broken || conn.watches.is_empty() {
                 continue;
@@ -636,7 +704,10 @@ impl Store {
                 })
                 .collect();
             for (p, t) in events {
-                conn.push_event(&p, &t, bound);
+                let before = conn.out_bytes;
+                conn.push_event(&p, &t, bound, self.doms.mem_room(conn.domid, quota));
+                self.doms
+                    .mem_add(conn.domid, conn.out_bytes.saturating_sub(before));
             }
         }
     }
@@ -665,11 +736,28 @@ impl Store {
         }
     }
 
+    /// Queue a reply. One with more than 16 bytes of payload that the domain's memory quota
+    /// cannot take becomes `ENOMEM` (`send_reply()`; checked: a domU near its quota reading a
+    /// 1000-byte node gets `ENOMEM`).
     fn push_reply(&mut self, conn: ConnId, msg: Message) {
         let bound = self.q.outbox;
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.push_reply(msg, bound);
+        let quota = self.q.memory;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut msg = msg;
+        if msg.payload.len() > SMALL_REPLY
+            && self.doms.mem_refused(c.domid, msg_mem(&msg), 0, quota)
+        {
+            match Response::Error(XsError::Enomem).to_message(msg.header.req_id, msg.header.tx_id) {
+                Ok(m) => msg = m,
+                Err(_) => return,
+            }
         }
+        let before = c.out_bytes;
+        c.push_reply(msg, bound);
+        self.doms.mem_sub(c.domid, before);
+        self.doms.mem_add(c.domid, c.out_bytes);
     }
 
     /// `send_reply()`: a reply longer than `XENSTORE_PAYLOAD_MAX` becomes `E2BIG` (checked:
@@ -848,7 +936,8 @@ impl Store {
                     .iter()
                     .position(|w| w.node == node && w.token == token)
                     .ok_or(XsError::Enoent)?;
-                c.watches.remove(i);
+                let w = c.watches.remove(i);
+                self.doms.mem_sub(c.domid, w.mem());
                 self.ack(conn, &hdr, MsgType::Unwatch)
             }
             Request::TransactionStart => self.transaction_start(conn, &hdr, &who, txid),
@@ -861,6 +950,8 @@ impl Store {
                     .get_mut(&conn)
                     .and_then(|c| c.txs.remove(&txid))
                     .ok_or(XsError::Enoent)?;
+                // The copies go (at commit into the tree, to the nodes' owners).
+                self.doms.mem_sub(domid, tx.memory());
                 if commit {
                     self.commit(&who, tx)?;
                 }
@@ -913,6 +1004,8 @@ impl Store {
             Request::ResetWatches => {
                 // `do_reset_watches()` drops the transactions too (checked).
                 if let Some(c) = self.conns.get_mut(&conn) {
+                    let held = c.memory().saturating_sub(c.out_bytes);
+                    self.doms.mem_sub(c.domid, held);
                     c.watches.clear();
                     c.txs.clear();
                 }
@@ -990,15 +1083,29 @@ impl Store {
         if !who.privileged && c.watches.len() > quota {
             return Err(XsError::E2big);
         }
-        c.watches.push(Watch {
+        let w = Watch {
             node,
             token: token.clone(),
             relative: p.is_relative(),
-        });
+        };
+        // `add_watch()`: the memory quota (checked: ENOMEM).
+        if self.doms.mem_refused(c.domid, w.mem(), 0, self.q.memory) {
+            return Err(XsError::Enomem);
+        }
+        self.doms.mem_add(c.domid, w.mem());
+        c.watches.push(w);
         self.ack(conn, hdr, MsgType::Watch)?;
         let bound = self.q.outbox;
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.push_event(p.as_str(), &token, bound);
+            let before = c.out_bytes;
+            c.push_event(
+                p.as_str(),
+                &token,
+                bound,
+                self.doms.mem_room(c.domid, self.q.memory),
+            );
+            self.doms
+                .mem_add(c.domid, c.out_bytes.saturating_sub(before));
         }
         Ok(())
     }
@@ -1074,11 +1181,11 @@ impl Store {
                 Some(mut n) => {
                     self.gen = self.gen.saturating_add(1);
                     n.generation = self.gen;
-                    self.tree.insert(path.clone(), n);
+                    tree_put(&mut self.tree, &mut self.doms, &path, Some(n));
                 }
                 None => {
                     if e.generation.is_some() {
-                        self.tree.remove(&path);
+                        tree_put(&mut self.tree, &mut self.doms, &path, None);
                     }
                 }
             }
@@ -1130,8 +1237,8 @@ impl Store {
             "quota" => {
                 let q = &self.q;
                 let mut s = format!(
-                    "Quota settings:\nnodes            : {:>8} Nodes per domain\nwatches          : {:>8} Watches per domain\ntransactions     : {:>8} Transactions per domain\nnode-size        : {:>8} Max. size of a node\npermissions      : {:>8} Max. number of permissions per node\npath-max         : {:>8} Max. length of a node path\ntransaction-nodes: {:>8} Max. number of accessed nodes per transaction\n",
-                    q.nodes, q.watches, q.transactions, q.node_size, q.perms_per_node, q.path_max, q.transaction_nodes
+                    "Quota settings:\nnodes            : {:>8} Nodes per domain\nwatches          : {:>8} Watches per domain\ntransactions     : {:>8} Transactions per domain\nnode-size        : {:>8} Max. size of a node\npermissions      : {:>8} Max. number of permissions per node\npath-max         : {:>8} Max. length of a node path\ntransaction-nodes: {:>8} Max. number of accessed nodes per transaction\nmemory           : {:>8} Total Xenstore memory per domain (error level)\n",
+                    q.nodes, q.watches, q.transactions, q.node_size, q.perms_per_node, q.path_max, q.transaction_nodes, q.memory
                 )
                 .into_bytes();
                 s.push(0);

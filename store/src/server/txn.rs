@@ -21,12 +21,16 @@
 //! * Watches do not fire inside a transaction; each modified node is marked and the events
 //!   fire at commit in first-access order (`queue_watches()`), with the node's permissions
 //!   as of its first access also allowing the event.
+//! * Memory quota: each node copy a transaction holds (every existing node it has read or
+//!   written; xenstored copies a node into the transaction on first read) counts for the
+//!   connection's domain until the transaction ends; reads copy without a check, writes are
+//!   checked (`EIO`) — see [`super::Quotas::memory`].
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::node::{Node, NodePerm};
+use super::node::{node_mem, Node, NodePerm};
 use crate::DomId;
 
 /// One node as a transaction sees it (`struct accessed_node`).
@@ -58,6 +62,15 @@ pub(crate) struct Transaction {
 }
 
 impl Transaction {
+    /// Bytes the transaction's node copies count for the memory quota of its connection's
+    /// domain (see [`super::Quotas::memory`]): each node it holds a view of.
+    pub fn memory(&self) -> usize {
+        self.entries
+            .iter()
+            .filter_map(|(p, e)| e.local.as_ref().map(|n| node_mem(p, n)))
+            .fold(0usize, usize::saturating_add)
+    }
+
     pub fn add_entries(&mut self, domid: DomId, delta: i64) {
         let e = self.nb_delta.entry(domid).or_insert(0);
         *e = e.saturating_add(delta);
