@@ -46,6 +46,12 @@
 //! a peer writes can point outside the ring. A producer index that claims more entries than the
 //! ring can hold is reported as [`Error::RingOverflow`] instead of being consumed.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
+
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::{align_of, offset_of, size_of, MaybeUninit};
@@ -93,25 +99,29 @@ pub const fn entry_size<Req, Rsp>() -> usize {
     } else {
         align_of::<Rsp>()
     };
-    size.div_ceil(align) * align
+    size.next_multiple_of(align)
 }
 
 /// `__RING_SIZE`: how many entries of `entry_size` bytes fit in a shared ring of `bytes` bytes,
 /// rounded down to a power of two (`__RD32`). Zero if not even one fits.
 pub const fn ring_size(bytes: usize, entry_size: usize) -> u32 {
-    if bytes <= SRING_HEADER_SIZE || entry_size == 0 {
-        return 0;
-    }
-    let n = (bytes - SRING_HEADER_SIZE) / entry_size;
-    if n == 0 {
-        return 0;
-    }
+    // Whole entries after the header; none when there is no room or `entry_size` is 0.
+    let n = match bytes.checked_sub(SRING_HEADER_SIZE) {
+        Some(room) if room > 0 => match room.checked_div(entry_size) {
+            Some(n) => n,
+            None => 0,
+        },
+        _ => 0,
+    };
     let n = if n > u32::MAX as usize {
         u32::MAX
     } else {
         n as u32
     };
-    1 << (31 - n.leading_zeros())
+    match n.checked_ilog2() {
+        Some(log) => 1 << log,
+        None => 0,
+    }
 }
 
 /// Most pages a shared ring may span: 16, blkif's largest `max-ring-page-order` (4), which is
@@ -208,13 +218,20 @@ unsafe fn copy_out_into<T: Pod>(src: *const u8, align: usize, out: &mut MaybeUni
 #[inline(always)]
 unsafe fn copy_words<W: Copy>(src: *const u8, dst: *mut u8, off: &mut usize, size: usize) {
     let width = size_of::<W>();
-    while *off + width <= size {
+    // The last offset a whole word fits at (none: not even one fits).
+    let Some(last) = size.checked_sub(width) else {
+        return;
+    };
+    while *off <= last {
         // SAFETY: `off + width <= size` keeps both sides in bounds; alignment per the contract.
         unsafe {
             let w = src.add(*off).cast::<W>().read_volatile();
             dst.add(*off).cast::<W>().write_unaligned(w);
         }
-        *off += width;
+        // bounded: off + width <= size (off <= last = size - width).
+        #[allow(clippy::arithmetic_side_effects)]
+        let next = *off + width;
+        *off = next;
     }
 }
 
@@ -244,13 +261,14 @@ impl Sring {
         }
         let entry_size = entry_size::<Req, Rsp>();
         let nr_ents = ring_size(bytes, entry_size);
-        if nr_ents == 0 {
+        // `None`: not even one entry fits.
+        let Some(mask) = nr_ents.checked_sub(1) else {
             return Err(Error::Invalid);
-        }
+        };
         Ok(Sring {
             base: mem,
             nr_ents,
-            mask: nr_ents - 1,
+            mask,
             entry_size,
         })
     }
@@ -299,13 +317,13 @@ impl Sring {
     #[inline(always)]
     fn slot(&self, idx: RingIdx) -> *mut u8 {
         let i = (idx & self.mask) as usize;
+        // bounded: i < nr_ents and SRING_HEADER_SIZE + nr_ents * entry_size <= bytes <=
+        // MAX_RING_BYTES (ring_size, Sring::new).
+        #[allow(clippy::arithmetic_side_effects)]
+        let off = SRING_HEADER_SIZE + i * self.entry_size;
         // SAFETY: i < nr_ents and SRING_HEADER_SIZE + nr_ents * entry_size <= bytes
         // (ring_size), so the offset stays inside the memory the constructor was given.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(SRING_HEADER_SIZE + i * self.entry_size)
-        }
+        unsafe { self.base.as_ptr().add(off) }
     }
 
     /// `SHARED_RING_INIT`.
@@ -768,4 +786,9 @@ impl<Req: Pod, Rsp: Pod> fmt::Debug for BackRing<Req, Rsp> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
 mod tests;

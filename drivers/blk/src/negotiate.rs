@@ -12,6 +12,12 @@
 //! (what `DeviceCtx::read`/`read_other` return), so every function here is table-tested
 //! without a XenStore (tests at the bottom, vectors from `docs/XENSTORE-LAYOUT.md`).
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
+
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -186,7 +192,7 @@ impl FrontConfig {
 
     /// Bytes one request can carry.
     pub fn max_request_bytes(&self) -> usize {
-        self.max_segments as usize * PAGE_SIZE
+        (self.max_segments as usize).saturating_mul(PAGE_SIZE)
     }
 }
 
@@ -212,8 +218,8 @@ impl FrontRing {
     /// backends); then `event-channel` and `protocol`.
     pub fn keys(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        if self.ring_refs.len() == 1 {
-            out.push((keys::RING_REF.to_string(), self.ring_refs[0].to_string()));
+        if let [only] = self.ring_refs.as_slice() {
+            out.push((keys::RING_REF.to_string(), only.to_string()));
         } else {
             for (i, r) in self.ring_refs.iter().enumerate() {
                 out.push((format!("{}{}", keys::RING_REF, i), r.to_string()));
@@ -316,7 +322,7 @@ fn read_offered_order(get: &mut Get<'_>) -> Result<u32, DriverError> {
     match read_num(get, keys::MAX_RING_PAGES)? {
         None | Some(0) => Ok(0),
         // A count that is not a power of two: use the largest power of two below it.
-        Some(n) => Ok(63 - n.leading_zeros()),
+        Some(n) => Ok(n.ilog2()),
     }
 }
 
@@ -474,7 +480,7 @@ pub fn negotiate_front(
         max_segments = max_segments.min(cap.max(1));
     }
     if let Some(cap) = offer.max_request_size {
-        max_segments = max_segments.min((cap / PAGE_SIZE as u32).max(1));
+        max_segments = max_segments.min(cap.checked_div(PAGE_SIZE as u32).unwrap_or(0).max(1));
     }
     let readonly = offer.info & VDISK_READONLY != 0;
     let flush = if offer.flush_cache {
@@ -598,4 +604,9 @@ pub fn parse_mode(raw: &[u8]) -> Result<bool, DriverError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
 mod tests;

@@ -8,6 +8,12 @@
 //!
 //! [`BackRing::take_request`]: xen_platform::ring::BackRing::take_request
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
+
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
@@ -78,20 +84,47 @@ pub struct ChannelStats {
     pub persistent_maps: usize,
 }
 
-/// One granted segment: page `gref`, sectors `first..=last` of it.
+/// One granted segment: page `gref`, bytes `off..off + len` of it — sectors `first..=last`,
+/// checked at construction ([`Seg::new`]): `0 < len`, `off + len <= PAGE_SIZE`.
 #[derive(Debug, Clone, Copy)]
 struct Seg {
     gref: GrantRef,
-    first: u8,
-    last: u8,
+    off: u32,
+    len: u32,
 }
 
+/// [`SECTOR`] in the type of a [`Seg`]'s bounds.
+const SECTOR_BYTES: u32 = SECTOR as u32;
+
 impl Seg {
+    /// Sectors `first..=last` of page `gref`; `None` unless `first <= last < SECTORS_PER_PAGE`.
+    fn new(gref: GrantRef, first: u8, last: u8) -> Option<Seg> {
+        if last >= SECTORS_PER_PAGE {
+            return None;
+        }
+        let sectors = u32::from(last.checked_sub(first)?).checked_add(1)?;
+        Some(Seg {
+            gref,
+            off: u32::from(first).checked_mul(SECTOR_BYTES)?,
+            len: sectors.checked_mul(SECTOR_BYTES)?,
+        })
+    }
+    /// All of page `gref` (an indirect page).
+    const fn page(gref: GrantRef) -> Seg {
+        Seg {
+            gref,
+            off: 0,
+            len: PAGE_SIZE as u32,
+        }
+    }
     fn bytes(&self) -> usize {
-        usize::from(self.last - self.first + 1) * SECTOR as usize
+        self.len as usize
+    }
+    fn sectors(&self) -> u64 {
+        u64::from(self.len) / SECTOR
     }
     fn offset(&self) -> usize {
-        usize::from(self.first) * SECTOR as usize
+        self.off as usize
     }
 }
 
@@ -304,12 +337,12 @@ impl<H: PlatformRef> Channel<H> {
         if self.backlogged() {
             // Capped: a ring blocked for other reasons (a full storage, its buffer limit)
             // does not bank credit for a burst later.
-            self.deficit = (self.deficit + QUANTUM).min(MAX_COST + QUANTUM);
+            self.deficit = self.deficit.saturating_add(QUANTUM).min(MAX_COST + QUANTUM);
         }
-        let mut passes = 0;
+        let mut passes = 0usize;
         let mut more = false;
         loop {
-            passes += 1;
+            passes = passes.saturating_add(1);
             let mut progress = self.take_completions();
             progress |= self.retry_stalled();
             progress |= self.take_requests();
@@ -417,7 +450,8 @@ impl<H: PlatformRef> Channel<H> {
     }
 
     fn finish(&mut self, pend: Pending, status: i16) {
-        self.buffered -= pend.bytes;
+        // Never saturates: every pending request's bytes were added to `buffered`.
+        self.buffered = self.buffered.saturating_sub(pend.bytes);
         if pend.barrier {
             self.barrier_in_flight = false;
         }
@@ -433,13 +467,15 @@ impl<H: PlatformRef> Channel<H> {
         let Some(p) = self.parents.get_mut(&key) else {
             return;
         };
-        p.left -= 1;
+        // Never saturates: a parent is removed when its last part is answered.
+        p.left = p.left.saturating_sub(1);
         if status != BLKIF_RSP_OKAY && p.status == BLKIF_RSP_OKAY {
             p.status = status;
         }
         if p.left == 0 {
-            let p = self.parents.remove(&key).expect("present");
-            self.respond(p.id, p.rsp_op, p.status);
+            if let Some(p) = self.parents.remove(&key) {
+                self.respond(p.id, p.rsp_op, p.status);
+            }
         }
     }
 
@@ -477,7 +513,7 @@ impl<H: PlatformRef> Channel<H> {
             ..Default::default()
         };
         if r.push_response(rsp).is_ok() {
-            self.stats.responses += 1;
+            self.stats.responses = self.stats.responses.wrapping_add(1);
             self.notify = true;
         }
     }
@@ -503,7 +539,7 @@ impl<H: PlatformRef> Channel<H> {
         }
         match self.storage.submit(tag, op) {
             Ok(()) => {
-                self.stats.submitted += 1;
+                self.stats.submitted = self.stats.submitted.wrapping_add(1);
                 self.stats.max_in_flight = self.stats.max_in_flight.max(self.storage.in_flight());
             }
             Err(Busy(op)) => {
@@ -545,15 +581,16 @@ impl<H: PlatformRef> Channel<H> {
         let mut any = false;
         while self.may_take() && self.round_requests < RING_BUDGET {
             // Parts of a large request first, in order, each when the credit covers it.
-            if let Some(part) = self.parts.front() {
-                let c = part.bytes();
-                if c > self.deficit {
+            if let Some(c) = self.parts.front().map(Part::bytes) {
+                let Some(left) = self.deficit.checked_sub(c) else {
                     break;
-                }
-                self.deficit -= c;
-                let part = self.parts.pop_front().expect("front exists");
+                };
+                let Some(part) = self.parts.pop_front() else {
+                    break;
+                };
+                self.deficit = left;
                 any = true;
-                self.round_requests += 1;
+                self.round_requests = self.round_requests.saturating_add(1);
                 self.start_part(part);
                 continue;
             }
@@ -574,16 +611,15 @@ impl<H: PlatformRef> Channel<H> {
                     }
                 }
             };
-            let c = cost(&req);
-            if c > self.deficit {
+            let Some(left) = self.deficit.checked_sub(cost(&req)) else {
                 // Read once already: it waits here, not on the ring, for the next rounds.
                 self.held = Some(req);
                 break;
-            }
-            self.deficit -= c;
+            };
+            self.deficit = left;
             any = true;
-            self.stats.requests += 1;
-            self.round_requests += 1;
+            self.stats.requests = self.stats.requests.wrapping_add(1);
+            self.round_requests = self.round_requests.saturating_add(1);
             self.dispatch(&req);
             // Requests served at once (in place) are answered as we go once a batch has
             // moved PUBLISH_BYTES: the frontend refills the ring while we copy the rest, instead
@@ -596,7 +632,7 @@ impl<H: PlatformRef> Channel<H> {
     }
 
     fn refuse(&mut self, id: u64, op: u8, status: Refusal) {
-        self.stats.refused += 1;
+        self.stats.refused = self.stats.refused.wrapping_add(1);
         self.respond(id, op, status);
     }
 
@@ -701,10 +737,16 @@ pub fn cost(req: &BlkifRequest) -> usize {
     let bytes = match req.operation {
         BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER | BLKIF_OP_FLUSH_DISKCACHE => {
             let n = usize::from(req.nr_segments).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
-            req.seg[..n]
+            // At most 11 × 256 sectors of 512 bytes: nothing saturates.
+            req.seg
                 .iter()
-                .map(|s| (usize::from(s.last_sect.saturating_sub(s.first_sect)) + 1) * 512)
-                .sum()
+                .take(n)
+                .map(|s| {
+                    usize::from(s.last_sect.saturating_sub(s.first_sect))
+                        .saturating_add(1)
+                        .saturating_mul(512)
+                })
+                .fold(0, usize::saturating_add)
         }
         BLKIF_OP_INDIRECT => segs(usize::from(
             cast::<BlkifRequest, BlkifRequestIndirect>(req).nr_segments,

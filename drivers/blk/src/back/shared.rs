@@ -3,12 +3,18 @@
 //! or into, never referenced). Peer memory is only touched through raw-pointer copies, so no
 //! Rust reference to bytes the peer may change at any time ever exists.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
+
 use alloc::vec::Vec;
 use core::mem::size_of;
 
 use xen_platform::abi::{DomId, GrantRef, Pod, PAGE_SIZE};
 use xen_platform::ring::BackRing;
-use xen_platform::{GrantMapper, MultiMapping, Result, MAX_MULTI_MAP};
+use xen_platform::{Error, GrantMapper, MultiMapping, Result, MAX_MULTI_MAP};
 
 use crate::abi::{BlkifRequest, BlkifResponse};
 
@@ -29,10 +35,13 @@ impl SharedRing {
         refs: &[GrantRef],
     ) -> Result<SharedRing> {
         let map = p.map_multi(domid, refs, false)?;
-        // SAFETY: `map` maps `map.pages` pages read-write at `map.addr`, shared with the
-        // frontend only; the ring is dropped (in `unmap`, or before the mapping in `Drop`
-        // order below) before the mapping is released, so the memory outlives the ring.
-        let ring = unsafe { BlkBackRing::new(map.addr, map.pages * PAGE_SIZE) };
+        let ring = match map.pages.checked_mul(PAGE_SIZE) {
+            // SAFETY: `map` maps `map.pages` pages read-write at `map.addr`, shared with the
+            // frontend only; the ring is dropped (in `unmap`, or before the mapping in `Drop`
+            // order below) before the mapping is released, so the memory outlives the ring.
+            Some(len) => unsafe { BlkBackRing::new(map.addr, len) },
+            None => Err(Error::Invalid),
+        };
         match ring {
             Ok(ring) => Ok(SharedRing {
                 ring: Some(ring),
@@ -101,7 +110,8 @@ impl SegPages {
         if i >= chunk.pages || off.checked_add(len)? > PAGE_SIZE {
             return None;
         }
-        Some(chunk.addr.as_ptr().wrapping_add(i * PAGE_SIZE + off))
+        let at = i.checked_mul(PAGE_SIZE)?.checked_add(off)?;
+        Some(chunk.addr.as_ptr().wrapping_add(at))
     }
 
     /// Copy `dst.len()` bytes at `off` of page `page` into `dst`. `false` if out of bounds.
@@ -197,14 +207,22 @@ impl Persistent {
         domid: DomId,
         grefs: &[GrantRef],
     ) -> bool {
-        if self.len() + grefs.len() > self.cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
+        let over_cap = self
+            .len()
+            .checked_add(grefs.len())
+            .is_none_or(|n| n > self.cap);
+        if over_cap || grefs.iter().any(|&g| g >= MAX_PERSISTENT_GREF) {
             return false;
         }
         // A bounded mapping window (a real guest's): keep room for the short-lived mappings
         // of the per-request path and for rings still to come, or every later request of
         // every device fails once persistent grants filled it (seen on real Xen with Linux).
         if let Some((free, _)) = p.map_slots() {
-            if free < grefs.len() + WINDOW_RESERVE {
+            if grefs
+                .len()
+                .checked_add(WINDOW_RESERVE)
+                .is_none_or(|need| free < need)
+            {
                 return false;
             }
         }
@@ -215,11 +233,20 @@ impl Persistent {
             let chunk = self.chunks.len() as u32;
             self.chunks.push(m);
             for (i, &g) in part.iter().enumerate() {
+                // g < MAX_PERSISTENT_GREF and i < 16 (checked above): nothing is `None`.
                 let g = g as usize;
-                if self.slot.len() <= g {
-                    self.slot.resize(g + 1, 0);
+                let (Some(v), Some(end)) =
+                    ((chunk << 4 | i as u32).checked_add(1), g.checked_add(1))
+                else {
+                    return false;
+                };
+                if self.slot.len() < end {
+                    self.slot.resize(end, 0);
                 }
-                self.slot[g] = (chunk << 4 | i as u32) + 1;
+                let Some(slot) = self.slot.get_mut(g) else {
+                    return false;
+                };
+                *slot = v;
             }
         }
         true
@@ -259,8 +286,13 @@ pub struct PeerSeg {
 impl PeerSeg {
     /// Bytes `off..off + len` of `page`; `None` unless they lie inside the page.
     pub fn new(page: PeerPage, off: usize, len: usize) -> Option<PeerSeg> {
-        (off.checked_add(len)? <= PAGE_SIZE).then_some(PeerSeg {
-            start: page.page as usize * PAGE_SIZE + off,
+        if off.checked_add(len)? > PAGE_SIZE {
+            return None;
+        }
+        Some(PeerSeg {
+            start: (page.page as usize)
+                .checked_mul(PAGE_SIZE)?
+                .checked_add(off)?,
             len,
             chunk: page.chunk,
         })
@@ -269,11 +301,16 @@ impl PeerSeg {
     /// Append `next` when it continues this run inside the same mapping (a whole-page
     /// segment after one that ends its page, on the next page of the chunk).
     pub fn extend(&mut self, next: &PeerSeg) -> bool {
-        if next.chunk == self.chunk && self.start + self.len == next.start {
-            self.len += next.len;
-            true
-        } else {
-            false
+        let joined = (next.chunk == self.chunk
+            && self.start.checked_add(self.len) == Some(next.start))
+        .then(|| self.len.checked_add(next.len))
+        .flatten();
+        match joined {
+            Some(len) => {
+                self.len = len;
+                true
+            }
+            None => false,
         }
     }
 }
@@ -323,24 +360,38 @@ impl<'a> SegCursor<'a> {
         let Some(pers) = self.pers else {
             return 0;
         };
-        let mut done = 0;
-        while done < want {
+        let mut done = 0usize;
+        // Bytes still wanted (`want - done`).
+        while let Some(room) = want.checked_sub(done).filter(|&r| r > 0) {
             let Some(seg) = self.segs.get(self.i) else {
                 break;
             };
             let Some(m) = pers.chunks.get(seg.chunk as usize) else {
                 break;
             };
-            if seg.start.saturating_add(seg.len) > m.pages * PAGE_SIZE {
+            let in_map = seg
+                .start
+                .checked_add(seg.len)
+                .zip(m.pages.checked_mul(PAGE_SIZE))
+                .is_some_and(|(end, size)| end <= size);
+            // `self.off < seg.len` and `n <= room`: none of these is `None`.
+            let (true, Some(left), Some(at)) = (
+                in_map,
+                seg.len.checked_sub(self.off),
+                seg.start.checked_add(self.off),
+            ) else {
                 break;
-            }
-            let n = (seg.len - self.off).min(want - done);
-            let peer = m.addr.as_ptr().wrapping_add(seg.start + self.off);
-            copy(peer, done, n);
-            done += n;
-            self.off += n;
+            };
+            let n = left.min(room);
+            let (Some(next_done), Some(next_off)) = (done.checked_add(n), self.off.checked_add(n))
+            else {
+                break;
+            };
+            copy(m.addr.as_ptr().wrapping_add(at), done, n);
+            done = next_done;
+            self.off = next_off;
             if self.off == seg.len {
-                self.i += 1;
+                self.i = self.i.saturating_add(1);
                 self.off = 0;
             }
         }
@@ -360,6 +411,12 @@ pub fn cast<A: Pod, B: Pod>(a: &A) -> B {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used
+    )]
+
     use super::*;
     use xen_platform::{Grants, Pages};
 

@@ -12,17 +12,12 @@ impl<H: PlatformRef> Channel<H> {
         match op {
             BLKIF_OP_READ | BLKIF_OP_WRITE => {
                 let n = usize::from(req.nr_segments);
-                if n == 0 || n > BLKIF_MAX_SEGMENTS_PER_REQUEST || n as u32 > l.max_segments {
-                    return self.refuse(id, op, BLKIF_RSP_ERROR);
-                }
-                self.rw(
-                    id,
-                    op,
-                    op == BLKIF_OP_READ,
-                    req.sector_number,
-                    &req.seg[..n],
-                    0,
-                );
+                // `get`: at most BLKIF_MAX_SEGMENTS_PER_REQUEST.
+                let segs = match req.seg.get(..n) {
+                    Some(segs) if n != 0 && n as u32 <= l.max_segments => segs,
+                    _ => return self.refuse(id, op, BLKIF_RSP_ERROR),
+                };
+                self.rw(id, op, op == BLKIF_OP_READ, req.sector_number, segs, 0);
             }
             BLKIF_OP_WRITE_BARRIER | BLKIF_OP_FLUSH_DISKCACHE => {
                 let offered = if op == BLKIF_OP_FLUSH_DISKCACHE {
@@ -34,9 +29,10 @@ impl<H: PlatformRef> Channel<H> {
                     return self.refuse(id, op, BLKIF_RSP_EOPNOTSUPP);
                 }
                 let n = usize::from(req.nr_segments);
-                if n > BLKIF_MAX_SEGMENTS_PER_REQUEST || n as u32 > l.max_segments {
-                    return self.refuse(id, op, BLKIF_RSP_ERROR);
-                }
+                let segs = match req.seg.get(..n) {
+                    Some(segs) if n as u32 <= l.max_segments => segs,
+                    _ => return self.refuse(id, op, BLKIF_RSP_ERROR),
+                };
                 let flags = if op == BLKIF_OP_WRITE_BARRIER {
                     DRAIN | FLUSH_AFTER
                 } else {
@@ -66,7 +62,7 @@ impl<H: PlatformRef> Channel<H> {
                     }
                     self.start(tag, Op::Flush, flags & DRAIN != 0);
                 } else {
-                    self.rw(id, op, false, req.sector_number, &req.seg[..n], flags);
+                    self.rw(id, op, false, req.sector_number, segs, flags);
                 }
             }
             BLKIF_OP_DISCARD => {
@@ -133,19 +129,22 @@ impl<H: PlatformRef> Channel<H> {
         // mappings when the frontend reuses its indirect grants, else mapped read-only for the
         // copy and unmapped.
         let npages = indirect_pages(n);
-        let grefs = &ind.indirect_grefs[..npages];
-        let mut raw = core::mem::take(&mut self.raw);
-        raw.clear();
-        raw.resize(n * size_of::<BlkifRequestSegment>(), 0);
-        let mut pages = [Seg {
-            gref: 0,
-            first: 0,
-            last: SECTORS_PER_PAGE - 1,
-        }; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+        let mut pages = [Seg::page(0); BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+        // Both hold for n ≤ BLKIF_MAX_INDIRECT_SEGMENTS (checked above).
+        let (Some(grefs), Some(pages), Some(raw_len)) = (
+            ind.indirect_grefs.get(..npages),
+            pages.get_mut(..npages),
+            n.checked_mul(size_of::<BlkifRequestSegment>()),
+        ) else {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        };
         for (p, &g) in pages.iter_mut().zip(grefs) {
             p.gref = g;
         }
-        if self.resolve(&pages[..npages]) {
+        let mut raw = core::mem::take(&mut self.raw);
+        raw.clear();
+        raw.resize(raw_len, 0);
+        if self.resolve(pages) {
             SegCursor::new(self.persistent.as_ref(), &self.segs).read_into(&mut raw);
         } else {
             let mut pages = match SegPages::map(self.p.get(), self.fe, grefs, true) {
@@ -167,12 +166,14 @@ impl<H: PlatformRef> Channel<H> {
         }
         let mut wire = core::mem::take(&mut self.wire);
         wire.clear();
-        wire.extend(raw.chunks_exact(size_of::<BlkifRequestSegment>()).map(|b| {
+        const { assert!(size_of::<BlkifRequestSegment>() == 8) };
+        let (segs, _) = raw.as_chunks::<8>();
+        wire.extend(segs.iter().map(|&[g0, g1, g2, g3, first, last, p0, p1]| {
             BlkifRequestSegment {
-                gref: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                first_sect: b[4],
-                last_sect: b[5],
-                _pad0: [b[6], b[7]],
+                gref: u32::from_le_bytes([g0, g1, g2, g3]),
+                first_sect: first,
+                last_sect: last,
+                _pad0: [p0, p1],
             }
         }));
         self.raw = raw;
@@ -214,72 +215,51 @@ impl<H: PlatformRef> Channel<H> {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
         self.local.clear();
-        let mut total: u64 = 0;
-        let mut good = true;
+        let mut total: Option<u64> = Some(0);
         for s in segs {
-            if s.first_sect > s.last_sect || s.last_sect >= SECTORS_PER_PAGE {
-                good = false;
+            // `None` unless first_sect <= last_sect < SECTORS_PER_PAGE.
+            let Some(seg) = Seg::new(s.gref, s.first_sect, s.last_sect) else {
+                total = None;
                 break;
-            }
-            let seg = Seg {
-                gref: s.gref,
-                first: s.first_sect,
-                last: s.last_sect,
             };
-            total += seg.bytes() as u64 / SECTOR;
+            total = total.and_then(|t| t.checked_add(seg.sectors()));
             self.local.push(seg);
         }
-        let in_range = sector
-            .checked_add(total)
-            .is_some_and(|end| end <= l.sectors);
+        // Bytes (as `usize`) and the end sector, `None` on any overflow.
+        let checked = total.and_then(|total| {
+            let len = usize::try_from(total.checked_mul(SECTOR)?).ok()?;
+            Some((total, len, sector.checked_add(total)?))
+        });
         let per_block = u64::from(l.sector_size.max(SECTOR as u32)) / SECTOR;
-        // per_block is a power of two (checked at probe).
-        if !good || !in_range || (sector | total) & (per_block - 1) != 0 {
+        // per_block is a power of two (checked at probe) and ≥ 1 (the `max`).
+        let (Some((total, len, end)), Some(block_mask)) = (checked, per_block.checked_sub(1))
+        else {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        };
+        if end > l.sectors || (sector | total) & block_mask != 0 {
             return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
         }
-        let len = (total * SECTOR) as usize;
         if flags == 0 && len > PART_BYTES {
-            return self.split(id, rsp_op, read, sector, per_block);
+            return self.split(id, rsp_op, read, sector, block_mask);
         }
         self.rw_local(id, rsp_op, read, sector, len, flags, None);
     }
 
     /// Queue the checked segments of `self.local` as parts of at most [`PART_BYTES`], each
-    /// ending on a logical block of `per_block` sectors (a part may only be longer when
-    /// segments of odd sizes leave no such end before).
-    fn split(&mut self, id: u64, rsp_op: u8, read: bool, sector: u64, per_block: u64) {
+    /// ending on a logical block (`block_mask`: its sectors less one; a part may only be
+    /// longer when segments of odd sizes leave no such end before).
+    fn split(&mut self, id: u64, rsp_op: u8, read: bool, sector: u64, block_mask: u64) {
         let key = self.next_parent;
         self.next_parent = self.next_parent.wrapping_add(1);
         let segs = core::mem::take(&mut self.local);
-        let (mut at, mut n) = (sector, 0);
-        let mut cur: Vec<Seg> = Vec::new();
-        let mut cur_sectors = 0u64;
-        for s in segs {
-            let ss = s.bytes() as u64 / SECTOR;
-            let full = (cur_sectors + ss) * SECTOR > PART_BYTES as u64;
-            if full && !cur.is_empty() && cur_sectors & (per_block - 1) == 0 {
-                self.parts.push_back(Part {
-                    parent: key,
-                    read,
-                    sector: at,
-                    segs: core::mem::take(&mut cur),
-                });
-                n += 1;
-                at += cur_sectors;
-                cur_sectors = 0;
-            }
-            cur.push(s);
-            cur_sectors += ss;
-        }
-        self.parts.push_back(Part {
-            parent: key,
-            read,
-            sector: at,
-            segs: cur,
-        });
-        n += 1;
-        self.stats.split += 1;
-        self.stats.parts += n as u64;
+        // `None` cannot happen: the parts' sectors add up to the request's, checked in `rw`.
+        let Some(parts) = split_parts(segs, key, read, sector, block_mask) else {
+            return self.refuse(id, rsp_op, BLKIF_RSP_ERROR);
+        };
+        let n = parts.len();
+        self.parts.extend(parts);
+        self.stats.split = self.stats.split.wrapping_add(1);
+        self.stats.parts = self.stats.parts.wrapping_add(n as u64);
         self.parents.insert(
             key,
             Parent {
@@ -326,8 +306,8 @@ impl<H: PlatformRef> Channel<H> {
                     cur.read_into(dst);
                 })
             };
-            self.stats.in_place += 1;
-            self.unpublished += len;
+            self.stats.in_place = self.stats.in_place.wrapping_add(1);
+            self.unpublished = self.unpublished.saturating_add(len);
             let status = match r {
                 Ok(()) => BLKIF_RSP_OKAY,
                 Err(BlkError::Unsupported) => BLKIF_RSP_EOPNOTSUPP,
@@ -343,7 +323,7 @@ impl<H: PlatformRef> Channel<H> {
             // refused here. A read's pages are mapped writable only at completion: a grant
             // that is not writable fails then, and is answered with BLKIF_RSP_ERROR too.
             if !gather(self.p.get(), self.fe, &self.local, &mut buf) {
-                self.stats.refused += 1;
+                self.stats.refused = self.stats.refused.wrapping_add(1);
                 return self.answer(id, rsp_op, BLKIF_RSP_ERROR, parent);
             }
         }
@@ -371,7 +351,8 @@ impl<H: PlatformRef> Channel<H> {
         if drain {
             self.barrier_in_flight = true;
         }
-        self.buffered += len;
+        // Bounded by MAX_BUFFERED plus one request (`may_take`).
+        self.buffered = self.buffered.saturating_add(len);
         let op = if read {
             Op::Read { sector, buf }
         } else {
@@ -379,6 +360,45 @@ impl<H: PlatformRef> Channel<H> {
         };
         self.start(tag, op, drain);
     }
+}
+
+/// The parts of [`Channel::split`]: consecutive runs of `segs` of at most [`PART_BYTES`]
+/// (see there), starting at `sector`; `None` if a sector number overflows.
+fn split_parts(
+    segs: Vec<Seg>,
+    parent: u64,
+    read: bool,
+    sector: u64,
+    block_mask: u64,
+) -> Option<Vec<Part>> {
+    let mut parts = Vec::new();
+    let mut at = sector;
+    let mut cur: Vec<Seg> = Vec::new();
+    let mut cur_sectors = 0u64;
+    for s in segs {
+        let ss = s.sectors();
+        // Saturated, the comparison still holds.
+        let full = cur_sectors.saturating_add(ss).saturating_mul(SECTOR) > PART_BYTES as u64;
+        if full && !cur.is_empty() && cur_sectors & block_mask == 0 {
+            parts.push(Part {
+                parent,
+                read,
+                sector: at,
+                segs: core::mem::take(&mut cur),
+            });
+            at = at.checked_add(cur_sectors)?;
+            cur_sectors = 0;
+        }
+        cur.push(s);
+        cur_sectors = cur_sectors.checked_add(ss)?;
+    }
+    parts.push(Part {
+        parent,
+        read,
+        sector: at,
+        segs: cur,
+    });
+    Some(parts)
 }
 
 /// Resolve every segment of `segs` through the persistent grants into `out` (consecutive pages
@@ -426,7 +446,8 @@ fn resolve_segs(
 /// `unmap_multi`, so a request never holds more than 16 mappings (a real platform maps foreign
 /// pages into a small window) and no mapping outlives the copy.
 fn gather(p: &(impl GrantMapper + ?Sized), fe: DomId, segs: &[Seg], buf: &mut [u8]) -> bool {
-    let mut at = 0;
+    // What is left of `buf` to fill.
+    let mut rest = buf;
     for chunk in segs.chunks(MAX_MULTI_MAP) {
         let refs: Vec<GrantRef> = chunk.iter().map(|s| s.gref).collect();
         let Ok(mut pages) = SegPages::map(p, fe, &refs, true) else {
@@ -434,15 +455,17 @@ fn gather(p: &(impl GrantMapper + ?Sized), fe: DomId, segs: &[Seg], buf: &mut [u
         };
         let mut ok = true;
         for (i, s) in chunk.iter().enumerate() {
-            let n = s.bytes();
-            let copied = buf
-                .get_mut(at..at + n)
-                .is_some_and(|dst| pages.read(i, s.offset(), dst));
+            let copied = match core::mem::take(&mut rest).split_at_mut_checked(s.bytes()) {
+                Some((dst, tail)) => {
+                    rest = tail;
+                    pages.read(i, s.offset(), dst)
+                }
+                None => false,
+            };
             if !copied {
                 ok = false;
                 break;
             }
-            at += n;
         }
         pages.unmap(p);
         if !ok {
@@ -460,7 +483,8 @@ pub(super) fn scatter(
     segs: &[Seg],
     buf: &[u8],
 ) -> bool {
-    let mut at = 0;
+    // What is left of `buf` to copy.
+    let mut rest = buf;
     for chunk in segs.chunks(MAX_MULTI_MAP) {
         let refs: Vec<GrantRef> = chunk.iter().map(|s| s.gref).collect();
         let Ok(mut pages) = SegPages::map(p, fe, &refs, false) else {
@@ -468,9 +492,8 @@ pub(super) fn scatter(
         };
         let mut ok = true;
         for (i, s) in chunk.iter().enumerate() {
-            let n = s.bytes();
-            match buf.get(at..at + n) {
-                Some(src) if pages.write(i, s.offset(), src) => at += n,
+            match rest.split_at_checked(s.bytes()) {
+                Some((src, tail)) if pages.write(i, s.offset(), src) => rest = tail,
                 _ => {
                     ok = false;
                     break;

@@ -2,6 +2,12 @@
 //! batches (or quarantined while the backend still maps them), operations finished, and the
 //! device failed or shut down.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
+
 use super::*;
 
 impl<H: PlatformRef> DataPath<H> {
@@ -71,22 +77,25 @@ impl<H: PlatformRef> DataPath<H> {
     }
 
     fn complete_part(&mut self, id: u32, status: i16, failed: &[GrantRef]) {
-        let sh = &mut self.shadow[id as usize];
+        // `id` is a shadow entry (checked in `progress`, enumerated in `shutdown`).
+        let Some(sh) = self.shadow.get_mut(id as usize) else {
+            return;
+        };
         let refs = core::mem::take(&mut sh.refs);
         let opi = sh.op;
-        let data = &refs[..sh.data_refs.min(refs.len())];
+        let data = refs.get(..sh.data_refs).unwrap_or(&refs);
+        let indirect = core::mem::take(&mut sh.indirect);
+        let segs = core::mem::take(&mut sh.segs);
         self.free_ids.push(id);
         // Indirect descriptor pages: per-request grants the backend still maps fail the
         // device (below) and their pages stay in quarantine.
-        for (b, g) in core::mem::take(&mut sh.indirect) {
+        for (b, g) in indirect {
             let kept = !failed.is_empty() && failed.contains(&g) && refs.contains(&g);
             if kept && self.failure.is_none() {
                 self.failure = Some("the backend kept an indirect page mapped after answering");
             }
             self.bounce_return(b, kept.then_some(g));
         }
-        let sh = &mut self.shadow[id as usize];
-        let segs = core::mem::take(&mut sh.segs);
         let persistent = self.cfg.persistent;
         let mut stuck: Vec<GrantRef> = Vec::new();
         for seg in &segs {
@@ -166,7 +175,10 @@ impl<H: PlatformRef> DataPath<H> {
             .get_mut(opi)
             .and_then(Option::as_mut)
             .and_then(|op| op.buf.as_mut())
-            .and_then(|buf| buf.as_mut_slice().get_mut(seg.at..seg.at + seg.len));
+            .and_then(|buf| {
+                let end = seg.at.checked_add(seg.len)?;
+                buf.as_mut_slice().get_mut(seg.at..end)
+            });
         if let Some(dst) = dst {
             // SAFETY: `src` is a page of ours (kept in the pool) and `seg.len <= PAGE_SIZE`.
             // With persistent grants the backend still maps it and may write it while we copy:
@@ -257,17 +269,15 @@ impl<H: PlatformRef> DataPath<H> {
         }
         let mut failed = Vec::new();
         self.end_refs(&batch, &mut failed);
-        for opi in 0..self.ops.len() {
-            if let Some(op) = self.ops[opi].as_mut() {
-                op.result = Err(err);
-                op.parts = op.next_part;
-            }
+        for op in self.ops.iter_mut().flatten() {
+            op.result = Err(err);
+            op.parts = op.next_part;
         }
         for id in in_flight {
             self.complete_part(id, BLKIF_RSP_ERROR, &failed);
         }
         for opi in 0..self.ops.len() {
-            if self.ops[opi].is_some() {
+            if self.ops.get(opi).is_some_and(Option::is_some) {
                 self.finish(opi);
             }
         }
