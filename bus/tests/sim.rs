@@ -194,6 +194,33 @@ fn frontend_reconnects_after_an_orderly_close() {
     assert_eq!(bl.iter().filter(|l| *l == "detach").count(), 1, "{bl:?}");
 }
 
+/// Found by the `hostile_store` fuzz target (bus/fuzz): a frontend reconnected and closed again
+/// before its driver was probed anew must not be detached a second time for the session that
+/// already ended (the vdummy drivers assert one `detach` per `probe`).
+#[test]
+fn frontend_closed_again_before_it_probed_is_not_detached_twice() {
+    let mut s = pair(FrontOpts::default(), BusConfig::default());
+    s.run_until("both Connected", 200, both_connected);
+    assert!(s.close("fe1", FE));
+    s.run_until("both Closed", 200, |s| {
+        s.closed("fe1", FE).is_some() && s.closed("dom0", &be_node(1, "0")).is_some()
+    });
+    let n = s.events.len();
+    assert!(s.reconnect("fe1", FE));
+    // Closed again at once: the restarted device goes Closing before its probe runs.
+    assert!(s.close("fe1", FE));
+    s.run_until("front Closed again", 200, |s| {
+        s.events[n..].iter().any(|(b, e)| {
+            b == "fe1" && matches!(e, xen_bus::BusEvent::Closed { nodename, .. } if nodename == FE)
+        })
+    });
+    s.rounds(10);
+    let fl = s.log("fe1", FE);
+    assert_eq!(fl.iter().filter(|l| *l == "probe").count(), 1, "{fl:?}");
+    assert_eq!(fl.iter().filter(|l| *l == "detach").count(), 1, "{fl:?}");
+    assert_eq!(s.status("fe1", FE).unwrap().phase, Phase::Closed);
+}
+
 /// A connected device that watches its other end does not re-read the states every
 /// `resync_interval` (an idle storage domain in the lab spent 5 % of its vCPU doing so), only
 /// every `connected_resync_interval`; a change still arrives by its watch at once.

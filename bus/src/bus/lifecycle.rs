@@ -136,6 +136,9 @@ impl<T: Transport> Bus<T> {
         match dev.phase {
             Phase::Closed => Ok(false),
             Phase::Probe => {
+                // From here the driver has something to undo: `detach` runs once per probe
+                // (a restarted device closed before it probed again was detached already).
+                dev.detached = false;
                 match dev.drive(&mut self.xs, now, |d, ctx| match d {
                     Drv::Front(d) => d.probe(ctx),
                     Drv::Back(d) => d.probe(ctx),
@@ -339,7 +342,7 @@ impl<T: Transport> Bus<T> {
     pub(super) fn restart(&mut self, dev: &mut Device, now: Duration) {
         dev.reconnectable = false;
         dev.restarted = true;
-        dev.detached = false;
+        // `detached` stays set until the driver is probed again (`step_once`).
         dev.error = None;
         dev.other = None;
         dev.dirty = true;
