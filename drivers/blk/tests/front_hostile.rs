@@ -186,8 +186,11 @@ fn blocking_call_on_a_silent_backend_times_out() {
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
+/// A backend that goes Closing and never comes back: the writes it did not answer wait for it
+/// (blkfront parks them) and fail after the reconnect timeout; the ones it answered stay on
+/// the disk.
 #[test]
-fn backend_closing_fails_unanswered_writes_and_keeps_answered_ones() {
+fn backend_closing_for_good_fails_unanswered_writes_and_keeps_answered_ones() {
     let mut s = Setup::new(WaitMode::Event, false, false);
     let be = s.backend(
         BackKeys::from_offer(&modern_offer()),
@@ -224,12 +227,15 @@ fn backend_closing_fails_unanswered_writes_and_keeps_answered_ones() {
         xs.write(&format!("{}/state", s.backend_path), b"5")
             .unwrap()
     });
+    s.until("parked", |s| s.state() == Some(DeviceState::Reconnecting));
+    let t = Instant::now();
     let done = collect(&mut s, &mut dev, 3);
     assert_eq!(done.len(), 3);
     assert!(done.iter().all(|c| c.result == Err(BlkError::Failed)));
-    s.until("frontend Closed", |s| {
-        s.fe_key("state").as_deref() == Some("6")
-    });
+    assert!(
+        t.elapsed() + Duration::from_millis(300) >= RECONNECT,
+        "failed before the reconnect timeout"
+    );
     assert_eq!(s.state(), Some(DeviceState::Closed));
     // The acknowledged writes are on the disk.
     let disk = be.disk.lock().unwrap();

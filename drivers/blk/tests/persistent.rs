@@ -919,7 +919,14 @@ fn persistent_grants_keep_to_a_quarter_of_a_small_grant_table() {
         grant_entries: usable + xen_sim::NR_RESERVED_REFS,
         ..Default::default()
     };
-    let mut s = Setup::with_sim(sim, WaitMode::Event, true, DEFAULT_LIMITS, |v| v);
+    let mut s = Setup::with_sim(
+        sim,
+        WaitMode::Event,
+        true,
+        DEFAULT_LIMITS,
+        |v| v,
+        front_common::RECONNECT,
+    );
     let back = Back::start(&s, BackOptions::default());
     let base = guest_grants(&s);
     let mut dev = s.connect();

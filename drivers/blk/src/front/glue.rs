@@ -46,6 +46,9 @@ pub enum DeviceState {
     Connecting,
     /// Usable.
     Connected,
+    /// The backend went away in order; requests not yet completed wait for it to come back
+    /// (and new ones queue) until the reconnect timeout.
+    Reconnecting,
     /// Closed in order (or not yet started again).
     Closed,
     /// Failed: the backend misbehaved or vanished.
@@ -57,6 +60,10 @@ struct Inner<H: PlatformRef> {
     limits: FrontLimits,
     mode: WaitMode,
     timeout: Duration,
+    /// How long requests wait for a backend that went away (0: they fail at once).
+    reconnect_timeout: Duration,
+    /// The backend moved to Closing on its own (not because we closed).
+    backend_closing: bool,
     backend: DomId,
     handle: u16,
     order: u32,
@@ -86,9 +93,30 @@ impl<H: PlatformRef> Inner<H> {
         }
     }
 
+    /// The backend is going in order: keep what is not answered for the next connection
+    /// (or fail it at once with a zero reconnect timeout).
+    fn park(&mut self) {
+        if let Some(s) = self.setup.take() {
+            release_ring(&self.plat, s);
+        }
+        if self.reconnect_timeout.is_zero() {
+            self.disconnect(BlkError::Failed);
+            return;
+        }
+        let until = self.plat.get().now().saturating_add(self.reconnect_timeout);
+        if let Some(dp) = self.dp.as_mut() {
+            dp.park(until);
+        }
+    }
+
+    fn parked(&self) -> bool {
+        self.dp.as_ref().is_some_and(DataPath::parked)
+    }
+
     fn state(&self) -> DeviceState {
         match &self.dp {
             Some(dp) if dp.connected => DeviceState::Connected,
+            Some(dp) if dp.parked() => DeviceState::Reconnecting,
             Some(dp) => match dp.failure {
                 Some(why) => DeviceState::Failed(why),
                 None => DeviceState::Closed,
@@ -108,6 +136,7 @@ pub struct Blkfront<H: PlatformRef> {
     limits: FrontLimits,
     mode: WaitMode,
     timeout: Duration,
+    reconnect_timeout: Duration,
     devices: Rc<RefCell<BTreeMap<String, Shared<H>>>>,
 }
 
@@ -118,6 +147,7 @@ impl<H: PlatformRef> Clone for Blkfront<H> {
             limits: self.limits,
             mode: self.mode,
             timeout: self.timeout,
+            reconnect_timeout: self.reconnect_timeout,
             devices: self.devices.clone(),
         }
     }
@@ -136,6 +166,10 @@ impl<H: PlatformRef> core::fmt::Debug for Blkfront<H> {
 /// xenolith blkfront's own limits: a 16-page ring, 256 indirect segments (1 MiB requests,
 /// Linux blkfront's default `max_indirect_segments` is 32; 256 is what Linux blkback offers),
 /// as many requests as the ring holds.
+/// How long requests wait for a backend that went away before they fail (Linux blkfront waits
+/// without bound; a bound lets an application learn that its disk is gone).
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub const DEFAULT_LIMITS: FrontLimits = FrontLimits {
     max_ring_page_order: MAX_RING_PAGE_ORDER,
     max_indirect_segments: 256,
@@ -151,8 +185,17 @@ impl<H: PlatformRef> Blkfront<H> {
             limits: DEFAULT_LIMITS,
             mode: WaitMode::Event,
             timeout: Duration::from_secs(30),
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             devices: Rc::default(),
         }
+    }
+
+    /// How long requests of devices adopted from now on wait for a backend that went away
+    /// (closed in order: restarted, or the domain resumed) before they fail; zero: they fail
+    /// at once, as before re-issue existed.
+    pub fn with_reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
     }
 
     /// Use `limits` for devices adopted from now on.
@@ -182,6 +225,8 @@ impl<H: PlatformRef> Blkfront<H> {
                 limits: me.limits,
                 mode: me.mode,
                 timeout: me.timeout,
+                reconnect_timeout: me.reconnect_timeout,
+                backend_closing: false,
                 backend: info.backend_id,
                 handle: 0,
                 order: 0,
@@ -256,6 +301,19 @@ impl<H: PlatformRef> Blkfront<H> {
         let mut n = 0;
         for (name, d) in self.devices.borrow().iter() {
             let mut d = d.borrow_mut();
+            if let Some(dp) = d.dp.as_mut().filter(|dp| dp.parked()) {
+                dp.expire();
+            }
+            // Parked requests: once our side is Closed (in order), start the handshake again
+            // (Initialising); the backend follows when it is back (blkif.h: a backend closed
+            // with `online` = 1 prepares for a reconnect).
+            let closed = bus
+                .device(name)
+                .is_some_and(|st| st.phase == xen_bus::Phase::Closed && st.error.is_none());
+            if d.parked() && closed {
+                let now = self.plat.get().now();
+                bus.reconnect(name, now);
+            }
             if let Some(dp) = d.dp.as_mut().filter(|dp| !dp.connected) {
                 // Pages the backend still mapped when we disconnected (Linux blkfront defers
                 // their release the same way): freed once it lets go.
@@ -298,9 +356,13 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
 
     fn initialise(&mut self, ctx: &mut DeviceCtx<'_>) -> DriverResult {
         let mut i = self.inner.borrow_mut();
-        // A previous session (a reconnect): make sure it is down. Its data path stays until
-        // the new one starts, so completions the application has not taken yet are kept.
-        i.disconnect(BlkError::Failed);
+        i.backend_closing = false;
+        // A previous session (a reconnect): make sure it is down — unless it parked its
+        // requests for this one. Its data path stays until the new one starts, so
+        // completions the application has not taken yet are kept.
+        if !i.parked() {
+            i.disconnect(BlkError::Failed);
+        }
         let offered = BackendOffer::read_ring_order(|k| ctx.read_other(k))?;
         let order = front_ring_order(offered, &i.limits);
         let setup =
@@ -313,6 +375,18 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
         .keys();
         i.order = order;
         i.setup = Some(setup);
+        if i.dp.is_some() {
+            // A session before this one wrote its ring keys: remove those this one does not
+            // write, or a backend would read a stale `ring-page-order` and `ring-ref<N>`
+            // (blkif.h: the keys select the ring layout by their presence).
+            let mut stale: Vec<String> = (0..1u32 << MAX_RING_PAGE_ORDER)
+                .map(|n| alloc::format!("ring-ref{n}"))
+                .collect();
+            stale.extend(["ring-ref", "ring-page-order", "num-ring-pages"].map(String::from));
+            for k in stale.iter().filter(|k| !keys.iter().any(|(w, _)| w == *k)) {
+                let _ = ctx.store.rm(&ctx.info.key(k));
+            }
+        }
         for (k, v) in keys {
             ctx.write(&k, v.as_bytes())?;
         }
@@ -353,19 +427,38 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
 
     fn other_end_changed(
         &mut self,
-        _ctx: &mut DeviceCtx<'_>,
+        ctx: &mut DeviceCtx<'_>,
         state: XenbusState,
     ) -> Result<(), DriverError> {
-        if state.is_closing() {
-            // The backend is going: fail what is in flight now (the bus detaches next).
-            self.inner.borrow_mut().disconnect(BlkError::Failed);
+        if !state.is_closing() {
+            return Ok(());
+        }
+        // Closing on its own, not following us (our state is not Closing or Closed), and
+        // staying `online` (the toolstack writes `online` = 0 when it removes the device, as
+        // `xl block-detach` does; Linux blkback prepares for a reconnect only while it is 1):
+        // the backend is going in order and coming back, so its requests wait for the next
+        // connection (the bus detaches next; `Blkfront::service` starts the handshake
+        // again). Otherwise fail what is in flight now.
+        let ours = ctx.read("state")?;
+        let we_close = matches!(ours.as_deref(), Some(b"5") | Some(b"6"));
+        let removed = ctx.read_other("online")?.as_deref() == Some(b"0");
+        let mut i = self.inner.borrow_mut();
+        if !we_close && !removed && i.dp.as_ref().is_some_and(|dp| dp.connected) {
+            i.backend_closing = true;
+            i.park();
+        } else if !i.parked() {
+            i.disconnect(BlkError::Failed);
         }
         Ok(())
     }
 
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
         let mut i = self.inner.borrow_mut();
-        i.disconnect(BlkError::Failed);
+        // Parked requests outlive a close the backend started; any other detach (we close,
+        // the device failed, the bus shuts down) fails them.
+        if !(i.backend_closing && i.parked()) {
+            i.disconnect(BlkError::Failed);
+        }
         i.detached = true;
     }
 }
@@ -413,6 +506,15 @@ impl<H: PlatformRef> BlkDevice<H> {
     /// The event channel (for an image's main loop that waits on every port).
     pub fn port(&self) -> Option<EvtchnPort> {
         self.inner.borrow().dp.as_ref().and_then(DataPath::port)
+    }
+
+    /// Requests issued again after a backend came back (over the device's life).
+    pub fn reissued(&self) -> u64 {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .map_or(0, DataPath::reissued)
     }
 
     /// Requests submitted and not yet reported by [`BlockDevice::poll`].

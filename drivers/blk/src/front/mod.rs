@@ -62,7 +62,7 @@ pub mod io;
 mod ring;
 pub mod storage_device;
 
-pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS};
+pub use glue::{BlkDevice, Blkfront, DeviceState, DEFAULT_LIMITS, DEFAULT_RECONNECT_TIMEOUT};
 pub use ring::{WaitMode, PERSISTENT_PAGES_MAX};
 pub use storage_device::StorageDevice;
 /// The platform handle blkfront keeps (moved to `xen-platform`; re-exported here so that

@@ -186,6 +186,11 @@ pub(crate) struct DataPath<H: PlatformRef> {
     trusted: bool,
     /// Pages that carry data instead of the application's (see [`BouncePool`]).
     bounce: BouncePool,
+    /// Parked (see [`park`](Self::park)): operations wait for the next connection until this
+    /// time of the platform's clock.
+    parked_until: Option<Duration>,
+    /// Operations issued again on this connection, and on the ones before it.
+    reissued: u64,
 }
 
 /// Looks at the ring in a polled `wait` before yielding the CPU (a few microseconds).
@@ -256,16 +261,82 @@ impl<H: PlatformRef> DataPath<H> {
                 cap,
                 ..BouncePool::default()
             },
+            parked_until: None,
+            reissued: 0,
         })
     }
 
     /// Take over what a previous connection of the device left: completions the application
-    /// has not taken yet, and memory a backend still maps (kept in quarantine until it lets
-    /// go, never dropped).
+    /// has not taken yet, memory a backend still maps (kept in quarantine until it lets go,
+    /// never dropped), and the operations it parked, issued again here in their order, split
+    /// to this connection's request size. Each is checked against this disk as a new request
+    /// is: one that no longer fits completes with that error. A disk that shrank, became
+    /// read-only or changed its block size meanwhile is not the disk the operations were
+    /// meant for: the device fails and so do they — a write is never issued to a disk that
+    /// shrank below it.
     pub fn take_over(&mut self, mut old: DataPath<H>) {
-        old.shutdown(BlkError::Failed);
         self.done.append(&mut old.done);
         self.quarantine.append(&mut old.quarantine);
+        self.reissued += old.reissued;
+        if !old.parked() {
+            old.shutdown(BlkError::Failed);
+            self.done.append(&mut old.done);
+            return;
+        }
+        let (was, now) = (&old.cfg, &self.cfg);
+        let changed = if now.sectors < was.sectors {
+            Some("the disk shrank while the device reconnected")
+        } else if now.readonly && !was.readonly {
+            Some("the disk became read-only while the device reconnected")
+        } else if now.sector_size != was.sector_size {
+            Some("the disk's block size changed while the device reconnected")
+        } else {
+            None
+        };
+        if let Some(why) = changed {
+            old.shutdown(BlkError::Failed);
+            self.done.append(&mut old.done);
+            self.fail(why);
+            return;
+        }
+        old.parked_until = None;
+        for opi in core::mem::take(&mut old.queue) {
+            let Some(mut op) = old.ops.get_mut(opi).and_then(Option::take) else {
+                continue;
+            };
+            let req = match op.kind {
+                Kind::Read => Request::Read {
+                    sector: op.sector512,
+                    buf: op.buf.take().expect("a read has its buffer"),
+                },
+                Kind::Write => Request::Write {
+                    sector: op.sector512,
+                    buf: op.buf.take().expect("a write has its buffer"),
+                },
+                Kind::Flush(_) => Request::Flush,
+                Kind::Discard { count512, secure } => Request::Discard {
+                    sector: op.sector512,
+                    count: count512,
+                    secure,
+                },
+            };
+            self.reissued += 1;
+            if let Err(r) = self.admit(op.tag, req, op.internal, true) {
+                self.done.push_back(Done {
+                    internal: op.internal,
+                    completion: Completion {
+                        tag: op.tag,
+                        result: Err(r.error),
+                        buf: r.buf,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Operations issued again from a previous connection, over the device's life.
+    pub fn reissued(&self) -> u64 {
+        self.reissued
     }
 
     pub fn port(&self) -> Option<EvtchnPort> {
@@ -302,6 +373,18 @@ impl<H: PlatformRef> DataPath<H> {
 
     /// Queue a request (see [`super::BlockDevice::submit`]).
     pub fn submit(&mut self, tag: u64, req: Request, internal: bool) -> Result<(), Rejected> {
+        self.admit(tag, req, internal, false)
+    }
+
+    /// Queue a request: a new one, or (`again`) one parked on a previous connection, which
+    /// the ring's size does not limit.
+    fn admit(
+        &mut self,
+        tag: u64,
+        req: Request,
+        internal: bool,
+        again: bool,
+    ) -> Result<(), Rejected> {
         let (kind, sector, buf) = match req {
             Request::Read { sector, buf } => (Kind::Read, sector, Some(buf)),
             Request::Write { sector, buf } => (Kind::Write, sector, Some(buf)),
@@ -324,7 +407,8 @@ impl<H: PlatformRef> DataPath<H> {
             ),
         };
         let reject = |error, buf| Err(Rejected { error, buf });
-        if !self.connected {
+        // While parked, requests queue for the next connection (checked again there).
+        if !self.connected && self.parked_until.is_none() {
             let e = if self.failure.is_some() {
                 BlkError::Failed
             } else {
@@ -335,7 +419,7 @@ impl<H: PlatformRef> DataPath<H> {
         if self.cfg.readonly && kind != Kind::Read {
             return reject(BlkError::ReadOnly, buf);
         }
-        if self.outstanding() >= self.shadow.len().max(1) * 2 {
+        if !again && self.outstanding() >= self.shadow.len().max(1) * 2 {
             return reject(BlkError::Busy, buf);
         }
         let ss = self.cfg.sector_size as usize;
@@ -486,6 +570,11 @@ impl<H: PlatformRef> DataPath<H> {
 
     /// Wait for a response (see [`super::BlockDevice::wait`]).
     pub fn wait(&mut self, timeout: Duration) -> Result<(), BlkError> {
+        if self.parked_until.is_some() {
+            // Nothing can arrive before the next connection; the bus brings it.
+            self.p().block(Some(timeout.min(Duration::from_millis(10))));
+            return Ok(());
+        }
         if !self.connected {
             return Err(if self.failure.is_some() {
                 BlkError::Failed

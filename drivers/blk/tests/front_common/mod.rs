@@ -28,6 +28,8 @@ use xen_toolstack::{DomainConfig, Guest, Timeouts, Toolstack, Vbd};
 
 pub const XVDA: &str = "device/vbd/51712";
 pub const LIMIT: Duration = Duration::from_secs(10);
+/// blkfront's reconnect timeout in these tests.
+pub const RECONNECT: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------
 // A platform that counts grant ends.
@@ -551,6 +553,7 @@ impl Setup {
             storage_domain,
             limits,
             vbd,
+            RECONNECT,
         )
     }
 
@@ -561,6 +564,7 @@ impl Setup {
         storage_domain: bool,
         limits: FrontLimits,
         vbd: impl FnOnce(Vbd) -> Vbd,
+        reconnect_timeout: Duration,
     ) -> Setup {
         let ts = Toolstack::with_config(xen_toolstack::ToolstackConfig {
             sim,
@@ -584,7 +588,8 @@ impl Setup {
         let front = Blkfront::new(plat.clone())
             .with_limits(limits)
             .with_mode(mode)
-            .with_timeout(Duration::from_secs(5));
+            .with_timeout(Duration::from_secs(5))
+            .with_reconnect_timeout(reconnect_timeout);
         front.register(&mut bus).unwrap();
         Setup {
             backend_path: dev.backend_path(),
@@ -602,8 +607,12 @@ impl Setup {
 
     /// Start the raw backend thread.
     pub fn backend(&self, keys: BackKeys, disk_bytes: usize, b: Behaviour) -> Backend {
+        self.backend_on(keys, Arc::new(Mutex::new(vec![0u8; disk_bytes])), b)
+    }
+
+    /// Start the raw backend thread on `disk` (a disk another backend served before).
+    pub fn backend_on(&self, keys: BackKeys, disk: Arc<Mutex<Vec<u8>>>, b: Behaviour) -> Backend {
         let stop = Arc::new(AtomicBool::new(false));
-        let disk = Arc::new(Mutex::new(vec![0u8; disk_bytes]));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ring_pages = Arc::new(AtomicUsize::new(0));
         let taken = Arc::new(AtomicUsize::new(0));

@@ -16,6 +16,7 @@ impl<H: PlatformRef> DataPath<H> {
     pub fn progress(&mut self) {
         self.retry_quarantine();
         if !self.connected {
+            self.expire();
             return;
         }
         let mut finished: Vec<(u32, i16)> = Vec::new();
@@ -250,13 +251,73 @@ impl<H: PlatformRef> DataPath<H> {
         self.shutdown(BlkError::Failed);
     }
 
-    /// Disconnect (idempotent): every outstanding request completes with `err`, grants end,
-    /// the port closes, the ring and indirect pages are freed (kept while still mapped).
+    /// Disconnect (idempotent): every outstanding request — parked ones too — completes with
+    /// `err`, grants end, the port closes, the ring and bounce pages are freed (kept while
+    /// still mapped).
     pub fn shutdown(&mut self, err: BlkError) {
-        if !self.connected {
+        if !self.connected && self.parked_until.is_none() {
             self.retry_quarantine();
             return;
         }
+        if self.connected {
+            for op in self.ops.iter_mut().flatten() {
+                op.result = Err(err);
+                op.parts = op.next_part;
+            }
+            self.release_in_flight();
+            self.release_ring();
+        }
+        self.parked_until = None;
+        self.fail_ops(err);
+    }
+
+    /// The backend went away in order (it is closing, restarting, or the domain is being
+    /// suspended): keep every operation not yet completed — queued ones, and those on the
+    /// ring, whose grants are ended — to be issued again, whole, on the next connection
+    /// ([`take_over`](Self::take_over)), as Linux's `blkif_recover` does; release the ring.
+    /// Operations still parked at `until` (the platform's clock) fail. A backend that kept a
+    /// page mapped is not waited for: the device fails instead.
+    pub fn park(&mut self, until: Duration) {
+        if !self.connected {
+            return;
+        }
+        // Nothing finishes while its parts are taken back (`next_part` 0 < `parts`).
+        for op in self.ops.iter_mut().flatten() {
+            op.next_part = 0;
+        }
+        self.release_in_flight();
+        self.release_ring();
+        if self.failure.is_some() {
+            self.fail_ops(BlkError::Failed);
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.ops.len())
+            .filter(|&i| self.ops.get(i).is_some_and(Option::is_some) && !self.queue.contains(&i))
+            .collect();
+        order.extend(self.queue.drain(..));
+        for op in self.ops.iter_mut().flatten() {
+            op.result = Ok(());
+            op.in_flight = 0;
+        }
+        self.queue = order.into();
+        self.parked_until = Some(until);
+    }
+
+    /// Whether operations wait for the next connection.
+    pub fn parked(&self) -> bool {
+        self.parked_until.is_some()
+    }
+
+    /// Parked operations whose deadline passed fail (`BlkError::Failed`).
+    pub fn expire(&mut self) {
+        if self.parked_until.is_some_and(|t| self.p().now() >= t) {
+            self.shutdown(BlkError::Failed);
+        }
+    }
+
+    /// Take every part off the ring: end its grants in one batch and give its pages back
+    /// (a page the backend keeps mapped goes to quarantine and fails the device).
+    fn release_in_flight(&mut self) {
         self.connected = false;
         let mut batch = Vec::new();
         let mut in_flight = Vec::new();
@@ -269,19 +330,29 @@ impl<H: PlatformRef> DataPath<H> {
         }
         let mut failed = Vec::new();
         self.end_refs(&batch, &mut failed);
-        for op in self.ops.iter_mut().flatten() {
-            op.result = Err(err);
-            op.parts = op.next_part;
-        }
         for id in in_flight {
             self.complete_part(id, BLKIF_RSP_ERROR, &failed);
         }
+    }
+
+    /// Complete every operation left with `err` (its first error if it had one).
+    fn fail_ops(&mut self, err: BlkError) {
         for opi in 0..self.ops.len() {
-            if self.ops.get(opi).is_some_and(Option::is_some) {
+            if let Some(op) = self.ops.get_mut(opi).and_then(Option::as_mut) {
+                if op.result.is_ok() {
+                    op.result = Err(err);
+                }
+                op.parts = op.next_part;
+                op.in_flight = 0;
                 self.finish(opi);
             }
         }
         self.queue.clear();
+        self.retry_quarantine();
+    }
+
+    /// Close the port, end the ring's grants and free its pages, release the bounce pool.
+    fn release_ring(&mut self) {
         if let Some(port) = self.port.take() {
             let _ = self.p().close(port);
         }

@@ -1,0 +1,185 @@
+//! blkfront when its backend goes away in order and comes back (issue "suspend/resume",
+//! item 1; Linux `blkif_recover`): requests not yet answered wait, parked, and are issued
+//! again on the new connection — split to what the new backend offers — each completed
+//! exactly once; a disk that changed meanwhile fails the device instead.
+
+mod front_common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use front_common::*;
+use xen_blk::abi::BLKIF_OP_INDIRECT;
+use xen_blk::front::{BlkError, BlockDevice, Completion, DeviceState, Request, WaitMode};
+
+const DISK: usize = 4 << 20;
+
+/// Poll the bus and the device until `n` completions, bounded.
+fn collect<D: BlockDevice>(s: &mut Setup, dev: &mut D, n: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let end = Instant::now() + LIMIT;
+    while out.len() < n {
+        assert!(
+            Instant::now() < end,
+            "only {} of {n} completed; state {:?}",
+            out.len(),
+            s.state()
+        );
+        s.poll();
+        let _ = dev.poll(&mut |c| out.push(c));
+        let _ = dev.wait(Duration::from_millis(2));
+    }
+    out
+}
+
+/// The backend goes Closing on its own (as when it is restarted), then waits for the
+/// frontend's Closed and goes Closed (the test backend does that when it sees our Closing).
+fn backend_goes_away(s: &mut Setup, be: &mut Backend) {
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.write(&format!("{}/state", s.backend_path), b"5")
+            .unwrap()
+    });
+    s.until("parked", |s| s.state() == Some(DeviceState::Reconnecting));
+    be.finish().unwrap();
+}
+
+/// Keys of a backend with a one-page ring and no indirect segments (11 per request).
+fn small_offer() -> BackKeys {
+    let mut o = modern_offer();
+    o.max_ring_page_order = 0;
+    o.max_indirect_segments = 0;
+    BackKeys::from_offer(&o)
+}
+
+#[test]
+fn unanswered_requests_are_issued_again_on_the_new_backend_split_to_its_size() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let mut be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Honest,
+    );
+    let disk = be.disk.clone();
+    let mut dev = s.connect();
+    assert!(dev.config().unwrap().indirect);
+    dev.write(0, &pattern(4096, 1)).unwrap();
+    // In flight, never answered by this backend: three 4 KiB writes, a 1 MiB write (one
+    // indirect request here), a flush and a read of what was acknowledged.
+    be.set(Behaviour::Stall);
+    let mib = 1 << 20;
+    let mut expect: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+    for (tag, sector, len) in [
+        (1u64, 64u64, 4096usize),
+        (2, 72, 4096),
+        (3, 80, 4096),
+        (4, 2048, mib),
+    ] {
+        let data = pattern(len, 10 + tag as u8);
+        let mut b = dev.alloc_buffer(len).unwrap();
+        b.as_mut_slice().copy_from_slice(&data);
+        dev.submit(tag, Request::Write { sector, buf: b }).unwrap();
+        expect.insert(tag, (sector, data));
+    }
+    dev.submit(5, Request::Flush).unwrap();
+    let rb = dev.alloc_buffer(4096).unwrap();
+    dev.submit(6, Request::Read { sector: 0, buf: rb }).unwrap();
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(Ordering::SeqCst) < 7 {
+        assert!(Instant::now() < end, "the backend took {:?}", be.taken);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    backend_goes_away(&mut s, &mut be);
+    // Queued while the backend is away.
+    let data7 = pattern(4096, 17);
+    let mut b = dev.alloc_buffer(4096).unwrap();
+    b.as_mut_slice().copy_from_slice(&data7);
+    dev.submit(7, Request::Write { sector: 96, buf: b })
+        .unwrap();
+    expect.insert(7, (96, data7));
+    // A new backend on the same disk, offering less (no indirect segments: its key goes).
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.rm(&format!("{}/feature-max-indirect-segments", s.backend_path))
+            .unwrap()
+    });
+    let be2 = s.backend_on(small_offer(), disk.clone(), Behaviour::Honest);
+    let mut done = collect(&mut s, &mut dev, 7);
+    // Nothing more comes: each completed once.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(100) {
+        s.poll();
+        dev.poll(&mut |c| done.push(c)).unwrap();
+    }
+    done.sort_by_key(|c| c.tag);
+    assert_eq!(
+        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6, 7],
+        "each request completes exactly once"
+    );
+    for c in &done {
+        assert_eq!(c.result, Ok(()), "request {}", c.tag);
+    }
+    let read = done[5].buf.as_ref().unwrap();
+    assert!(
+        read.as_slice() == pattern(4096, 1).as_slice(),
+        "the re-issued read"
+    );
+    assert_eq!(dev.state(), DeviceState::Connected);
+    let cfg = dev.config().unwrap();
+    assert!(!cfg.indirect && cfg.ring_page_order == 0, "{cfg:?}");
+    assert_eq!(dev.reissued(), 7, "six parked and one queued while away");
+    // The new backend got only direct requests: the 1 MiB write went as 24 parts.
+    let seen = be2.seen();
+    assert!(seen
+        .iter()
+        .all(|r| r.operation != BLKIF_OP_INDIRECT && r.segments <= 11));
+    let big: Vec<_> = seen
+        .iter()
+        .filter(|r| r.sector >= 2048 && r.sector < 4096)
+        .collect();
+    assert_eq!(big.len(), mib.div_ceil(11 * 4096));
+    let d = disk.lock().unwrap();
+    assert_eq!(&d[..4096], &pattern(4096, 1)[..]);
+    for (tag, (sector, data)) in &expect {
+        let at = *sector as usize * 512;
+        assert!(
+            d[at..at + data.len()] == data[..],
+            "write {tag} on the disk"
+        );
+    }
+}
+
+#[test]
+fn a_disk_that_shrank_while_away_fails_the_device_and_gets_no_write() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let mut be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Stall,
+    );
+    let disk = be.disk.clone();
+    let mut dev = s.connect();
+    let mut b = dev.alloc_buffer(4096).unwrap();
+    b.as_mut_slice().fill(7);
+    dev.submit(1, Request::Write { sector: 16, buf: b })
+        .unwrap();
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    backend_goes_away(&mut s, &mut be);
+    let mut o = modern_offer();
+    o.sectors /= 2;
+    let be2 = s.backend_on(BackKeys::from_offer(&o), disk, Behaviour::Honest);
+    let done = collect(&mut s, &mut dev, 1);
+    assert_eq!(done[0].result, Err(BlkError::Failed));
+    match s.state() {
+        Some(DeviceState::Failed(w)) => assert!(w.contains("shrank"), "{w}"),
+        other => panic!("not failed: {other:?}"),
+    }
+    s.until("error published", |s| s.error().is_some());
+    assert!(be2.seen().is_empty(), "nothing issued to the changed disk");
+}
