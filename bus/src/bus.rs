@@ -447,6 +447,31 @@ impl<T: Transport> Bus<T> {
         Ok(())
     }
 
+    /// After the XenStore connection was reset — a ring reconnection (then
+    /// [`Client::reset`]), `XS_RESET_WATCHES`, a restarted daemon — the daemon has forgotten
+    /// every watch and events may be lost: register the class watches and each device's
+    /// other-end watch again, and re-read every class directory and device on the next poll
+    /// (Linux's xenbus re-registers its watches the same way when xenstored comes back).
+    pub fn store_reset(&mut self) -> Result<(), XsClientError> {
+        for class in self.front.keys() {
+            self.xs
+                .watch(&format!("{}/device/{class}", self.home), TOKEN_FRONT)?;
+            self.rescan.insert((Role::Front, class.clone()));
+        }
+        for class in self.back.keys() {
+            self.xs
+                .watch(&format!("{}/backend/{class}", self.home), TOKEN_BACK)?;
+            self.rescan.insert((Role::Back, class.clone()));
+        }
+        for dev in self.devices.values_mut() {
+            if dev.watching {
+                self.xs.watch(&dev.info.otherend, TOKEN_OTHEREND)?;
+            }
+            dev.dirty = true;
+        }
+        Ok(())
+    }
+
     /// The oldest queued [`BusEvent`].
     pub fn take_event(&mut self) -> Option<BusEvent> {
         self.events.pop_front()

@@ -90,3 +90,37 @@ fn a_dropped_buffer_is_reclaimed_at_the_next_call() {
         assert_eq!(now.grants, base.grants, "persistent {persistent}");
     }
 }
+
+/// The guest's XenStore connection is reset during the handshake (a ring reconnection: the
+/// daemon forgets the guest's watches, as when xenstored restarts or `XS_RESET_WATCHES`):
+/// after `Bus::store_reset` the device still connects and serves I/O, and a disk added later
+/// is still found (its class watch was registered again).
+#[test]
+fn xenstore_connection_reset_during_the_handshake() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    // The frontend sees its device and waits for a backend that is not there yet.
+    s.until("frontend adopted", |s| s.front.state(XVDA).is_some());
+    let client = s.bus.client();
+    client
+        .transport_mut()
+        .reconnect(Duration::from_secs(5))
+        .unwrap();
+    client.reset();
+    s.bus.store_reset().unwrap();
+    let _be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        16 << 20,
+        Behaviour::Honest,
+    );
+    let mut dev = s.connect();
+    dev.write(0, &pattern(8192, 3)).unwrap();
+    let mut back = vec![0u8; 8192];
+    dev.read(0, &mut back).unwrap();
+    assert_eq!(back, pattern(8192, 3));
+    // A second disk, added after the reset, is found.
+    let vbd = xen_toolstack::Vbd::new(s.guest.domid(), s.back.id(), "xvdb", "/disk2.img");
+    s.ts.add_vbd(&vbd).unwrap();
+    s.until("second disk adopted", |s| {
+        s.front.state("device/vbd/51728").is_some()
+    });
+}
