@@ -724,22 +724,56 @@ fn several_frontends_at_once() {
     assert_eq!(w.specs.borrow().len(), 3, "one storage per device");
 }
 
+/// `xl destroy` of a frontend domain with requests in flight: its device goes Closed, every
+/// mapping, event channel and page the storage domain held for it is released once the storage
+/// finishes (nothing is answered to the dead ring), and another guest of the same backend keeps
+/// its disk, before and after.
 #[test]
 fn frontend_destroyed_mid_io() {
-    let ctl = Rc::new(RefCell::new(GateCtl {
-        closed: true,
-        ..Default::default()
-    }));
-    let (mut w, g, mut f) = connected(
-        BackOptions::default(),
-        DiskKind::Gate(ctl.clone()),
-        RingStyle::Single,
-        |v| v,
+    let ctl = Rc::new(RefCell::new(GateCtl::default()));
+    let mut w = World::new(BackOptions::default(), DiskKind::Gate(ctl.clone()));
+    let other = w.guest("other");
+    w.add_disk(&other, |v| v);
+    let ofe = other.domid();
+    let mut of = RawFront::start(&other, w.sd.domid(), RingStyle::Order(1));
+    w.run_until("other Connected", |w| {
+        w.backend_state(ofe).as_deref() == Some("4")
+    });
+    let (_p, og) = of.page(0x77, true);
+    assert_eq!(
+        exchange(&mut w, &mut of, &[rw(BLKIF_OP_WRITE, 1, 8, &[(og, 0, 7)])])[0].status,
+        BLKIF_RSP_OKAY
     );
-    let (_p, gr) = f.page(0, false);
-    f.push(&[rw(BLKIF_OP_READ, 1, 0, &[(gr, 0, 7)])]);
-    w.run_until("submitted", |_| !ctl.borrow().log.is_empty());
+    let sd = w.sd.domain().clone();
+    let base = sd.stats().unwrap();
+
+    let g = w.guest("victim");
+    w.add_disk(&g, |v| v);
     let fe = g.domid();
+    let mut f = RawFront::start(&g, w.sd.domid(), RingStyle::Order(2));
+    w.run_until("victim Connected", |w| {
+        w.backend_state(fe).as_deref() == Some("4")
+    });
+    // Requests in flight, held by the storage: reads and writes, several segments each.
+    ctl.borrow_mut().closed = true;
+    let pages: Vec<_> = (0..4).map(|i| f.page(i, false)).collect();
+    let reqs: Vec<_> = (0..4u64)
+        .map(|i| {
+            let op = if i % 2 == 0 {
+                BLKIF_OP_READ
+            } else {
+                BLKIF_OP_WRITE
+            };
+            let segs: Vec<_> = pages.iter().map(|(_, gr)| (*gr, 0u8, 7u8)).collect();
+            rw(op, 10 + i, 64 * i, &segs)
+        })
+        .collect();
+    f.push(&reqs);
+    let n0 = ctl.borrow().log.len();
+    w.run_until("submitted", |_| ctl.borrow().log.len() >= n0 + 4);
+    let during = sd.stats().unwrap();
+    assert!(during.mappings > base.mappings && during.ports > base.ports);
+
     w.ts.destroy(fe).unwrap();
     w.run_until("device Closed", |w| w.closed(fe));
     // The storage finishes later: nothing is answered to a dead ring, nothing crashes.
@@ -748,6 +782,23 @@ fn frontend_destroyed_mid_io() {
         w.poll();
     }
     assert!(w.back.device(&w.be_node(fe)).is_none_or(|d| !d.connected));
+    let after = sd.stats().unwrap();
+    assert_eq!(
+        after.mappings, base.mappings,
+        "every mapping of the victim released"
+    );
+    assert_eq!(after.ports, base.ports, "its event channel closed");
+    assert_eq!(after.grants, base.grants, "no grant left behind");
+    assert_eq!(after.pages, base.pages, "no page left behind");
+
+    // The other guest never noticed.
+    assert_eq!(w.backend_state(ofe).as_deref(), Some("4"));
+    let (r, rg) = of.page(0, false);
+    assert_eq!(
+        exchange(&mut w, &mut of, &[rw(BLKIF_OP_READ, 2, 8, &[(rg, 0, 7)])])[0].status,
+        BLKIF_RSP_OKAY
+    );
+    assert!(of.read_page(&r).iter().all(|&x| x == 0x77));
 }
 
 #[test]

@@ -136,6 +136,7 @@ fn an_indirect_page_kept_mapped_after_the_answer_fails_the_device() {
 fn backend_domain_destroyed_mid_io_fails_pending_requests() {
     for mode in [WaitMode::Event, WaitMode::Polled] {
         let mut s = Setup::new(mode, true, false);
+        let base = s.guest.domain().stats().unwrap();
         let be = s.backend(
             BackKeys::from_offer(&modern_offer()),
             DISK,
@@ -168,6 +169,13 @@ fn backend_domain_destroyed_mid_io_fails_pending_requests() {
         let t = Instant::now();
         assert!(dev.read(0, &mut [0u8; 512]).is_err());
         assert!(t.elapsed() < Duration::from_secs(1));
+        // The guest gets back every page, grant and event channel it gave the dead backend,
+        // and the failed reads' buffers once the application drops them (no further call on
+        // the device needed: the bus's service takes them back).
+        drop(done);
+        drop(dev);
+        let released = s.until_or_timeout(|s| s.guest.domain().stats().unwrap() == base);
+        assert!(released, "{base:?} then {:?}", s.guest.domain().stats());
     }
 }
 

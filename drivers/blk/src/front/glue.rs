@@ -78,6 +78,25 @@ struct Inner<H: PlatformRef> {
 }
 
 impl<H: PlatformRef> Inner<H> {
+    /// Give back the owned buffers the application dropped (`Buffer`'s `Drop` queued them).
+    fn reclaim(&mut self) {
+        let dropped = core::mem::take(&mut *self.returns.borrow_mut());
+        for b in dropped {
+            let _ = self.free_one(b);
+        }
+    }
+
+    fn free_one(&mut self, mut buf: Buffer) -> Result<(), BlkError> {
+        buf.home = None;
+        if let Some(dp) = self.dp.as_mut() {
+            return dp.free_buffer(buf);
+        }
+        match buf.into_run() {
+            Some(run) => self.plat.get().free(run).map_err(BlkError::Platform),
+            None => Ok(()),
+        }
+    }
+
     fn disconnect(&mut self, err: BlkError) {
         if let Some(s) = self.setup.take() {
             release_ring(&self.plat, s);
@@ -319,6 +338,9 @@ impl<H: PlatformRef> Blkfront<H> {
                 // their release the same way): freed once it lets go.
                 dp.retry_quarantine();
             }
+            // Buffers the application dropped go back even when it makes no further call on
+            // the device (a failed device's last completions).
+            d.reclaim();
             let why = match &d.dp {
                 Some(dp) => dp.failure,
                 None => None,
@@ -542,26 +564,11 @@ impl<H: PlatformRef> BlkDevice<H> {
 
     /// Give back the owned buffers the application dropped (`Buffer`'s `Drop` queued them).
     fn reclaim(&mut self) {
-        let dropped = {
-            let i = self.inner.borrow();
-            let mut list = i.returns.borrow_mut();
-            core::mem::take(&mut *list)
-        };
-        for b in dropped {
-            let _ = self.free_one(b);
-        }
+        self.inner.borrow_mut().reclaim();
     }
 
-    fn free_one(&mut self, mut buf: Buffer) -> Result<(), BlkError> {
-        buf.home = None;
-        let mut i = self.inner.borrow_mut();
-        if let Some(dp) = i.dp.as_mut() {
-            return dp.free_buffer(buf);
-        }
-        match buf.into_run() {
-            Some(run) => i.plat.get().free(run).map_err(BlkError::Platform),
-            None => Ok(()),
-        }
+    fn free_one(&mut self, buf: Buffer) -> Result<(), BlkError> {
+        self.inner.borrow_mut().free_one(buf)
     }
 
     fn with<R>(

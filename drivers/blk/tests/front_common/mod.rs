@@ -854,6 +854,19 @@ impl Setup {
 
     /// Poll until `cond`, bounded.
     #[track_caller]
+    /// Poll until `cond` holds (true) or the time limit passed (false).
+    pub fn until_or_timeout(&mut self, mut cond: impl FnMut(&mut Setup) -> bool) -> bool {
+        let end = Instant::now() + LIMIT;
+        while Instant::now() < end {
+            self.poll();
+            if cond(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
     pub fn until(&mut self, what: &str, mut cond: impl FnMut(&mut Setup) -> bool) {
         let end = Instant::now() + LIMIT;
         while Instant::now() < end {
