@@ -61,6 +61,26 @@ log() { echo "[run.sh $(date +%T)] $*"; }
 die() { echo "[run.sh] ERROR: $*"; echo "XENLAB: FAIL ($*)"; exit 1; }
 T_START=$(date +%s.%N)
 
+# The .debs unpacked below are fetched with `apt-get download`, which asks the mirror for the
+# version the local package lists name. Lists older than the mirror name versions it no longer
+# has (404: seen on a fresh machine whose image came with old lists), so a failed download
+# refreshes the lists once (`apt-get update`) and is tried again with the versions they name.
+LISTS_FRESH=""
+refresh_lists() {
+    [ -z "$LISTS_FRESH" ] || return 1
+    [ -z "${NO_APT:-}" ] || return 1
+    LISTS_FRESH=1
+    log "apt-get download failed: refreshing the package lists (apt-get update), trying again"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q -o DPkg::Lock::Timeout=300 >/dev/null
+}
+# apt_fetch DIR PKG...: download into DIR (emptied first)
+apt_fetch() {
+    local dir=$1; shift
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$@")
+}
+
 ########## 1. prerequisites ##########
 # Packages (ci/packages says why each one): installed once, a failure stops here with apt's
 # message. QEMU is not installed as a package: bookworm's qemu-system-x86 7.2 needs
@@ -89,9 +109,13 @@ if [ ! -x "$QEMU" ] || [ ! -f "$QEMU_MODULE_DIR/accel-tcg-x86_64.so" ] ||
     [ "$(cat "$QROOT/.version" 2>/dev/null)" != "$QPKG_VER" ]; then
     [ -n "${NO_APT:-}" ] && die "qemu-system-x86 $QPKG_VER not unpacked in $QROOT (NO_APT=1)"
     log "fetching qemu-system-x86 and qemu-system-common $QPKG_VER (unpacked, not installed)"
-    rm -rf "$W/qdebs" "$QROOT"; mkdir -p "$W/qdebs"
-    (cd "$W/qdebs" && apt-get download -q -o APT::Sandbox::User=root \
-        "qemu-system-x86=$QPKG_VER" "qemu-system-common=$QPKG_VER") || die "apt-get download qemu"
+    rm -rf "$QROOT"
+    if ! apt_fetch "$W/qdebs" "qemu-system-x86=$QPKG_VER" "qemu-system-common=$QPKG_VER"; then
+        refresh_lists || die "apt-get download qemu"
+        QPKG_VER=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/{print $2}')
+        apt_fetch "$W/qdebs" "qemu-system-x86=$QPKG_VER" "qemu-system-common=$QPKG_VER" ||
+            die "apt-get download qemu"
+    fi
     for d in "$W"/qdebs/*.deb; do dpkg-deb -x "$d" "$QROOT" || die "unpack $d"; done
     echo "$QPKG_VER" > "$QROOT/.version"
 fi
@@ -117,9 +141,14 @@ if [ -n "${QDISK:-}" ]; then
     if [ ! -x "$QXEN" ] || [ "$(cat "$QXROOT/.version" 2>/dev/null)" != "$QX_VER" ]; then
         [ -n "${NO_APT:-}" ] && die "qemu-system-xen $QX_VER not unpacked in $QXROOT (NO_APT=1)"
         log "fetching qemu-system-xen $QX_VER and the libraries it needs (unpacked, not installed)"
-        rm -rf "$W/qxdebs" "$QXROOT"; mkdir -p "$W/qxdebs"
+        rm -rf "$QXROOT"
         # shellcheck disable=SC2086
-        (cd "$W/qxdebs" && apt-get download -q -o APT::Sandbox::User=root $QXEN_DEBS) || die "apt-get download qemu-system-xen"
+        if ! apt_fetch "$W/qxdebs" $QXEN_DEBS; then
+            refresh_lists || die "apt-get download qemu-system-xen"
+            QX_VER=$(apt-cache policy qemu-system-xen 2>/dev/null | awk '/Candidate:/{print $2}')
+            # shellcheck disable=SC2086
+            apt_fetch "$W/qxdebs" $QXEN_DEBS || die "apt-get download qemu-system-xen"
+        fi
         for d in "$W"/qxdebs/*.deb; do dpkg-deb -x "$d" "$QXROOT" || die "unpack $d"; done
         echo "$QX_VER" > "$QXROOT/.version"
     fi
@@ -136,7 +165,10 @@ KVER=${KPKG#linux-image-}
 KROOT=$W/kroot
 if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
     log "fetching $KPKG"
-    mkdir -p "$W/debs" && (cd "$W/debs" && apt-get download -q -o APT::Sandbox::User=root "$KPKG") || die "apt-get download $KPKG"
+    if ! apt_fetch "$W/debs" "$KPKG"; then
+        refresh_lists || die "apt-get download $KPKG"
+        apt_fetch "$W/debs" "$KPKG" || die "apt-get download $KPKG"
+    fi
     rm -rf "$KROOT"; mkdir -p "$KROOT"
     dpkg-deb -x "$W"/debs/${KPKG}_*.deb "$KROOT" || die "unpack $KPKG"
 fi
