@@ -461,7 +461,10 @@ impl<T: Transport> Client<T> {
         // Registered first: the initial event may arrive before the reply.
         self.watches.register(token);
         let r = self.request_ok(&req);
-        if r.is_err() && self.dead.is_none() {
+        // EEXIST: the connection has this watch already (registered before a `reset` that
+        // the server did not share) — its events will come, so it stays registered here.
+        let exists = matches!(r, Err(XsClientError::Xs(XsError::Eexist)));
+        if r.is_err() && self.dead.is_none() && !exists {
             self.watches.unregister(token);
         }
         r

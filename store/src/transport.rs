@@ -223,6 +223,16 @@ impl<'a, P: Events + Clock + ?Sized> RingTransport<'a, P> {
         self.port
     }
 
+    /// After a real resume of this domain (`xl restore`, the far end of a migration): the
+    /// ring is on the same page, but the connection is a new one — xenstored knows none of
+    /// our watches or transactions, the toolstack made a new event channel (`port`), and the
+    /// restore may have cleared the page. Take the new port and the indexes as found. Call
+    /// [`Client::reset`](crate::client::Client::reset) too, and register watches again.
+    pub fn resumed(&mut self, port: EvtchnPort) {
+        self.port = port;
+        self.own_indexes();
+    }
+
     /// Give the ring back.
     pub fn into_ring(self) -> XsGuestRing {
         self.ring

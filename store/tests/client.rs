@@ -610,6 +610,14 @@ fn unwatch_drops_the_token_and_its_late_events() {
     c.transport_mut().push_event("w/later", "t");
     assert_eq!(c.poll_watch_events(), Ok(0));
     assert_eq!(c.stats().events_stray, 1);
+    // A watch the connection has already (EEXIST: registered before a `reset` the server
+    // did not share, as after a cancelled suspend) stays registered: its events come.
+    let mut lb = Loopback::new(|_, _| vec![Act::Error(XsError::Eexist)]);
+    let mut c = Client::new(&mut lb);
+    assert_eq!(c.watch("w", "t"), Err(XsClientError::Xs(XsError::Eexist)));
+    c.transport_mut().push_event("w", "t");
+    assert_eq!(c.poll_watch_events(), Ok(1));
+    assert_eq!(c.pending_watch_events(Some("t")), 1);
     // A failed watch does not stay registered.
     let mut lb = Loopback::new(|_, _| vec![Act::Error(XsError::Eacces)]);
     let mut c = Client::new(&mut lb);

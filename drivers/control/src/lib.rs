@@ -307,6 +307,22 @@ pub trait SuspendHook {
     fn resume(&mut self, cancelled: bool) -> xen_platform::Result<()>;
 }
 
+/// Suspend support for an image whose only state a suspend touches is the platform's (which
+/// the runtime re-establishes inside the suspend hypercall: xen-rt's `Scheduler::shutdown`) and
+/// its XenStore connection (which it re-establishes on [`Event::Resumed`]): nothing to quiesce,
+/// nothing to bring back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NothingToQuiesce;
+
+impl SuspendHook for NothingToQuiesce {
+    fn quiesce(&mut self) -> xen_platform::Result<()> {
+        Ok(())
+    }
+    fn resume(&mut self, _cancelled: bool) -> xen_platform::Result<()> {
+        Ok(())
+    }
+}
+
 /// No suspend support: `suspend` is neither advertised nor acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoSuspend {}
@@ -351,7 +367,9 @@ pub enum Event {
         reason: ShutdownReason,
     },
     /// `suspend` was acknowledged and the domain runs again: `cancelled` as the hypervisor
-    /// said (`true` also when the suspend hypercall failed: `error`).
+    /// said (`true` also when the suspend hypercall failed: `error`). After a real resume
+    /// (`cancelled` false) the image re-establishes its XenStore connection before the next
+    /// [`Control::poll`], which then registers the watch and the features again.
     Resumed {
         /// Whether the suspend was cancelled.
         cancelled: bool,
@@ -677,15 +695,14 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
                 }
                 self.shut_down(request, reason, platform).map(Some)
             }
-            Action::Suspend => self.do_suspend(xs, platform).map(Some),
+            Action::Suspend => self.do_suspend(platform).map(Some),
         }
     }
 
     /// quiesce → suspend → resume, then watch and advertise again after a real resume (the
     /// XenStore connection may be a new one that knows no watch).
-    fn do_suspend<T, P>(&mut self, xs: &mut Client<T>, platform: &P) -> Result<Event, ControlError>
+    fn do_suspend<P>(&mut self, platform: &P) -> Result<Event, ControlError>
     where
-        T: Transport,
         P: Scheduler + Console + ?Sized,
     {
         let Some(hook) = self.suspend.as_mut() else {
@@ -706,10 +723,11 @@ impl<B: BeforeShutdown, S: SuspendHook> Control<B, S> {
         };
         hook.resume(cancelled).map_err(ControlError::Resume)?;
         if !cancelled {
-            if let Err(e) = self.start(xs) {
-                self.restart = true;
-                return Err(e);
-            }
+            // A real resume: the XenStore connection is a new one (xenstored knows no watch of
+            // ours, and on real Xen the event channel is new too). The image re-establishes it
+            // when it sees `Resumed` (`RingTransport::resumed`, `Client::reset`); the next
+            // poll watches and advertises again.
+            self.restart = true;
         }
         Ok(Event::Resumed { cancelled, error })
     }

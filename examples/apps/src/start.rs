@@ -54,6 +54,19 @@ pub fn open_store<'a, P: Events + Clock + ?Sized>(
     })
 }
 
+/// After a real resume (`xen_control::Event::Resumed` with `cancelled` false): the XenStore
+/// connection is a new one on the event channel `port` (xen-rt's `Xen::store` after the
+/// resume). Take it up and forget what the old one had: the buffered bytes, the requests, the
+/// watches (register them again: the control driver does so at its next poll, a bus with
+/// `Bus::store_reset`).
+pub fn resume_store<P: Events + Clock + ?Sized>(
+    client: &mut Client<RingTransport<'_, P>>,
+    port: EvtchnPort,
+) {
+    client.transport_mut().resumed(port);
+    client.reset();
+}
+
 /// Sleep until an event on one of `ports` or until `deadline` (absolute, platform clock;
 /// `None`: no bound), and clear the port that fired. A timeout is not an error.
 pub fn wait_until<P: Events + Clock + ?Sized>(

@@ -1,6 +1,7 @@
 //! A bootable image, PVH or 64-bit PV (see `hello.cfg`): prints a greeting, reads `domid` and `name` from
 //! XenStore, writes `data/hello = "ready"`, then runs the control driver until `xl shutdown`
-//! (or `xl reboot`/`xl destroy`) ends it. With `hello.fault=ud2` on its command line
+//! (or `xl reboot`/`xl destroy`) ends it. It can be saved (`xl save`, `xl restore`) and
+//! checkpointed (`xl save -c`): after each resume it writes `data/hello-resumes`. With `hello.fault=ud2` on its command line
 //! (`extra=`), it executes `ud2` instead: the lab's check of the runtime's exception handler.
 //!
 //! Build: `cargo build --profile image -p xenolith-hello` → `target/image/xenolith-hello`.
@@ -14,11 +15,11 @@ use alloc::string::String;
 use core::fmt::Write as _;
 use core::time::Duration;
 
-use xenolith::control::{Control, Event, Request};
+use xenolith::control::{Control, Event, NothingToQuiesce, Request};
 use xenolith::platform::{Clock, Events, Scheduler, ShutdownReason};
 use xenolith::rt::Xen;
 use xenolith::store::client::Store;
-use xenolith_apps::start::{open_store, wait_until, StoreSession};
+use xenolith_apps::start::{open_store, resume_store, wait_until, StoreSession};
 
 /// Called by the runtime (xen-rt) once the platform and the heap are up.
 #[no_mangle]
@@ -77,19 +78,47 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     let mut ctl = Control::new(move |req: Request| {
         let mut out = xen;
         let _ = writeln!(out, "hello: {} requested, shutting down", req.as_str());
-    });
+    })
+    .with_suspend(NothingToQuiesce);
     ctl.start(&mut xs)
         .map_err(|e| format!("control start: {e:?}"))?;
-    let _ = writeln!(out, "waiting for xl shutdown");
+    let _ = writeln!(
+        out,
+        "waiting for xl shutdown (xl save and xl save -c work too)"
+    );
+    let mut port = port;
+    let (mut resumed, mut cancelled_suspends) = (0u32, 0u32);
     loop {
         while let Some(ev) = ctl
             .poll(&mut xs, xen)
             .map_err(|e| format!("control: {e:?}"))?
         {
-            if let Event::Shutdown { .. } = ev {
-                return Ok(()); // not reached on Xen: SCHEDOP_shutdown does not return
+            match ev {
+                Event::Shutdown { .. } => return Ok(()), // not reached on Xen
+                // xl save / xl restore: the runtime re-established the platform inside the
+                // suspend hypercall; the XenStore connection is new (new port).
+                Event::Resumed { cancelled, error } => {
+                    if cancelled {
+                        cancelled_suspends += 1;
+                    } else {
+                        resumed += 1;
+                        let (_, p) = xen.store().ok_or("no xenstore after the resume")?;
+                        resume_store(&mut xs, p);
+                        port = p;
+                    }
+                    let _ = writeln!(
+                        out,
+                        "hello: resumed (cancelled: {cancelled}, error: {error:?}); xenstore port {port}"
+                    );
+                    // For the lab: how many resumes of each kind this domain went through.
+                    let v = format!("resumed {resumed} cancelled {cancelled_suspends}");
+                    xs.write_str("data/hello-resumes", &v)
+                        .map_err(|e| format!("write data/hello-resumes: {e:?}"))?;
+                }
+                ev => {
+                    let _ = writeln!(out, "hello: {ev:?}");
+                }
             }
-            let _ = writeln!(out, "hello: {ev:?}");
         }
         wait_until(xen, &[port], Some(xen.now() + Duration::from_secs(10)))?;
     }

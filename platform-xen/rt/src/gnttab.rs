@@ -136,6 +136,11 @@ impl GrantTable {
         self.in_use = 0;
     }
 
+    /// Grant frames in use (`usable refs / ENTRIES_PER_FRAME`, rounded up).
+    fn frames(&self) -> usize {
+        self.nr.div_ceil(ENTRIES_PER_FRAME)
+    }
+
     /// Refs `(granted, usable)`.
     pub fn usage(&self) -> (usize, usize) {
         (self.in_use, self.nr)
@@ -446,6 +451,119 @@ impl Xen {
         TABLE.with(|t| unsafe { t.setup(table_va, n) });
         WINDOW.with(|w| w.set(window_va));
         Ok(n)
+    }
+
+    /// After a real resume (`SCHEDOP_shutdown(SHUTDOWN_suspend)` returned 0: `xl restore`,
+    /// the far end of a migration): the domain is a new one whose grant table has no frames
+    /// yet. Put its frames where the old ones were (PVH: the same hole frames, which the
+    /// restore populated as RAM — `XENMEM_add_to_physmap` replaces that; PV:
+    /// `GNTTABOP_setup_table` gives new MFNs, mapped at the same addresses). The new table is
+    /// empty: every grant made before the suspend is gone (a peer can no longer map or copy
+    /// it), though the refs stay allocated until their owners end them — ending such a ref
+    /// succeeds at once. Foreign pages mapped before the suspend are gone too. Linux does
+    /// the same in `gnttab_resume`.
+    pub(crate) fn resume_grants(&self, pv: bool) -> Result<usize> {
+        let (entries, frames) = TABLE.with(|t| (t.entries, t.frames()));
+        if entries == 0 {
+            return Ok(0);
+        }
+        if pv {
+            let mut mfns = [0 as XenPfn; GRANT_FRAMES];
+            let mut st = GnttabSetupTable {
+                dom: DOMID_SELF,
+                nr_frames: frames as u32,
+                frame_list: GuestHandle::new(mfns.as_mut_ptr()),
+                ..Default::default()
+            };
+            // SAFETY: one gnttab_setup_table whose frame_list has room for frames ≤
+            // GRANT_FRAMES.
+            unsafe { gnttab_op(GNTTABOP_SETUP_TABLE, &mut st, 1) }?;
+            gntst(st.status)?;
+            for (i, &mfn) in mfns[..frames].iter().enumerate() {
+                let pte = (mfn << 12) | 0x63;
+                // SAFETY: update_va_mapping(va, pte, flags) (xen.h); `entries + i` pages
+                // are the table's own virtual pages (init_grants_pv), now pointed at the
+                // new frame i.
+                let r = unsafe {
+                    hypercall5(
+                        HYPERVISOR_UPDATE_VA_MAPPING,
+                        (entries + i * PAGE_SIZE) as u64,
+                        pte,
+                        UVMF_INVLPG,
+                        0,
+                        0,
+                    )
+                };
+                if r < 0 {
+                    return Err(Error::from_xen_errno(r as i32));
+                }
+            }
+        } else {
+            for i in 0..frames {
+                let mut xatp = XenAddToPhysmap {
+                    domid: DOMID_SELF,
+                    size: 0,
+                    space: XENMAPSPACE_GRANT_TABLE,
+                    idx: i as u64,
+                    gpfn: ((entries >> 12) + i) as u64,
+                };
+                // SAFETY: XENMEM_add_to_physmap takes a xen_add_to_physmap (memory.h); the
+                // frames are the hole frames init_grants_pvh chose, used for nothing else.
+                let r = unsafe {
+                    hypercall2(
+                        HYPERVISOR_MEMORY_OP,
+                        XENMEM_ADD_TO_PHYSMAP,
+                        &mut xatp as *mut _ as u64,
+                    )
+                };
+                if r < 0 {
+                    return Err(Error::from_xen_errno(r as i32));
+                }
+            }
+        }
+        Ok(frames)
+    }
+
+    /// PV, before a suspend: take the grant frames out of our page tables (`update_va_mapping`
+    /// to an empty PTE), as Linux's `gnttab_suspend` does. A save cannot describe a page-table
+    /// entry pointing at a frame that is not the guest's RAM: libxc defers such a page table,
+    /// never sends it, and the restored guest finds that whole L1 table empty (seen: a #PF
+    /// fetching our own code right after the resume). [`resume_grants`](Self::resume_grants)
+    /// maps them again, on either outcome.
+    pub(crate) fn unmap_grant_frames_pv(&self) -> Result<()> {
+        let (entries, frames) = TABLE.with(|t| (t.entries, t.frames()));
+        for i in 0..frames {
+            // SAFETY: update_va_mapping(va, 0, flags) (xen.h) empties the PTE of grant frame
+            // i's virtual page; nothing touches the table until resume_grants maps it again
+            // (the suspend runs on one vCPU with nothing else going on).
+            let r = unsafe {
+                hypercall5(
+                    HYPERVISOR_UPDATE_VA_MAPPING,
+                    (entries + i * PAGE_SIZE) as u64,
+                    0,
+                    UVMF_INVLPG,
+                    0,
+                    0,
+                )
+            };
+            if r < 0 {
+                return Err(Error::from_xen_errno(r as i32));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this domain still has the grant frames it set up (`GNTTABOP_query_size`):
+    /// after a suspend, true means the domain is the same one (the suspend was cancelled),
+    /// false a new one (a restore starts with a table of one or two frames). `None` without a
+    /// grant table.
+    pub(crate) fn grant_frames_kept(&self) -> Option<bool> {
+        let frames = TABLE.with(|t| if t.entries == 0 { 0 } else { t.frames() });
+        if frames == 0 {
+            return None;
+        }
+        let (nr, _) = self.grant_table_size().ok()?;
+        Some(nr as usize >= frames)
     }
 
     /// Grant refs `(granted, usable)`.

@@ -140,6 +140,13 @@ extern "C" fn xen_rt_pv_start(start_info: u64, xen_sp: u64) -> ! {
     // The p2m list, before anything translates a page of ours to its machine frame. Here, not
     // in Xen::init_pv: the platform module then needs nothing of the memory module.
     crate::memory::set_p2m(si.mfn_list as usize, si.nr_pages as usize);
+    // Where a save finds the p2m list (`xl save` of a PV guest reads it from shared_info).
+    if !xen.publish_p2m() {
+        let _ = writeln!(
+            &*xen,
+            "xen-rt: p2m list not published: this domain cannot be saved"
+        );
+    }
     // The rest of RAM: mapped 2 MiB at a time, L1 tables in pages of ours; below 1 GiB minus
     // the window's range.
     let mut l1s = [0usize; PV_MAP_LIMIT / M2];

@@ -54,8 +54,17 @@ pub fn pfn_to_mfn(pfn: usize) -> Option<u64> {
         return None;
     }
     // SAFETY: start_info.mfn_list is mapped for `nr_pages` entries in the bootstrap region
-    // (xen.h start of day); Xen wrote it and nobody changes it (no ballooning here).
+    // (xen.h start of day); Xen wrote it, and only a restore rewrites it (with the new
+    // machine frames, while this domain is not running; no ballooning here).
     Some(unsafe { (list as *const u64).add(pfn).read_volatile() })
+}
+
+/// PV: the p2m list's virtual address and its number of entries (`(0, 0)` in PVH).
+pub(crate) fn p2m_list() -> (usize, usize) {
+    (
+        P2M.load(Ordering::Relaxed),
+        NR_PAGES.load(Ordering::Relaxed),
+    )
 }
 
 /// PV: the pseudo-physical frame of machine frame `mfn` (the read-only M2P table).

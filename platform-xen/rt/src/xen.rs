@@ -43,7 +43,7 @@ use xen_platform::abi::xen::{
     HYPERVISOR_HVM_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
     HYPERVISOR_XEN_VERSION, MAX_GUEST_CMDLINE,
 };
-use xen_platform::abi::xen::{MACH2PHYS_VIRT_START, UVMF_INVLPG};
+use xen_platform::abi::xen::{EVTCHN_WORDS, MACH2PHYS_VIRT_START, UVMF_INVLPG};
 use xen_platform::abi::{DomId, EvtchnPort, DOMID_SELF, PAGE_SHIFT};
 use xen_platform::xs_ring::XsGuestRing;
 use xen_platform::{Clock, Console, Error, Events, Result, Scheduler, ShutdownReason};
@@ -86,6 +86,8 @@ pub struct Xen {
     start_info: AtomicU64,
     cmdline_len: AtomicUsize,
     store_taken: AtomicBool,
+    pv: AtomicBool,
+    resumes: AtomicU32,
 }
 
 static XEN: Xen = Xen {
@@ -98,7 +100,20 @@ static XEN: Xen = Xen {
     start_info: AtomicU64::new(0),
     cmdline_len: AtomicUsize::new(0),
     store_taken: AtomicBool::new(false),
+    pv: AtomicBool::new(false),
+    resumes: AtomicU32::new(0),
 };
+
+/// PV: the pages a save reads our p2m list through (`shared_info.arch`'s
+/// `pfn_to_mfn_frame_list_list`, arch-x86/xen.h): page 0 lists the frames of the frame lists
+/// (one here), page 1 the frames of the p2m list. One frame list covers 512 p2m pages, so
+/// 262144 pages (1 GiB) of guest; a larger guest is not published (and cannot be saved).
+#[repr(C, align(4096))]
+struct P2mFrameLists(core::cell::UnsafeCell<[[u64; 512]; 2]>);
+// SAFETY: written only by `Xen::publish_p2m` (boot, and resume while nothing else runs) and
+// read by the toolstack of a save (a foreign mapping), never by us.
+unsafe impl Sync for P2mFrameLists {}
+static P2M_FRAME_LISTS: P2mFrameLists = P2mFrameLists(core::cell::UnsafeCell::new([[0; 512]; 2]));
 
 fn rc(ret: i64) -> Result<()> {
     if ret < 0 {
@@ -142,7 +157,17 @@ impl Xen {
             unsafe { hypercall::init_pvh() }.ok_or("not running on Xen (no CPUID leaves)")?;
         x.cpuid_base.store(base, Ordering::Relaxed);
 
-        // shared_info at our static page.
+        let mapped = x.map_shared_info_pvh();
+        x.read_params_pvh()?;
+        if !mapped {
+            return Err("XENMEM_add_to_physmap(shared_info) failed");
+        }
+        Ok(x)
+    }
+
+    /// PVH: put `shared_info` at our static page (`XENMAPSPACE_shared_info`); upcalls
+    /// masked, the clock filled in. False if Xen refused.
+    fn map_shared_info_pvh(&self) -> bool {
         let page = SHARED_INFO_PAGE.0.get() as usize;
         let mut xatp = XenAddToPhysmap {
             domid: DOMID_SELF,
@@ -160,33 +185,39 @@ impl Xen {
                 &mut xatp as *mut _ as u64,
             )
         };
-        if r == 0 {
-            x.shared_info.store(page, Ordering::Release);
-            // Keep upcalls masked on vCPU 0 for good (red zone: IMAGES.md).
-            x.upcall_mask_byte().store(1, Ordering::SeqCst);
-            // A context switch makes Xen fill vcpu_info[0].time (the clock).
-            x.yield_now();
+        if r != 0 {
+            return false;
         }
+        self.shared_info_mapped(page);
+        true
+    }
 
-        let cons_pfn = x.hvm_param(HVM_PARAM_CONSOLE_PFN).unwrap_or(0);
-        let cons_port = x.hvm_param(HVM_PARAM_CONSOLE_EVTCHN).unwrap_or(0);
+    /// `shared_info` is at `page`: publish it, keep upcalls masked on vCPU 0 for good (red
+    /// zone: IMAGES.md), and let a context switch make Xen fill `vcpu_info[0].time`.
+    fn shared_info_mapped(&self, page: usize) {
+        self.shared_info.store(page, Ordering::Release);
+        self.upcall_mask_byte().store(1, Ordering::SeqCst);
+        self.yield_now();
+    }
+
+    /// PVH: the console and XenStore pages and ports from the HVM parameters.
+    fn read_params_pvh(&self) -> core::result::Result<(), &'static str> {
+        let cons_pfn = self.hvm_param(HVM_PARAM_CONSOLE_PFN).unwrap_or(0);
+        let cons_port = self.hvm_param(HVM_PARAM_CONSOLE_EVTCHN).unwrap_or(0);
         if cons_pfn != 0 {
-            x.console_port.store(cons_port as u32, Ordering::Relaxed);
-            x.console_ring
+            self.console_port.store(cons_port as u32, Ordering::Relaxed);
+            self.console_ring
                 .store((cons_pfn << PAGE_SHIFT) as usize, Ordering::Release);
         }
-        let store_pfn = x
+        let store_pfn = self
             .hvm_param(HVM_PARAM_STORE_PFN)
             .map_err(|_| "no STORE_PFN")?;
-        let store_port = x
+        let store_port = self
             .hvm_param(HVM_PARAM_STORE_EVTCHN)
             .map_err(|_| "no STORE_EVTCHN")?;
-        x.store_pfn.store(store_pfn, Ordering::Relaxed);
-        x.store_port.store(store_port as u32, Ordering::Relaxed);
-        if r != 0 {
-            return Err("XENMEM_add_to_physmap(shared_info) failed");
-        }
-        Ok(x)
+        self.store_pfn.store(store_pfn, Ordering::Relaxed);
+        self.store_port.store(store_port as u32, Ordering::Relaxed);
+        Ok(())
     }
 
     /// 64-bit PV: `start_info` is the virtual address of `start_info_t` (xen.h, rsi at
@@ -217,15 +248,21 @@ impl Xen {
                 core::ptr::addr_of!((*(start_info as *const StartInfo)).cmd_line).cast(),
             );
         }
-        let m2p = |mfn: u64| -> u64 {
-            // SAFETY: the M2P table is mapped read-only for every PV guest at
-            // MACH2PHYS_VIRT_START (xen-x86_64.h); `mfn` is a frame Xen gave us.
-            unsafe { ((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)).read_volatile() }
-        };
+        x.pv.store(true, Ordering::Relaxed);
+        let mapped = x.map_shared_info_pv(si.shared_info);
+        x.read_params_pv(&si);
+        if !mapped {
+            return Err("update_va_mapping(shared_info) failed");
+        }
+        Ok(x)
+    }
 
+    /// PV: map `shared_info` (machine address `ma`, from start_info) over our static page
+    /// with `update_va_mapping`. False if Xen refused.
+    fn map_shared_info_pv(&self, ma: u64) -> bool {
         let page = SHARED_INFO_PAGE.0.get() as usize;
         // PTE: machine address | present | writable | accessed | dirty.
-        let pte = (si.shared_info & !0xfff) | 0x63;
+        let pte = (ma & !0xfff) | 0x63;
         // SAFETY: update_va_mapping(va, pte, flags) (xen.h, x86_64 argument order); `page`
         // is our own page, used for nothing else, and becomes shared_info.
         let r = unsafe {
@@ -238,24 +275,186 @@ impl Xen {
                 0,
             )
         };
-        if r == 0 {
-            x.shared_info.store(page, Ordering::Release);
-            x.upcall_mask_byte().store(1, Ordering::SeqCst);
-            x.yield_now();
+        if r != 0 {
+            return false;
         }
+        self.shared_info_mapped(page);
+        true
+    }
+
+    /// PV: the console and XenStore pages (machine frames made pseudo-physical through the
+    /// read-only M2P table at `MACH2PHYS_VIRT_START`, arch-x86/xen-x86_64.h) and ports.
+    fn read_params_pv(&self, si: &StartInfo) {
+        let m2p = |mfn: u64| -> u64 {
+            // SAFETY: the M2P table is mapped read-only for every PV guest at
+            // MACH2PHYS_VIRT_START (xen-x86_64.h); `mfn` is a frame Xen gave us.
+            unsafe { ((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)).read_volatile() }
+        };
         // SAFETY: start_info is a repr(C) union read of plain integers (domU layout).
         let (cons_mfn, cons_port) = unsafe { (si.console.dom_u.mfn, si.console.dom_u.evtchn) };
         if cons_mfn != 0 {
-            x.console_port.store(cons_port, Ordering::Relaxed);
-            x.console_ring
+            self.console_port.store(cons_port, Ordering::Relaxed);
+            self.console_ring
                 .store((m2p(cons_mfn) << PAGE_SHIFT) as usize, Ordering::Release);
         }
-        x.store_pfn.store(m2p(si.store_mfn), Ordering::Relaxed);
-        x.store_port.store(si.store_evtchn, Ordering::Relaxed);
-        if r != 0 {
-            return Err("update_va_mapping(shared_info) failed");
+        self.store_pfn.store(m2p(si.store_mfn), Ordering::Relaxed);
+        self.store_port.store(si.store_evtchn, Ordering::Relaxed);
+    }
+
+    /// PV: tell a future save where our p2m list is (`shared_info.arch.max_pfn` and
+    /// `pfn_to_mfn_frame_list_list`, arch-x86/xen.h; libxc's save maps the list through
+    /// them, Linux's `xen_build_mfn_list_list` publishes the same). Called at boot and after
+    /// every resume: a restore moves the p2m list's own pages to new machine frames. False
+    /// when the guest is too large for [`P2mFrameLists`] or a frame is unknown.
+    pub(crate) fn publish_p2m(&self) -> bool {
+        let (list, nr) = crate::memory::p2m_list();
+        let Some(base) = self.shared() else {
+            return false;
+        };
+        if list == 0 || list % 4096 != 0 {
+            return false;
         }
-        Ok(x)
+        let pages = (nr * 8).div_ceil(4096);
+        if pages > 512 {
+            return false;
+        }
+        let lists = P2M_FRAME_LISTS.0.get();
+        for i in 0..pages {
+            let Some(mfn) = crate::memory::pfn_to_mfn((list >> PAGE_SHIFT) + i) else {
+                return false;
+            };
+            // SAFETY: page 1 of P2M_FRAME_LISTS, i < 512; only we write it, and the toolstack
+            // reads it only during a save, while we are suspended.
+            unsafe { (*lists)[1][i] = mfn };
+        }
+        let lists_va = lists as usize;
+        let (Some(fll), Some(fl)) = (
+            crate::memory::pfn_to_mfn(lists_va >> PAGE_SHIFT),
+            crate::memory::pfn_to_mfn((lists_va >> PAGE_SHIFT) + 1),
+        ) else {
+            return false;
+        };
+        // SAFETY: page 0 of P2M_FRAME_LISTS, as above.
+        unsafe { (*lists)[0][0] = fl };
+        let arch = base + core::mem::offset_of!(SharedInfo, arch);
+        // SAFETY: shared_info.arch inside the mapped shared_info page (shared with Xen and
+        // read by the toolstack), written with volatile stores.
+        unsafe {
+            let a = arch as *mut xen_platform::abi::xen::ArchSharedInfo;
+            core::ptr::addr_of_mut!((*a).max_pfn).write_volatile(nr as u64);
+            core::ptr::addr_of_mut!((*a).pfn_to_mfn_frame_list_list).write_volatile(fll);
+        }
+        true
+    }
+
+    /// After `SCHEDOP_shutdown(SHUTDOWN_suspend)` returned 0 — a real resume: this is a new
+    /// domain (`xl restore`, a migration's far end) whose memory is ours as it was, but whose
+    /// `shared_info`, grant table and event channels are new. Map `shared_info` again (PV:
+    /// at the machine address the restore wrote into start_info), read the console and
+    /// XenStore pages and ports again (the toolstack made new channels), put the grant
+    /// frames back, publish the p2m list again (PV). What drivers held is gone: event
+    /// channels (closed: the ports are free numbers again), grants (a peer can no longer map
+    /// them) and foreign mappings; drivers reconnect. Linux: `xen_hvm_post_suspend` /
+    /// `xen_pv_post_suspend`, `gnttab_resume`, `xs_resume`.
+    fn resume_platform(&self) -> Result<()> {
+        let pv = self.pv.load(Ordering::Relaxed);
+        if pv {
+            let si_va = self.start_info.load(Ordering::Relaxed);
+            // SAFETY: start_info stays mapped where it was at boot (the restore rewrote its
+            // contents: the new shared_info, store and console frames and channels).
+            let si = unsafe { (si_va as *const StartInfo).read_volatile() };
+            if !self.map_shared_info_pv(si.shared_info) {
+                return Err(Error::Invalid);
+            }
+            self.read_params_pv(&si);
+            let _ = self.publish_p2m();
+        } else {
+            if !self.map_shared_info_pvh() {
+                return Err(Error::Invalid);
+            }
+            self.read_params_pvh().map_err(|_| Error::Invalid)?;
+        }
+        self.unmask_all();
+        self.resume_grants(pv)?;
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Clear every `evtchn_mask` bit. A PV restore gives the guest its saved `shared_info`
+    /// with every port masked (libxc `handle_shared_info` sets the mask array to all ones;
+    /// Linux unmasks what it binds again), and our waits skip masked ports — seen: the first
+    /// XenStore reply after an `xl restore` never arrived. We never mask a port for good
+    /// (upcalls are off; waits are polls), so no bit of ours is lost.
+    fn unmask_all(&self) {
+        for w in 0..EVTCHN_WORDS {
+            if let Some((word, _)) = self.evtchn_word(MASK, (w * 64) as EvtchnPort) {
+                word.store(0, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// PV, before a suspend: unmap `shared_info` from our page (its accessors see nothing
+    /// until it is mapped again) and the grant frames.
+    fn unmap_xen_pages_pv(&self) -> Result<()> {
+        let page = SHARED_INFO_PAGE.0.get() as usize;
+        self.shared_info.store(0, Ordering::Release);
+        // SAFETY: update_va_mapping(va, 0, flags) (xen.h): our shared_info page's PTE emptied;
+        // `shared_info` is 0 above, so nothing of ours reads it meanwhile.
+        let r = unsafe {
+            hypercall::hypercall5(
+                HYPERVISOR_UPDATE_VA_MAPPING,
+                page as u64,
+                0,
+                UVMF_INVLPG,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(Error::from_xen_errno(r as i32));
+        }
+        self.unmap_grant_frames_pv()
+    }
+
+    /// PV: rewrite start_info's XenStore and console frames as pseudo-physical frames (for a
+    /// save); returns the machine frames that were there.
+    fn start_info_frames(&self) -> (u64, u64) {
+        let si = self.start_info.load(Ordering::Relaxed) as *mut StartInfo;
+        let store_pfn = self.store_pfn.load(Ordering::Relaxed);
+        let cons_pfn = (self.console_ring.load(Ordering::Relaxed) >> PAGE_SHIFT) as u64;
+        // SAFETY: start_info_t is mapped read-write where the PV entry found it (xen.h) and
+        // read by the toolstack only while we are suspended; plain integer fields.
+        unsafe {
+            let store = core::ptr::addr_of_mut!((*si).store_mfn);
+            let cons = core::ptr::addr_of_mut!((*si).console.dom_u.mfn);
+            let old = (store.read_volatile(), cons.read_volatile());
+            store.write_volatile(store_pfn);
+            if old.1 != 0 {
+                cons.write_volatile(cons_pfn);
+            }
+            old
+        }
+    }
+
+    /// PV: put back the machine frames [`start_info_frames`](Self::start_info_frames) replaced
+    /// (the suspend was cancelled or failed).
+    fn restore_start_info_frames(&self, (store_mfn, cons_mfn): (u64, u64)) {
+        let si = self.start_info.load(Ordering::Relaxed) as *mut StartInfo;
+        // SAFETY: as in start_info_frames.
+        unsafe {
+            core::ptr::addr_of_mut!((*si).store_mfn).write_volatile(store_mfn);
+            core::ptr::addr_of_mut!((*si).console.dom_u.mfn).write_volatile(cons_mfn);
+        }
+    }
+
+    /// Real resumes so far (suspends that were not cancelled).
+    pub fn resumes(&self) -> u32 {
+        self.resumes.load(Ordering::Relaxed)
+    }
+
+    /// Whether this is a PV guest (else PVH).
+    pub fn is_pv(&self) -> bool {
+        self.pv.load(Ordering::Relaxed)
     }
 
     /// Copy the NUL-terminated command line at `src` (at most `MAX_GUEST_CMDLINE - 1` bytes).
@@ -631,17 +830,79 @@ impl Scheduler for Xen {
         let _ = self.sched_op(SCHEDOP_POLL, &mut poll);
     }
 
+    /// `SCHEDOP_shutdown`. For `Suspend` a PV guest passes its start_info's machine frame as
+    /// the third argument (sched.h: "the guest passes the MFN of its start_info in rdx"; the
+    /// restore rewrites that page), a PVH guest 0. When a suspend returns 0 (a real resume)
+    /// the platform is re-established before this returns (see `resume_platform`); an error
+    /// doing so is returned as the result.
     fn shutdown(&self, reason: ShutdownReason) -> Result<bool> {
         let mut arg = SchedShutdown {
             reason: reason as u32,
         };
+        let suspend = reason == ShutdownReason::Suspend;
+        let srec = if suspend && self.is_pv() {
+            let va = self.start_info.load(Ordering::Relaxed) as usize;
+            crate::memory::pfn_to_mfn(va >> PAGE_SHIFT).ok_or(Error::Invalid)?
+        } else {
+            0
+        };
+        // PV: the save reads the XenStore and console frames from start_info as
+        // pseudo-physical frames (libxc's restore refuses "XenStore pfn ... out of range"
+        // otherwise); Linux's xen_pre_suspend converts them the same way, and back when the
+        // suspend is cancelled. A real restore writes the new machine frames there.
+        let saved_mfns = if srec != 0 {
+            Some(self.start_info_frames())
+        } else {
+            None
+        };
+        // PV: no page-table entry may point at Xen's pages (shared_info, the grant frames)
+        // while the save reads our page tables (Linux xen_pre_suspend / gnttab_suspend).
+        // A failure leaves whatever is still mapped to fail the save (the toolstack says so);
+        // what was unmapped is mapped again below when we go on as the same domain.
+        let pv_unmapped = srec != 0;
+        if pv_unmapped {
+            let _ = self.unmap_xen_pages_pv();
+        }
         // sched.h: SCHEDOP_shutdown takes a pointer to struct sched_shutdown.
-        let r = self.sched_op(SCHEDOP_SHUTDOWN, &mut arg);
+        // SAFETY: `arg` lives across the call; the third argument is a frame number.
+        let r = unsafe {
+            hypercall::hypercall5(
+                HYPERVISOR_SCHED_OP,
+                SCHEDOP_SHUTDOWN as u64,
+                &mut arg as *mut _ as u64,
+                srec,
+                0,
+                0,
+            )
+        };
+        // Returns only for suspend: r != 0 means the suspend was cancelled. But libxl sets
+        // that return value only for PV guests and HVM guests with an event-channel callback
+        // (libxc `modify_returncode`: "HVM guests without PV drivers have no return code to
+        // modify"); our PVH guests keep upcalls masked and set none, so a cancelled suspend
+        // (`xl save -c`) returns 0 there too. Whether the domain is a new one is told by its
+        // grant table: a restored domain starts with a table of one or two frames, not ours.
+        let cancelled = r != 0 || (suspend && self.grant_frames_kept() == Some(true));
+        if let Some(mfns) = saved_mfns.filter(|_| r < 0 || cancelled) {
+            self.restore_start_info_frames(mfns);
+        }
+        if pv_unmapped && (r < 0 || cancelled) {
+            // The same domain: map its shared_info and grant frames again where they were.
+            // SAFETY: start_info is mapped where the PV entry found it (xen.h).
+            let si = unsafe {
+                (self.start_info.load(Ordering::Relaxed) as *const StartInfo).read_volatile()
+            };
+            if !self.map_shared_info_pv(si.shared_info) {
+                return Err(Error::Invalid);
+            }
+            self.resume_grants(true)?;
+        }
         if r < 0 {
             return Err(Error::from_xen_errno(r as i32));
         }
-        // Returns only for suspend: r != 0 means the suspend was cancelled.
-        Ok(r != 0)
+        if suspend && !cancelled {
+            self.resume_platform()?;
+        }
+        Ok(cancelled)
     }
 }
 
