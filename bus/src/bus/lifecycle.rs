@@ -347,7 +347,12 @@ impl<T: Transport> Bus<T> {
         dev.other = None;
         dev.dirty = true;
         dev.set_phase(Phase::Probe, now, &self.cfg);
-        if !dev.watching && self.xs.watch(&dev.info.otherend, TOKEN_OTHEREND).is_ok() {
+        if !dev.watching
+            && matches!(
+                self.xs.watch(&dev.info.otherend, TOKEN_OTHEREND),
+                Ok(()) | Err(XsClientError::Xs(xen_store::XsError::Eexist))
+            )
+        {
             dev.watching = true;
         }
     }
@@ -371,6 +376,76 @@ impl<T: Transport> Bus<T> {
         }
         self.devices.insert(nodename.to_string(), dev);
         ok
+    }
+
+    /// After a real resume of this domain (`xl restore`, the far end of a migration): it is
+    /// domain `domid` now (a restore creates a new domain), its XenStore connection is a new
+    /// one — take it up first ([`RingTransport::resumed`] and [`Client::reset`]) — and the
+    /// toolstack wrote its devices anew (frontends Initialising, new backend directories).
+    /// Every driver is detached (one that keeps work across a reconnect keeps it: blkfront's
+    /// requests parked by `Blkfront::suspended`), our paths move to the new home, and each
+    /// frontend runs its handshake again, with the same driver, against the backend its
+    /// nodes now name; one whose nodes are gone or name a backend `xen_bus::path` rejects
+    /// fails (Closed, error published). Backends are dropped: a toolstack that re-created
+    /// them has them adopted afresh by the rescan. Class watches are registered again and
+    /// every class directory is read on the next poll. Linux: `xenbus_dev_resume` for each
+    /// device, after `xs_resume`.
+    ///
+    /// [`RingTransport::resumed`]: xen_store::transport::RingTransport::resumed
+    /// [`Client::reset`]: xen_store::client::Client::reset
+    pub fn resumed(&mut self, domid: DomId, now: Duration) -> Result<(), XsClientError> {
+        self.domid = domid;
+        self.home = path::home(domid);
+        for (class, role) in self
+            .front
+            .keys()
+            .map(|c| (c.clone(), Role::Front))
+            .chain(self.back.keys().map(|c| (c.clone(), Role::Back)))
+            .collect::<Vec<_>>()
+        {
+            let (dir, token) = match role {
+                Role::Front => ("device", TOKEN_FRONT),
+                Role::Back => ("backend", TOKEN_BACK),
+            };
+            // EEXIST: the connection kept it (a resume as the same domain: a simulator's, or a
+            // caller that got `cancelled` wrong); it stays.
+            match self
+                .xs
+                .watch(&format!("{}/{dir}/{class}", self.home), token)
+            {
+                Ok(()) | Err(XsClientError::Xs(xen_store::XsError::Eexist)) => {}
+                Err(e) => return Err(e),
+            }
+            self.rescan.insert((role, class));
+        }
+        let devices = core::mem::take(&mut self.devices);
+        for (key, mut dev) in devices {
+            dev.detach(&mut self.xs, now);
+            // The old connection's watches went with it.
+            dev.watching = false;
+            if dev.info.role == Role::Back {
+                continue;
+            }
+            dev.info.frontend_id = domid;
+            dev.info.path = format!("{}/{key}", self.home);
+            // What the toolstack wrote is our state now (Initialising after a restore).
+            dev.state = XenbusState::Initialising;
+            match self.read_details(&mut dev.info) {
+                Ok(()) => {
+                    // Our state node must say Initialising whatever the restore left there.
+                    dev.state = XenbusState::Unknown;
+                    if let Err(e) = switch_state(&mut self.xs, &mut dev, XenbusState::Initialising)
+                    {
+                        self.fail(&mut dev, e, now);
+                    } else {
+                        self.restart(&mut dev, now);
+                    }
+                }
+                Err(e) => self.fail(&mut dev, e, now),
+            }
+            self.devices.insert(key, dev);
+        }
+        Ok(())
     }
 
     pub(super) fn unwatch(&mut self, dev: &mut Device) {

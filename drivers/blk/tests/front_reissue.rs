@@ -183,3 +183,127 @@ fn a_disk_that_shrank_while_away_fails_the_device_and_gets_no_write() {
     s.until("error published", |s| s.error().is_some());
     assert!(be2.seen().is_empty(), "nothing issued to the changed disk");
 }
+
+/// What a restore does to the guest's XenStore (libxl writes its devices anew): the old
+/// device directories go, a new frontend directory (Initialising) and backend directory come.
+fn restore_rewrites_the_device(s: &mut Setup) {
+    let vbd = xen_toolstack::Vbd::new(s.guest.domid(), s.back.id(), "xvda", "/disk.img");
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.rm(&s.backend_path).unwrap();
+        xs.rm(&s.frontend_path).unwrap();
+    });
+    s.ts.add_vbd(&vbd).unwrap();
+}
+
+/// A real resume (`xl restore`): the domain comes back as a new one, with writes and a flush
+/// in flight that the old backend never answered. `Blkfront::suspended` parks them,
+/// `Bus::resumed` runs the handshake again against the backend the new nodes name, and the
+/// parked requests complete, once each, with their data on the disk.
+#[test]
+fn after_a_resume_the_requests_in_flight_are_issued_again() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let mut be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Honest,
+    );
+    let disk = be.disk.clone();
+    let mut dev = s.connect();
+    dev.write(0, &pattern(4096, 1)).unwrap();
+    be.set(Behaviour::Stall);
+    let mut expect = BTreeMap::new();
+    for (tag, sector) in [(1u64, 64u64), (2, 72), (3, 80)] {
+        let data = pattern(4096, 20 + tag as u8);
+        let mut b = dev.alloc_buffer(4096).unwrap();
+        b.as_mut_slice().copy_from_slice(&data);
+        dev.submit(tag, Request::Write { sector, buf: b }).unwrap();
+        expect.insert(tag, (sector, data));
+    }
+    dev.submit(4, Request::Flush).unwrap();
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < end, "the backend took {:?}", be.taken);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Saved: the old backend goes with the old domain, without a word to the frontend.
+    be.finish().unwrap();
+    restore_rewrites_the_device(&mut s);
+    // Resumed: the guest lets go of what the old domain had, then its bus starts again.
+    s.front.suspended();
+    assert_eq!(s.state(), Some(DeviceState::Reconnecting));
+    let now = s.t0.elapsed();
+    s.bus.resumed(s.guest.domid(), now).unwrap();
+    let _be2 = s.backend_on(
+        BackKeys::from_offer(&modern_offer()),
+        disk.clone(),
+        Behaviour::Honest,
+    );
+    let mut done = collect(&mut s, &mut dev, 4);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(100) {
+        s.poll();
+        dev.poll(&mut |c| done.push(c)).unwrap();
+    }
+    done.sort_by_key(|c| c.tag);
+    assert_eq!(
+        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "each request completes exactly once"
+    );
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    assert!(dev.reissued() >= 4, "re-issued {}", dev.reissued());
+    assert_eq!(s.state(), Some(DeviceState::Connected));
+    let d = disk.lock().unwrap();
+    for (sector, data) in expect.values() {
+        let at = *sector as usize * 512;
+        assert_eq!(&d[at..at + data.len()], &data[..], "sector {sector}");
+    }
+}
+
+/// A restored domain whose disk is gone (its nodes not written again): the device fails with
+/// an error published, and the requests it had parked fail at once instead of waiting for
+/// the reconnect timeout.
+#[test]
+fn after_a_resume_a_device_that_is_gone_fails_its_parked_requests() {
+    let mut s = Setup::new(WaitMode::Event, false, false);
+    let mut be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Honest,
+    );
+    let mut dev = s.connect();
+    be.set(Behaviour::Stall);
+    let b = dev.alloc_buffer(4096).unwrap();
+    dev.submit(1, Request::Write { sector: 8, buf: b }).unwrap();
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    be.finish().unwrap();
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.rm(&s.backend_path).unwrap();
+        xs.rm(&s.frontend_path).unwrap();
+    });
+    s.front.suspended();
+    let now = s.t0.elapsed();
+    s.bus.resumed(s.guest.domid(), now).unwrap();
+    let t = Instant::now();
+    let done = collect(&mut s, &mut dev, 1);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(done[0].result, Err(BlkError::Failed));
+    assert!(matches!(
+        s.state(),
+        Some(DeviceState::Failed(_) | DeviceState::Closed)
+    ));
+    // xenbus_dev_fatal's node: why the device failed.
+    let err = s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.try_read(&format!("{}/error/{XVDA}/error", s.guest.dom_path()))
+            .unwrap()
+    });
+    let err = String::from_utf8(err.expect("error published")).unwrap();
+    assert!(err.contains("missing"), "{err}");
+}

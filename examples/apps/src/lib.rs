@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod disk_check;
+pub mod seqlog;
 pub mod start;
 pub mod target;
 

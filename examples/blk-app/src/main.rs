@@ -11,7 +11,15 @@
 //! `zeros`, `kept` or `none`.
 //!
 //! Options on the command line (`extra=`): `mib=N nonce=HEX qd=N ops=N mode=event|polled
-//! discard=N dom0=0|1 small=random|seq`.
+//! discard=N dom0=0|1 small=random|seq log=N logat=MIB`.
+//!
+//! With `log=N` the app goes on after the check with a sequence log
+//! ([`xenolith_apps::seqlog`]: N 4 KiB blocks from MiB `logat`, wrapping, `qd` writes then a
+//! flush at a time) until `xl shutdown`, and it can be saved: `xl save -c` (the suspend is
+//! cancelled, the connection stays) and `xl save` + `xl restore` (a new domain: the XenStore
+//! connection, then the bus and blkfront start again, the requests in flight are issued
+//! again, and every record acknowledged before the suspend is read back and checked).
+//! `data/blk-app-log` = `records R resumes S checkpoints C verified V`.
 #![no_std]
 #![no_main]
 
@@ -22,15 +30,17 @@ use alloc::string::String;
 use core::fmt::Write as _;
 use core::time::Duration;
 
-use xenolith::blk::front::{Blkfront, BlockDevice, WaitMode};
+use xenolith::blk::block::SECTOR;
+use xenolith::blk::front::{BlkDevice, Blkfront, BlockDevice, DeviceState, WaitMode};
 use xenolith::blk::negotiate::FlushMode;
 use xenolith::bus::{Bus, BusConfig};
-use xenolith::control::{Control, Event, Request};
+use xenolith::control::{Control, Event, NothingToQuiesce, Request};
 use xenolith::platform::{Clock, Scheduler, ShutdownReason};
 use xenolith::rt::Xen;
 use xenolith::store::client::Store;
 use xenolith_apps::disk_check::{disk_check, DiskCheck};
-use xenolith_apps::start::{open_store, wait_until, StoreSession};
+use xenolith_apps::seqlog::{SeqLog, Step, RECORD_BYTES};
+use xenolith_apps::start::{open_store, resume_store, wait_until, StoreSession};
 
 /// Called by the runtime (xen-rt) once the platform and the heap are up.
 #[no_mangle]
@@ -54,11 +64,16 @@ fn xen_main(xen: &'static Xen) -> ! {
 struct Options {
     check: DiskCheck,
     mode: WaitMode,
+    /// Records of the sequence log written after the check (0: none).
+    log_records: u64,
+    /// Where the log starts, in MiB.
+    log_at_mib: u64,
 }
 
 fn options(cmdline: &str) -> Result<Options, String> {
     let mut check = DiskCheck::default();
     let mut mode = WaitMode::Event;
+    let (mut log_records, mut log_at_mib) = (0, 16);
     for word in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = word.split_once('=') else {
             continue; // not ours
@@ -84,6 +99,8 @@ fn options(cmdline: &str) -> Result<Options, String> {
                     _ => return Err(format!("option small: '{v}' (seq or random)")),
                 }
             }
+            "log" => log_records = num()?,
+            "logat" => log_at_mib = num()?,
             "mode" => {
                 mode = match v {
                     "event" => WaitMode::Event,
@@ -94,7 +111,12 @@ fn options(cmdline: &str) -> Result<Options, String> {
             _ => {}
         }
     }
-    Ok(Options { check, mode })
+    Ok(Options {
+        check,
+        mode,
+        log_records,
+        log_at_mib,
+    })
 }
 
 fn run(xen: &'static Xen) -> Result<(), String> {
@@ -122,42 +144,221 @@ fn run(xen: &'static Xen) -> Result<(), String> {
         let mut out = xen;
         let _ = writeln!(out, "blk-app: {} requested", req.as_str());
     })
-    .with_deferred_shutdown();
+    .with_deferred_shutdown()
+    .with_suspend(NothingToQuiesce);
     ctl.start(bus.client())
         .map_err(|e| format!("control start: {e:?}"))?;
 
-    let outcome = match options(xen.cmdline()) {
-        Ok(opts) => check_disk(xen, &mut bus, xs_port, &opts),
-        Err(e) => Err(e),
+    let opts = options(xen.cmdline());
+    let outcome = match &opts {
+        Ok(opts) => check_disk(xen, &mut bus, xs_port, opts),
+        Err(e) => Err(e.clone()),
     };
     let status = match &outcome {
-        Ok(()) => String::from("ok"),
+        Ok(_) => String::from("ok"),
         Err(e) => format!("fail: {e}"),
     };
     let _ = writeln!(out, "blk-app: data/blk-app = {status}");
     bus.client()
         .write_str("data/blk-app", &status)
         .map_err(|e| format!("write data/blk-app: {e:?}"))?;
+    // With log=N: the sequence log runs until xl shutdown, through saves and restores.
+    let mut run = match (outcome, opts) {
+        (Ok((front, dev)), Ok(o)) if o.log_records > 0 => {
+            let start = (o.log_at_mib << 20) / SECTOR;
+            let room = dev.sectors().saturating_sub(start) / (RECORD_BYTES as u64 / SECTOR);
+            let _ = writeln!(
+                out,
+                "blk-app: sequence log: {} blocks of 4 KiB from MiB {} (wrapping), {} in flight",
+                o.log_records.min(room),
+                o.log_at_mib,
+                o.check.depth
+            );
+            Some(LogRun::new(
+                front,
+                dev,
+                SeqLog::new(start, o.log_records.min(room), o.check.depth as u64),
+            ))
+        }
+        _ => None,
+    };
 
     let _ = writeln!(out, "blk-app: waiting for xl shutdown");
+    let mut xs_port = xs_port;
+    let mut last_report = xen.now();
     loop {
         let _ = bus.poll(xen.now());
+        if let Some(r) = &run {
+            r.front.service(&mut bus);
+        }
         while let Some(ev) = ctl
             .poll(bus.client(), xen)
             .map_err(|e| format!("control: {e:?}"))?
         {
-            if let Event::ShutdownPending { request, .. } = ev {
-                // Close the disk in order (Closing -> Closed) before SCHEDOP_shutdown.
-                let s = bus.shutdown(xen, Duration::from_secs(10), |p| {
-                    let _ = wait_until(xen, &[xs_port], p.next_deadline);
-                });
-                let _ = writeln!(out, "blk-app: {}: devices closed: {s:?}", request.as_str());
-                ctl.finish_shutdown(xen)
-                    .map_err(|e| format!("shutdown: {e:?}"))?;
-                return Ok(()); // not reached on Xen
+            match ev {
+                Event::ShutdownPending { request, .. } => {
+                    // The log's last word: no record is written after this.
+                    if let Some(r) = &run {
+                        let report = r.report();
+                        let _ = writeln!(out, "blk-app: sequence log at shutdown: {report}");
+                        let _ = bus.client().write_str("data/blk-app-log", &report);
+                    }
+                    // Close the disk in order (Closing -> Closed) before SCHEDOP_shutdown.
+                    let s = bus.shutdown(xen, Duration::from_secs(10), |p| {
+                        let _ = wait_until(xen, &[xs_port], p.next_deadline);
+                    });
+                    let _ = writeln!(out, "blk-app: {}: devices closed: {s:?}", request.as_str());
+                    ctl.finish_shutdown(xen)
+                        .map_err(|e| format!("shutdown: {e:?}"))?;
+                    return Ok(()); // not reached on Xen
+                }
+                Event::Resumed { cancelled, error } => {
+                    let _ = writeln!(
+                        out,
+                        "blk-app: resumed (cancelled: {cancelled}, error: {error:?})"
+                    );
+                    if !cancelled {
+                        // A new domain: its XenStore connection, then its devices.
+                        if let Some(r) = &run {
+                            r.front.suspended();
+                        }
+                        let (_, p) = xen.store().ok_or("no xenstore after the resume")?;
+                        resume_store(bus.client(), p);
+                        xs_port = p;
+                        let domid: u16 = bus
+                            .client()
+                            .read_string("domid")
+                            .map_err(|e| format!("read domid after the resume: {e:?}"))?
+                            .parse()
+                            .map_err(|_| "domid after the resume is not a number")?;
+                        bus.resumed(domid, xen.now())
+                            .map_err(|e| format!("bus after the resume: {e:?}"))?;
+                        let _ = writeln!(out, "blk-app: now domain {domid}; xenstore port {p}");
+                    }
+                    if let Some(r) = &mut run {
+                        r.resumed(cancelled, xen.now());
+                    }
+                }
+                _ => {}
             }
         }
-        wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_secs(10)))?;
+        let Some(r) = &mut run else {
+            wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_secs(10)))?;
+            continue;
+        };
+        let mut log = xen;
+        r.step(xen.now(), &mut |line| {
+            let _ = writeln!(log, "blk-app: {line}");
+        })?;
+        if xen.now().saturating_sub(last_report) >= Duration::from_secs(1) {
+            last_report = xen.now();
+            let _ = bus.client().write_str("data/blk-app-log", &r.report());
+        }
+        if r.writing() {
+            let _ = r.dev.wait(Duration::from_millis(20));
+        } else {
+            wait_until(xen, &[xs_port], Some(xen.now() + Duration::from_millis(50)))?;
+        }
+    }
+}
+
+/// The sequence log across suspends: the writer, and what each resume verified.
+struct LogRun {
+    front: Blkfront<&'static Xen>,
+    dev: BlkDevice<&'static Xen>,
+    log: SeqLog,
+    resumes: u32,
+    checkpoints: u32,
+    /// After a resume: when it happened and what was acknowledged then (to verify).
+    pending_check: Option<(Duration, u64)>,
+    verified: u64,
+    error: Option<String>,
+}
+
+impl LogRun {
+    fn new(front: Blkfront<&'static Xen>, dev: BlkDevice<&'static Xen>, log: SeqLog) -> Self {
+        LogRun {
+            front,
+            dev,
+            log,
+            resumes: 0,
+            checkpoints: 0,
+            pending_check: None,
+            verified: 0,
+            error: None,
+        }
+    }
+
+    fn writing(&self) -> bool {
+        self.error.is_none()
+            && self.front.state(self.dev.nodename()) == Some(DeviceState::Connected)
+    }
+
+    fn resumed(&mut self, cancelled: bool, now: Duration) {
+        if cancelled {
+            self.checkpoints += 1;
+        } else {
+            self.resumes += 1;
+        }
+        self.pending_check = Some((now, self.log.acked()));
+    }
+
+    /// `records R resumes S checkpoints C verified V` (+ ` error: ...`).
+    fn report(&self) -> String {
+        let mut s = format!(
+            "records {} resumes {} checkpoints {} verified {}",
+            self.log.acked(),
+            self.resumes,
+            self.checkpoints,
+            self.verified
+        );
+        if let Some(e) = &self.error {
+            s.push_str(" error: ");
+            s.push_str(e);
+        }
+        s
+    }
+
+    fn step(&mut self, now: Duration, say: &mut dyn FnMut(&str)) -> Result<(), String> {
+        if self.error.is_some() {
+            return Ok(());
+        }
+        let connected = self.front.state(self.dev.nodename()) == Some(DeviceState::Connected);
+        if let Some((t, acked)) = self.pending_check {
+            if !connected {
+                return Ok(()); // reconnecting: submits queue, nothing to verify yet
+            }
+            // Connected again: what was acknowledged before the suspend must be there.
+            self.pending_check = None;
+            let again = now.saturating_sub(t);
+            let reissued = self.dev.reissued();
+            match self.log.verify(&mut self.dev, acked) {
+                Ok(()) => {
+                    self.verified = acked;
+                    say(&format!(
+                        "resume: I/O going again {} ms after the resume; {reissued} requests re-issued so far; records 0..{acked} verified",
+                        again.as_millis()
+                    ));
+                }
+                Err(e) => {
+                    say(&e);
+                    self.error = Some(e);
+                    return Ok(());
+                }
+            }
+        }
+        for _ in 0..64 {
+            match self.log.step(&mut self.dev) {
+                Ok(Step::Progress) => {}
+                Ok(Step::Waiting) => break,
+                Err(e) => {
+                    say(&e);
+                    self.error = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -166,7 +367,7 @@ fn check_disk<T: xenolith::store::client::Transport>(
     bus: &mut Bus<T>,
     xs_port: u32,
     opts: &Options,
-) -> Result<(), String> {
+) -> Result<(Blkfront<&'static Xen>, BlkDevice<&'static Xen>), String> {
     let mut out = xen;
     let front = Blkfront::new(xen).with_mode(opts.mode);
     front
@@ -248,5 +449,5 @@ fn check_disk<T: xenolith::store::client::Transport>(
         None => "none",
     };
     let _ = bus.client().write_str("data/blk-app-discard", d);
-    Ok(())
+    Ok((front, dev))
 }

@@ -32,7 +32,9 @@ use xen_bus::{Bus, DeviceCtx, DeviceInfo, DriverError, DriverResult, FrontDriver
 use xen_bus::{DomId, XenbusState};
 use xen_platform::{Clock, EvtchnPort, Pages, PlatformRef};
 
-use super::ring::{release_ring, setup_ring, DataPath, RingSetup, WaitMode};
+use super::ring::{
+    release_ring, release_ring_after_resume, setup_ring, DataPath, RingSetup, WaitMode,
+};
 use super::{chunked, BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
 use crate::negotiate::{
     front_ring_order, negotiate_front, BackendOffer, FrontConfig, FrontLimits, FrontRing,
@@ -130,6 +132,26 @@ impl<H: PlatformRef> Inner<H> {
 
     fn parked(&self) -> bool {
         self.dp.as_ref().is_some_and(DataPath::parked)
+    }
+
+    /// This domain resumed as a new one: its event channels, grants and mappings are gone
+    /// (their numbers may belong to new channels: nothing is closed). Keep every request
+    /// not yet answered for the next connection, as when a backend departs in order.
+    fn suspended(&mut self) {
+        if let Some(s) = self.setup.take() {
+            release_ring_after_resume(&self.plat, s);
+        }
+        let connected = match self.dp.as_mut() {
+            Some(dp) => {
+                dp.forget_port();
+                dp.connected
+            }
+            None => false,
+        };
+        if connected {
+            self.backend_closing = true;
+            self.park();
+        }
     }
 
     fn state(&self) -> DeviceState {
@@ -235,6 +257,18 @@ impl<H: PlatformRef> Blkfront<H> {
         self
     }
 
+    /// After a real resume of this domain (`xen_control::Event::Resumed` with `cancelled`
+    /// false), before `Bus::resumed`: every device lets go of its ring and event channel
+    /// without closing anything (the numbers are no longer ours) and parks what is not
+    /// answered; the bus then runs each handshake again and the new connections issue the
+    /// parked requests again (Linux `blkfront_resume` + `blkif_recover`). Requests wait at
+    /// most the reconnect timeout.
+    pub fn suspended(&self) {
+        for d in self.devices.borrow().values() {
+            d.borrow_mut().suspended();
+        }
+    }
+
     /// Drive the `vbd` frontends of `bus` with blkfront.
     pub fn register<T: Transport>(&self, bus: &mut Bus<T>) -> Result<(), XsClientError> {
         let me = self.clone();
@@ -332,6 +366,14 @@ impl<H: PlatformRef> Blkfront<H> {
             if d.parked() && closed {
                 let now = self.plat.get().now();
                 bus.reconnect(name, now);
+            }
+            // Parked requests of a device the bus failed (its nodes are gone or changed
+            // after a resume): nothing will take them over.
+            let failed = bus
+                .device(name)
+                .is_some_and(|st| st.phase == xen_bus::Phase::Closed && st.error.is_some());
+            if d.parked() && failed {
+                d.disconnect(BlkError::Failed);
             }
             if let Some(dp) = d.dp.as_mut().filter(|dp| !dp.connected) {
                 // Pages the backend still mapped when we disconnected (Linux blkfront defers

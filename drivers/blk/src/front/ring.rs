@@ -735,9 +735,22 @@ pub(crate) fn setup_ring<H: PlatformRef>(
 }
 
 /// Undo a [`setup_ring`] that never became a [`DataPath`].
+/// [`release_ring`] after this domain resumed as a new one: the port is not ours any more
+/// (not closed) and the grants are gone with the old grant table (ending them only frees
+/// the refs).
+pub(crate) fn release_ring_after_resume<H: PlatformRef>(plat: &H, s: RingSetup) {
+    release(plat, s, false)
+}
+
 pub(crate) fn release_ring<H: PlatformRef>(plat: &H, s: RingSetup) {
+    release(plat, s, true)
+}
+
+fn release<H: PlatformRef>(plat: &H, s: RingSetup, close_port: bool) {
     let p = plat.get();
-    let _ = p.close(s.port);
+    if close_port {
+        let _ = p.close(s.port);
+    }
     let mut failed = 0;
     p.end_batch(&s.refs, &mut |_, _| failed += 1);
     if failed == 0 {

@@ -352,6 +352,12 @@ impl<H: PlatformRef> DataPath<H> {
     }
 
     /// Close the port, end the ring's grants and free its pages, release the bounce pool.
+    /// This domain resumed as a new one: the event channel's number is not ours any more;
+    /// forget it without closing it.
+    pub fn forget_port(&mut self) {
+        self.port = None;
+    }
+
     fn release_ring(&mut self) {
         if let Some(port) = self.port.take() {
             let _ = self.p().close(port);
