@@ -81,6 +81,12 @@ pub mod keys {
     pub const EVENT_CHANNEL: &str = "event-channel";
     /// The frontend's ABI (`x86_64-abi`; absent: native).
     pub const PROTOCOL: &str = "protocol";
+    /// Backend: most queues (rings) it serves per device (blkif.h "Multiple hardware
+    /// queues/rings"; absent: 1).
+    pub const MULTI_QUEUE_MAX_QUEUES: &str = "multi-queue-max-queues";
+    /// Frontend: queues it uses (absent: 1); with two or more, each queue's `ring-ref*` and
+    /// `event-channel` are under `queue-<N>/`.
+    pub const MULTI_QUEUE_NUM_QUEUES: &str = "multi-queue-num-queues";
 }
 
 /// Largest ring xenolith maps or grants: 2^4 = 16 pages (Linux's `XENBUS_MAX_RING_GRANT_ORDER`).
@@ -137,6 +143,8 @@ pub struct BackendOffer {
     pub max_request_segments: Option<u32>,
     /// Seed cap `max-request-size` (bytes).
     pub max_request_size: Option<u32>,
+    /// `multi-queue-max-queues` (1 when absent: one ring per device).
+    pub max_queues: u32,
 }
 
 /// A frontend's own limits.
@@ -252,8 +260,11 @@ impl FrontRing {
 /// What a backend enforces once the frontend's keys are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackConfig {
-    /// The frontend's ring and port.
+    /// The frontend's ring and port: its only one, or queue 0's.
     pub ring: FrontRing,
+    /// Queues 1.. of a frontend that uses several (`multi-queue-num-queues`), in order; the
+    /// same ring size as queue 0 (`ring-page-order` is shared).
+    pub more_queues: Vec<FrontRing>,
     /// Segments per request accepted: 11 direct, or up to the indirect count offered; capped by
     /// the frontend's `max-request-segments` when it wrote one.
     pub max_segments: u32,
@@ -262,6 +273,11 @@ pub struct BackConfig {
 }
 
 impl BackConfig {
+    /// Every queue's ring, queue 0 first.
+    pub fn queues(&self) -> impl Iterator<Item = &FrontRing> {
+        core::iter::once(&self.ring).chain(self.more_queues.iter())
+    }
+
     /// Both ends use persistent grants: the backend offered them and the frontend wrote
     /// `feature-persistent = 1` (as Linux's `connect_ring` decides).
     pub fn persistent(&self, offer: &BackendOffer) -> bool {
@@ -331,6 +347,9 @@ impl BackendOffer {
     /// segments, and the caps FreeBSD's older frontend sets.
     pub fn ring_keys(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        if self.max_queues > 1 {
+            out.push((keys::MULTI_QUEUE_MAX_QUEUES, self.max_queues.to_string()));
+        }
         out.push((
             keys::MAX_RING_PAGE_ORDER,
             self.max_ring_page_order.to_string(),
@@ -447,6 +466,9 @@ impl BackendOffer {
             max_requests: read_u32(get, keys::MAX_REQUESTS)?,
             max_request_segments: read_u32(get, keys::MAX_REQUEST_SEGMENTS)?,
             max_request_size: read_u32(get, keys::MAX_REQUEST_SIZE)?,
+            max_queues: read_u32(get, keys::MULTI_QUEUE_MAX_QUEUES)?
+                .unwrap_or(1)
+                .max(1),
         })
     }
 }
@@ -510,7 +532,10 @@ pub fn negotiate_front(
 /// `ring-page-order` (or legacy `num-ring-pages`) with `ring-ref0..N-1`, or a single `ring-ref`
 /// — the `event-channel`, and the `protocol`, which must be the native one (absent: native).
 /// A ring larger than `offer.max_ring_page_order` is refused. Seed caps `max-requests` and
-/// `max-request-segments` written by the frontend are applied.
+/// `max-request-segments` written by the frontend are applied. With `multi-queue-num-queues`
+/// of two or more (at most `offer.max_queues`), each queue's `ring-ref*` and `event-channel`
+/// are read under `queue-<N>/` and the toplevel ones are not looked at (blkif.h); one queue
+/// keeps the toplevel keys.
 pub fn negotiate_back(
     mut get: impl FnMut(&str) -> Result<Option<Vec<u8>>, DriverError>,
     offer: &BackendOffer,
@@ -526,36 +551,30 @@ pub fn negotiate_back(
         },
     };
     let limit = offer.max_ring_page_order.min(MAX_RING_PAGE_ORDER);
-    let ring_refs = match order {
-        // No order key: a one-page ring under `ring-ref` (a multi-page-aware frontend may also
-        // write `ring-ref0` with order 0; accept it when `ring-ref` is absent).
-        None | Some(0) => {
-            let r = match read_u32(get, keys::RING_REF)? {
-                Some(r) => r,
-                None => read_u32(get, "ring-ref0")?
-                    .ok_or_else(|| DriverError::new(ENOENT, "reading ring-ref: missing"))?,
-            };
-            alloc::vec![r]
-        }
-        Some(o) if o > limit => {
-            return Err(DriverError::new(
-                EINVAL,
-                format!("ring-page-order {o} exceeds the offered {limit}"),
-            ))
-        }
-        Some(o) => {
-            let mut refs = Vec::with_capacity(1 << o);
-            for i in 0..(1u32 << o) {
-                let key = format!("{}{}", keys::RING_REF, i);
-                let r = read_u32(get, &key)?
-                    .ok_or_else(|| DriverError::new(ENOENT, format!("reading {key}: missing")))?;
-                refs.push(r);
-            }
-            refs
-        }
-    };
-    let event_channel = read_u32(get, keys::EVENT_CHANNEL)?
-        .ok_or_else(|| DriverError::new(ENOENT, "reading event-channel: missing"))?;
+    if let Some(o) = order.filter(|&o| o > limit) {
+        return Err(DriverError::new(
+            EINVAL,
+            format!("ring-page-order {o} exceeds the offered {limit}"),
+        ));
+    }
+    let queues = read_u32(get, keys::MULTI_QUEUE_NUM_QUEUES)?.unwrap_or(1);
+    let most = offer.max_queues.max(1);
+    if queues == 0 || queues > most {
+        return Err(DriverError::new(
+            EINVAL,
+            format!("multi-queue-num-queues {queues}: must be 1..={most}"),
+        ));
+    }
+    let persistent = read_flag(get, keys::FEATURE_PERSISTENT)?;
+    let mut rings = Vec::with_capacity(queues as usize);
+    for q in 0..queues {
+        let dir = if queues == 1 {
+            String::new()
+        } else {
+            format!("queue-{q}/")
+        };
+        rings.push(read_queue(get, &dir, order, persistent)?);
+    }
     if let Some(p) = get(keys::PROTOCOL)? {
         let p = core::str::from_utf8(&p)
             .unwrap_or("?")
@@ -567,7 +586,11 @@ pub fn negotiate_back(
             ));
         }
     }
-    let pages = ring_refs.len();
+    let mut rings = rings.into_iter();
+    let ring = rings
+        .next()
+        .ok_or_else(|| DriverError::new(EINVAL, "no queue"))?;
+    let pages = ring.ring_refs.len();
     let mut max_requests = blkif_ring_size(pages);
     if let Some(cap) = read_u32(get, keys::MAX_REQUESTS)? {
         max_requests = max_requests.min(cap.max(1));
@@ -579,15 +602,53 @@ pub fn negotiate_back(
     if let Some(cap) = read_u32(get, keys::MAX_REQUEST_SEGMENTS)? {
         max_segments = max_segments.min(cap.max(1));
     }
-    let persistent = read_flag(get, keys::FEATURE_PERSISTENT)?;
     Ok(BackConfig {
-        ring: FrontRing {
-            ring_refs,
-            event_channel,
-            persistent,
-        },
+        ring,
+        more_queues: rings.collect(),
         max_segments,
         max_requests,
+    })
+}
+
+/// One queue's ring under `dir` (`""` or `queue-<N>/`): `order` pages (`None`: the single
+/// page's `ring-ref`, or `ring-ref0` when that is absent) and its `event-channel`.
+fn read_queue(
+    get: &mut Get<'_>,
+    dir: &str,
+    order: Option<u32>,
+    persistent: bool,
+) -> Result<FrontRing, DriverError> {
+    let ring_refs = match order {
+        // No order key: a one-page ring under `ring-ref` (a multi-page-aware frontend may also
+        // write `ring-ref0` with order 0; accept it when `ring-ref` is absent).
+        None | Some(0) => {
+            let single = format!("{dir}{}", keys::RING_REF);
+            let r = match read_u32(get, &single)? {
+                Some(r) => r,
+                None => read_u32(get, &format!("{dir}ring-ref0"))?.ok_or_else(|| {
+                    DriverError::new(ENOENT, format!("reading {single}: missing"))
+                })?,
+            };
+            alloc::vec![r]
+        }
+        Some(o) => {
+            let mut refs = Vec::with_capacity(1 << o);
+            for i in 0..(1u32 << o) {
+                let key = format!("{dir}{}{}", keys::RING_REF, i);
+                let r = read_u32(get, &key)?
+                    .ok_or_else(|| DriverError::new(ENOENT, format!("reading {key}: missing")))?;
+                refs.push(r);
+            }
+            refs
+        }
+    };
+    let key = format!("{dir}{}", keys::EVENT_CHANNEL);
+    let event_channel = read_u32(get, &key)?
+        .ok_or_else(|| DriverError::new(ENOENT, format!("reading {key}: missing")))?;
+    Ok(FrontRing {
+        ring_refs,
+        event_channel,
+        persistent,
     })
 }
 

@@ -101,6 +101,7 @@ fn options_shape_what_is_published() {
         discard: true,
         persistent: false,
         max_persistent_grants: None,
+        max_queues: 1,
     };
     let mut w = World::new(opts, DiskKind::Mem);
     let g = w.guest("guest");
@@ -119,6 +120,7 @@ fn options_shape_what_is_published() {
         None,
         "11 is no indirect"
     );
+    assert_eq!(key(&w, "multi-queue-max-queues"), None, "one queue: no key");
     let _f = RawFront::start(&g, w.sd.domid(), RingStyle::Single);
     w.run_until("Connected", |w| w.backend_state(fe).as_deref() == Some("4"));
     assert_eq!(key(&w, "feature-flush-cache").as_deref(), Some("0"));

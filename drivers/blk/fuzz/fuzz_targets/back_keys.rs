@@ -1,6 +1,7 @@
 //! blkback facing a hostile frontend's XenStore keys: `ring-page-order`, `num-ring-pages`,
 //! `ring-ref`, `ring-ref<N>`, `event-channel`, `protocol`, `feature-persistent`,
-//! `max-requests`, `max-request-segments` come from the input, with any value (digits, signs,
+//! `max-requests`, `max-request-segments`, `multi-queue-num-queues` and the `queue-<N>/` keys
+//! come from the input, with any value (digits, signs,
 //! blanks, NULs, huge numbers, raw bytes) — and repeated or missing. They go through
 //! `negotiate_back`, what the vbd driver calls at the frontend's Initialised, and what it
 //! accepts goes on to `Channel::connect` on the simulator's real grants and event channels
@@ -8,7 +9,7 @@
 //! its real unbound port), polled once and disconnected.
 //!
 //! Checked: no panic; an accepted configuration stays inside what the backend offered (ring
-//! pages, requests per ring, segments per request); every mapping is released at disconnect.
+//! pages, queues, requests per ring, segments per request); every mapping is released at disconnect.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -67,7 +68,14 @@ fn key_name(sel: u8) -> String {
     match sel {
         0..=8 => NAMED[usize::from(sel)].to_string(),
         // ring-ref0 .. ring-ref17: two past an order-4 ring.
-        _ => format!("ring-ref{}", (sel - 9) % 18),
+        9..=26 => format!("ring-ref{}", sel - 9),
+        27 => keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
+        // Queues 0..5 (one past the most offered): ring-ref, ring-ref0/1, event-channel.
+        _ => {
+            let k = sel - 28;
+            let leaf = ["ring-ref", "ring-ref0", "ring-ref1", "event-channel"][usize::from(k % 4)];
+            format!("queue-{}/{leaf}", (k / 4) % 6)
+        }
     }
 }
 
@@ -86,6 +94,7 @@ fn offer(flags: u8) -> BackendOffer {
         max_requests: None,
         max_request_segments: None,
         max_request_size: None,
+        max_queues: if flags & 32 != 0 { 4 } else { 1 },
     }
 }
 
@@ -103,6 +112,8 @@ fuzz_target!(|input: &[u8]| {
     let Ok(cfg) = negotiate_back(|k| Ok(store.get(k).cloned()), &offer) else {
         return;
     };
+    assert!(1 + cfg.more_queues.len() <= offer.max_queues as usize, "{cfg:?}");
+    assert!(cfg.queues().all(|q| q.ring_refs.len() == cfg.ring.ring_refs.len()));
     let pages = cfg.ring.ring_refs.len();
     let limit = offer.max_ring_page_order.min(4);
     assert!(pages.is_power_of_two() && pages <= 1 << limit, "{pages} ring pages");

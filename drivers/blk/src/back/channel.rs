@@ -84,6 +84,24 @@ pub struct ChannelStats {
     pub persistent_maps: usize,
 }
 
+impl ChannelStats {
+    /// The counters of several rings of one device as one: sums, and the largest
+    /// `max_in_flight`.
+    pub fn merge(&self, o: &ChannelStats) -> ChannelStats {
+        ChannelStats {
+            requests: self.requests.saturating_add(o.requests),
+            responses: self.responses.saturating_add(o.responses),
+            refused: self.refused.saturating_add(o.refused),
+            submitted: self.submitted.saturating_add(o.submitted),
+            max_in_flight: self.max_in_flight.max(o.max_in_flight),
+            in_place: self.in_place.saturating_add(o.in_place),
+            split: self.split.saturating_add(o.split),
+            parts: self.parts.saturating_add(o.parts),
+            persistent_maps: self.persistent_maps.saturating_add(o.persistent_maps),
+        }
+    }
+}
+
 /// One granted segment: page `gref`, bytes `off..off + len` of it — sectors `first..=last`,
 /// checked at construction ([`Seg::new`]): `0 < len`, `off + len <= PAGE_SIZE`.
 #[derive(Debug, Clone, Copy)]

@@ -13,6 +13,7 @@
 //! and poll again; poll at once when [`BackPoll::busy`]. blkback itself never clears a port.
 
 pub mod channel;
+pub(crate) mod queues;
 pub(crate) mod shared;
 
 use alloc::boxed::Box;
@@ -80,7 +81,14 @@ pub struct BackOptions {
     /// BLKIF_MAX_SEGMENTS_PER_REQUEST", and at least Linux blkback's default of 1056
     /// (`xen_blkif_max_pgrants`).
     pub max_persistent_grants: Option<usize>,
+    /// `multi-queue-max-queues`: rings a frontend may use per device (1: the key is not
+    /// written; at most [`queues::MAX_QUEUES`]). Linux's blkfront uses one per vCPU up to it.
+    pub max_queues: u32,
 }
+
+/// Queues offered by default (Linux blkback offers one per vCPU of its domain; a storage
+/// domain of one vCPU still serves each ring in turn, and a guest spreads its I/O over them).
+pub const DEFAULT_MAX_QUEUES: u32 = 4;
 
 impl Default for BackOptions {
     /// What Linux's blkback publishes by default (`docs/XENSTORE-LAYOUT.md`): order 4, 256
@@ -94,6 +102,7 @@ impl Default for BackOptions {
             discard: true,
             persistent: true,
             max_persistent_grants: None,
+            max_queues: DEFAULT_MAX_QUEUES,
         }
     }
 }
@@ -119,6 +128,8 @@ pub struct BackPoll {
 pub struct DeviceReport {
     /// Connected (a ring is mapped).
     pub connected: bool,
+    /// Rings (queues) connected: 0 when not connected.
+    pub queues: usize,
     /// The data path's counters (of the current or last connection).
     pub stats: ChannelStats,
     /// What was offered (after probe).
@@ -126,7 +137,8 @@ pub struct DeviceReport {
 }
 
 struct Slot<H: PlatformRef> {
-    channel: Option<Channel<H>>,
+    /// One per queue while connected (queue 0 first); empty otherwise.
+    channels: Vec<Channel<H>>,
     last_stats: ChannelStats,
     offer: Option<BackendOffer>,
 }
@@ -191,7 +203,7 @@ impl<H: PlatformRef> BlkBack<H> {
         let hub = self.hub.clone();
         bus.register_back("vbd", move |info| {
             let slot = Rc::new(RefCell::new(Slot {
-                channel: None,
+                channels: Vec::new(),
                 last_stats: ChannelStats::default(),
                 offer: None,
             }));
@@ -202,6 +214,7 @@ impl<H: PlatformRef> BlkBack<H> {
                 hub: hub.clone(),
                 slot,
                 storage: None,
+                shared: None,
                 offer: None,
                 limits: None,
                 next_tag: 0,
@@ -242,20 +255,24 @@ impl<H: PlatformRef> BlkBack<H> {
             let mut again = false;
             for (name, slot) in order {
                 let mut s = slot.borrow_mut();
-                let Some(ch) = s.channel.as_mut() else {
-                    continue;
-                };
-                if pass > 0 && !ch.backlogged() {
-                    continue;
-                }
-                ch.poll(!hub.polled);
-                again |= ch.backlogged() && ch.broken().is_none();
-                if pass == 0 {
-                    out.ports.push(ch.port());
-                    ch.storage_ports(&mut |p| out.ports.push(p));
-                    if ch.broken().is_some() {
-                        out.broken.push(name.clone());
+                let mut broken = false;
+                for (q, ch) in s.channels.iter_mut().enumerate() {
+                    if pass > 0 && !ch.backlogged() {
+                        continue;
                     }
+                    ch.poll(!hub.polled);
+                    again |= ch.backlogged() && ch.broken().is_none();
+                    if pass == 0 {
+                        out.ports.push(ch.port());
+                        // The queues share one storage: its ports once.
+                        if q == 0 {
+                            ch.storage_ports(&mut |p| out.ports.push(p));
+                        }
+                        broken |= ch.broken().is_some();
+                    }
+                }
+                if broken {
+                    out.broken.push(name.clone());
                 }
             }
             if !again {
@@ -265,7 +282,7 @@ impl<H: PlatformRef> BlkBack<H> {
         out.busy = hub
             .devices
             .values()
-            .any(|s| s.borrow().channel.as_ref().is_some_and(Channel::busy));
+            .any(|s| s.borrow().channels.iter().any(Channel::busy));
     }
 
     /// Responses written since this backend was made, over every connection of every device
@@ -275,7 +292,13 @@ impl<H: PlatformRef> BlkBack<H> {
         let live: u64 = hub
             .devices
             .values()
-            .filter_map(|s| s.borrow().channel.as_ref().map(|c| c.stats().responses))
+            .flat_map(|s| {
+                s.borrow()
+                    .channels
+                    .iter()
+                    .map(|c| c.stats().responses)
+                    .collect::<Vec<_>>()
+            })
             .sum();
         hub.retired_responses + live
     }
@@ -285,8 +308,15 @@ impl<H: PlatformRef> BlkBack<H> {
         let hub = self.hub.borrow();
         let s = hub.devices.get(nodename)?.borrow();
         Some(DeviceReport {
-            connected: s.channel.is_some(),
-            stats: s.channel.as_ref().map_or(s.last_stats, |c| c.stats()),
+            connected: !s.channels.is_empty(),
+            queues: s.channels.len(),
+            stats: if s.channels.is_empty() {
+                s.last_stats
+            } else {
+                s.channels
+                    .iter()
+                    .fold(ChannelStats::default(), |a, c| a.merge(&c.stats()))
+            },
             offer: s.offer.clone(),
         })
     }
@@ -297,6 +327,8 @@ struct VbdBack<H: PlatformRef> {
     hub: Rc<RefCell<Hub<H>>>,
     slot: Rc<RefCell<Slot<H>>>,
     storage: Option<Box<dyn Storage>>,
+    /// While several queues are connected: the storage they share.
+    shared: Option<Rc<RefCell<queues::Shared>>>,
     offer: Option<BackendOffer>,
     limits: Option<Limits>,
     /// The first storage tag of the next connection (tags are never reused).
@@ -388,6 +420,7 @@ impl<H: PlatformRef> VbdBack<H> {
             max_requests: None,
             max_request_segments: None,
             max_request_size: None,
+            max_queues: opts.max_queues.clamp(1, queues::MAX_QUEUES),
         };
         self.limits = Some(Limits {
             max_segments: BLKIF_MAX_SEGMENTS_PER_REQUEST as u32,
@@ -455,32 +488,68 @@ impl<H: PlatformRef> BackDriver for VbdBack<H> {
         };
         let p = self.hub.borrow().platform.clone();
         let fe = ctx.info.frontend_id;
-        let ch = match Channel::connect(
-            p,
-            fe,
-            &cfg.ring.ring_refs,
-            cfg.ring.event_channel,
-            storage,
-            limits,
-            self.next_tag,
-        ) {
-            Ok(ch) => ch,
-            Err((e, storage)) => {
-                self.storage = Some(storage);
-                let en = match e {
-                    xen_platform::Error::NoSuchDomain => errno::ENODEV,
-                    _ => errno::EINVAL,
-                };
-                return Err(DriverError::new(
-                    en,
-                    format!(
-                        "mapping ring {:?} port {}: {e:?}",
-                        cfg.ring.ring_refs, cfg.ring.event_channel
-                    ),
-                ));
+        let rings: Vec<_> = cfg.queues().cloned().collect();
+        // The persistent-grant budget is the device's: its queues share it.
+        limits.persistent_grants /= rings.len().max(1);
+        let mut storage = Some(storage);
+        let shared = match storage.take() {
+            Some(st) if rings.len() > 1 => Some(queues::Shared::new(st, rings.len())),
+            st => {
+                storage = st;
+                None
             }
         };
-        self.slot.borrow_mut().channel = Some(ch);
+        let mut channels = Vec::with_capacity(rings.len());
+        for (q, ring) in rings.iter().enumerate() {
+            // One queue: the storage itself, as before multi-queue; several: each its handle.
+            let (st, first): (Box<dyn Storage>, u64) = match &shared {
+                Some(sh) => (
+                    Box::new(queues::QueueStorage::new(sh.clone(), q)),
+                    queues::first_tag(q, self.next_tag),
+                ),
+                None => match storage.take() {
+                    Some(st) => (st, self.next_tag),
+                    None => return Err(DriverError::new(errno::EIO, "storage already in use")),
+                },
+            };
+            match Channel::connect(
+                p.clone(),
+                fe,
+                &ring.ring_refs,
+                ring.event_channel,
+                st,
+                limits,
+                first,
+            ) {
+                Ok(ch) => channels.push(ch),
+                Err((e, st)) => {
+                    // Undo: every queue connected so far lets go, the storage comes back.
+                    for mut ch in channels {
+                        let _ = ch.take_storage();
+                    }
+                    self.storage = match shared {
+                        Some(sh) => {
+                            drop(st);
+                            queues::Shared::into_storage(sh)
+                        }
+                        None => Some(st),
+                    };
+                    let en = match e {
+                        xen_platform::Error::NoSuchDomain => errno::ENODEV,
+                        _ => errno::EINVAL,
+                    };
+                    return Err(DriverError::new(
+                        en,
+                        format!(
+                            "mapping ring {:?} port {} (queue {q}): {e:?}",
+                            ring.ring_refs, ring.event_channel
+                        ),
+                    ));
+                }
+            }
+        }
+        self.shared = shared;
+        self.slot.borrow_mut().channels = channels;
         for (k, v) in offer.connect_keys() {
             if let Err(e) = ctx.write(k, v.as_bytes()) {
                 self.detach(ctx);
@@ -492,19 +561,31 @@ impl<H: PlatformRef> BackDriver for VbdBack<H> {
 
     fn detach(&mut self, _ctx: &mut DeviceCtx<'_>) {
         let mut slot = self.slot.borrow_mut();
-        if let Some(mut ch) = slot.channel.take() {
-            // Every request answered, every grant unmapped, the port closed; the storage kept
-            // for a reconnect (the bus restarts a backend whose frontend comes back while
-            // `online` is 1, with this same driver).
-            let (storage, next_tag) = ch.take_storage();
-            slot.last_stats = ch.stats();
-            // Not borrowed here: the bus detaches outside of poll_into.
-            if let Ok(mut hub) = self.hub.try_borrow_mut() {
-                hub.retired_responses += slot.last_stats.responses;
-            }
-            self.storage = Some(storage);
-            self.next_tag = next_tag;
+        if slot.channels.is_empty() {
+            return;
         }
+        // Every request answered, every grant unmapped, every port closed; the storage kept
+        // for a reconnect (the bus restarts a backend whose frontend comes back while
+        // `online` is 1, with this same driver).
+        let mut stats = ChannelStats::default();
+        let mut next = self.next_tag;
+        for mut ch in core::mem::take(&mut slot.channels) {
+            let (storage, next_tag) = ch.take_storage();
+            stats = stats.merge(&ch.stats());
+            next = next.max(next_tag & ((1 << queues::QUEUE_SHIFT) - 1));
+            if self.shared.is_none() {
+                self.storage = Some(storage);
+            }
+        }
+        if let Some(sh) = self.shared.take() {
+            self.storage = queues::Shared::into_storage(sh);
+        }
+        slot.last_stats = stats;
+        // Not borrowed here: the bus detaches outside of poll_into.
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            hub.retired_responses += stats.responses;
+        }
+        self.next_tag = next;
     }
 }
 

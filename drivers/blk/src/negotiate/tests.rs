@@ -372,6 +372,7 @@ fn backend_keys_roundtrip() {
         max_requests: Some(64),
         max_request_segments: None,
         max_request_size: Some(1 << 20),
+        max_queues: 1,
     };
     let ring = offer.ring_keys();
     assert!(ring.contains(&("max-ring-page-order", "3".into())));
@@ -408,6 +409,7 @@ fn offer(order: u32, indirect: u32) -> BackendOffer {
         max_requests: None,
         max_request_segments: None,
         max_request_size: None,
+        max_queues: 1,
     }
 }
 
@@ -561,4 +563,86 @@ fn mode_values() {
     assert!(parse_mode(b"r").unwrap());
     assert!(!parse_mode(b"w").unwrap());
     assert!(parse_mode(b"x").is_err());
+}
+
+/// Multi-queue (blkif.h "Multiple hardware queues/rings"): `multi-queue-num-queues` of two or
+/// more moves each queue's `ring-ref*`/`event-channel` under `queue-<N>/` (the toplevel ones
+/// are not read, `ring-page-order` stays shared); one queue keeps the toplevel keys; zero, or
+/// more than `multi-queue-max-queues`, is refused; a queue with a key missing is refused.
+#[test]
+fn backend_reads_queues() {
+    let mut o = offer(4, 256);
+    o.max_queues = 4;
+    let ok = |keys: &[(&str, &str)], o: &BackendOffer| negotiate_back(getter(&dir(keys)), o);
+    // Linux blkfront with 2 vCPUs and an order-1 ring.
+    let c = ok(
+        &[
+            ("multi-queue-num-queues", "2"),
+            ("ring-page-order", "1"),
+            ("queue-0/ring-ref0", "10"),
+            ("queue-0/ring-ref1", "11"),
+            ("queue-0/event-channel", "5"),
+            ("queue-1/ring-ref0", "12"),
+            ("queue-1/ring-ref1", "13"),
+            ("queue-1/event-channel", "6"),
+            ("protocol", "x86_64-abi"),
+            ("feature-persistent", "1"),
+        ],
+        &o,
+    )
+    .unwrap();
+    let q: Vec<_> = c
+        .queues()
+        .map(|r| (r.ring_refs.clone(), r.event_channel, r.persistent))
+        .collect();
+    assert_eq!(q, vec![(vec![10, 11], 5, true), (vec![12, 13], 6, true)]);
+    assert_eq!(c.max_requests, blkif_ring_size(2));
+    // One queue: toplevel keys, as a frontend that knows nothing of queues.
+    let c = ok(
+        &[
+            ("multi-queue-num-queues", "1"),
+            ("ring-ref", "8"),
+            ("event-channel", "4"),
+        ],
+        &o,
+    )
+    .unwrap();
+    assert!(c.more_queues.is_empty());
+    assert_eq!(c.ring.ring_refs, vec![8]);
+    // Zero, or more than offered (and a backend that offered none takes one only).
+    for (n, o) in [("0", o.clone()), ("5", o.clone()), ("2", offer(4, 256))] {
+        let e = ok(
+            &[
+                ("multi-queue-num-queues", n),
+                ("queue-0/ring-ref", "1"),
+                ("queue-0/event-channel", "2"),
+                ("queue-1/ring-ref", "3"),
+                ("queue-1/event-channel", "4"),
+            ],
+            &o,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("multi-queue-num-queues"), "{n}: {e:?}");
+    }
+    // Queue 1's port missing; toplevel keys do not stand in for a queue's.
+    let e = ok(
+        &[
+            ("multi-queue-num-queues", "2"),
+            ("ring-ref", "1"),
+            ("event-channel", "2"),
+            ("queue-0/ring-ref", "1"),
+            ("queue-0/event-channel", "2"),
+            ("queue-1/ring-ref", "3"),
+        ],
+        &o,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("queue-1/event-channel"), "{e:?}");
+    // The offer's key: written only with more than one queue.
+    let keys = o.ring_keys();
+    assert!(keys.contains(&("multi-queue-max-queues", "4".to_string())));
+    assert!(!offer(4, 256)
+        .ring_keys()
+        .iter()
+        .any(|(k, _)| *k == "multi-queue-max-queues"));
 }

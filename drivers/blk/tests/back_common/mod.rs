@@ -223,6 +223,17 @@ pub enum RingStyle {
     Order(u32),
     /// Only the legacy `num-ring-pages` + `ring-ref0..N`.
     Legacy(u32),
+    /// `multi-queue-num-queues` = N and N one-page rings under `queue-<i>/` (queue 0 is the
+    /// front's own ring; the others are in [`RawFront::queues`]).
+    Queues(usize),
+}
+
+/// Queue 1.. of a multi-queue [`RawFront`].
+pub struct QueueRing {
+    pub ring: FrontRing<BlkifRequest, BlkifResponse>,
+    _run: PageRun,
+    pub port: u32,
+    pub responses: Vec<BlkifResponse>,
 }
 
 /// A frontend written by hand in the guest.
@@ -236,6 +247,8 @@ pub struct RawFront {
     pub port: u32,
     pub front_path: String,
     pub responses: Vec<BlkifResponse>,
+    /// Queues 1.. ([`RingStyle::Queues`]).
+    pub queues: Vec<QueueRing>,
 }
 
 impl RawFront {
@@ -249,7 +262,7 @@ impl RawFront {
     pub fn start_with(g: &Guest, mut xs: GuestClient, be: DomId, style: RingStyle) -> RawFront {
         let dom = g.domain().clone();
         let pages = match style {
-            RingStyle::Single => 1,
+            RingStyle::Single | RingStyle::Queues(_) => 1,
             RingStyle::Order(o) | RingStyle::Legacy(o) => 1usize << o,
         };
         let run = dom.alloc(pages).unwrap();
@@ -281,8 +294,32 @@ impl RawFront {
                 }
                 w("num-ring-pages", pages.to_string());
             }
+            RingStyle::Queues(_) => {}
         }
-        w("event-channel", port.to_string());
+        let mut queues = Vec::new();
+        if let RingStyle::Queues(n) = style {
+            w("multi-queue-num-queues", n.to_string());
+            w("queue-0/ring-ref", refs[0].to_string());
+            w("queue-0/event-channel", port.to_string());
+            for q in 1..n {
+                let run = dom.alloc(1).unwrap();
+                let f = dom.frame(run.addr).unwrap();
+                let r = dom.grant(be, f, false).unwrap();
+                // SAFETY: as above: our zeroed page, kept with the ring.
+                let ring = unsafe { FrontRing::new(run.addr, PAGE_SIZE) }.unwrap();
+                let qport = dom.alloc_unbound(be).unwrap();
+                w(&format!("queue-{q}/ring-ref"), r.to_string());
+                w(&format!("queue-{q}/event-channel"), qport.to_string());
+                queues.push(QueueRing {
+                    ring,
+                    _run: run,
+                    port: qport,
+                    responses: Vec::new(),
+                });
+            }
+        } else {
+            w("event-channel", port.to_string());
+        }
         w("protocol", "x86_64-abi".into());
         w("state", "3".into());
         RawFront {
@@ -295,7 +332,29 @@ impl RawFront {
             port,
             front_path,
             responses: Vec::new(),
+            queues,
         }
+    }
+
+    /// Push requests on queue `q` (1..) and notify.
+    pub fn push_q(&mut self, q: usize, reqs: &[BlkifRequest]) {
+        let qr = &mut self.queues[q - 1];
+        for r in reqs {
+            qr.ring.push_request(*r).unwrap();
+        }
+        if qr.ring.push_requests_and_check_notify() {
+            let _ = self.dom.notify(qr.port);
+        }
+    }
+
+    /// The response to `id` on queue `q` (1..), if it came.
+    pub fn response_q(&mut self, q: usize, id: u64) -> Option<BlkifResponse> {
+        let qr = &mut self.queues[q - 1];
+        while let Some(r) = qr.ring.take_response().unwrap() {
+            qr.responses.push(r);
+        }
+        let i = qr.responses.iter().position(|r| r.id == id)?;
+        Some(qr.responses.remove(i))
     }
 
     /// A data page of ours granted to the backend, filled with `fill`.

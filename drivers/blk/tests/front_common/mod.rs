@@ -264,6 +264,7 @@ pub fn modern_offer() -> BackendOffer {
         max_requests: None,
         max_request_segments: None,
         max_request_size: None,
+        max_queues: 1,
     }
 }
 
