@@ -196,8 +196,9 @@ fn restore_rewrites_the_device(s: &mut Setup) {
     s.ts.add_vbd(&vbd).unwrap();
 }
 
-/// A real resume (`xl restore`): the domain comes back as a new one, with writes and a flush
-/// in flight that the old backend never answered. `Blkfront::suspended` parks them,
+/// A real resume (`xl restore`): the domain comes back as a new one — its grants and event
+/// channels revoked (`revoke_for_restore`), its device nodes written anew — with writes and a
+/// flush in flight that the old backend never answered. `Blkfront::suspended` parks them,
 /// `Bus::resumed` runs the handshake again against the backend the new nodes name, and the
 /// parked requests complete, once each, with their data on the disk.
 #[test]
@@ -228,6 +229,13 @@ fn after_a_resume_the_requests_in_flight_are_issued_again() {
     }
     // Saved: the old backend goes with the old domain, without a word to the frontend.
     be.finish().unwrap();
+    // Restored: every grant and event channel of the guest is gone (its XenStore channel
+    // aside: the simulator keeps that connection), and libxl writes the device anew.
+    let before = s.guest.domain().stats().unwrap();
+    s.guest
+        .domain()
+        .revoke_for_restore(&[s.guest.store_port()])
+        .unwrap();
     restore_rewrites_the_device(&mut s);
     // Resumed: the guest lets go of what the old domain had, then its bus starts again.
     s.front.suspended();
@@ -254,6 +262,10 @@ fn after_a_resume_the_requests_in_flight_are_issued_again() {
     assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
     assert!(dev.reissued() >= 4, "re-issued {}", dev.reissued());
     assert_eq!(s.state(), Some(DeviceState::Connected));
+    // The old connection's grants were ended (revoked ones end at once), not leaked: the
+    // guest holds no more than it did with one connection up.
+    let after = s.guest.domain().stats().unwrap();
+    assert!(after.grants <= before.grants, "{before:?} -> {after:?}");
     let d = disk.lock().unwrap();
     for (sector, data) in expect.values() {
         let at = *sector as usize * 512;

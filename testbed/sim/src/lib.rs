@@ -442,6 +442,14 @@ impl Domain {
         self.shared.alive.load(Ordering::SeqCst)
     }
 
+    /// Play what `xl save` + `xl restore` leave this domain of its grants and event channels:
+    /// every port but `keep` (its XenStore port, say) closed — peers see them go — and every
+    /// grant revoked: no peer can map or copy it any more, and ending it succeeds at once (as
+    /// on an empty grant table). Memory, pages and the domain id stay.
+    pub fn revoke_for_restore(&self, keep: &[EvtchnPort]) -> Result<()> {
+        self.hv.lock().revoke_for_restore(self.id_(), keep)
+    }
+
     /// Destroy this domain (same as [`Hypervisor::destroy_domain`]).
     pub fn destroy(&self) -> Result<()> {
         self.hv.destroy_domain(self.shared.id)

@@ -224,6 +224,9 @@ struct GrantEntry {
     readonly: bool,
     /// Live mappings of this entry by the grantee.
     maps: u32,
+    /// Gone with a restore ([`HvState::revoke_for_restore`]): no new map or copy; ending it
+    /// succeeds at once (the restored domain's table holds nothing there).
+    revoked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,6 +603,7 @@ impl State {
                 frame,
                 readonly,
                 maps: 0,
+                revoked: false,
             });
         }
         if let Some(i) = self.mem.info_mut(frame) {
@@ -632,6 +636,7 @@ impl State {
             frame,
             readonly,
             maps: 0,
+            revoked: false,
         });
         if let Some(i) = self.mem.info_mut(frame) {
             i.grants += 1;
@@ -643,7 +648,7 @@ impl State {
         let d = self.live_mut(me)?;
         let slot = d.grant_slot_mut(gref).ok_or(Error::NotFound)?;
         let entry = slot.as_ref().ok_or(Error::NotFound)?;
-        if entry.maps > 0 {
+        if entry.maps > 0 && !entry.revoked {
             return Err(Error::Busy);
         }
         let frame = entry.frame;
@@ -670,6 +675,9 @@ impl State {
     ) -> Result<XenPfn> {
         let g = self.domains.get(&granter).ok_or(Error::NoSuchDomain)?;
         let e = g.grant_entry(gref).ok_or(Error::NotFound)?;
+        if e.revoked {
+            return Err(Error::NotFound);
+        }
         if e.grantee != me || (write && e.readonly) {
             return Err(Error::PermissionDenied);
         }
@@ -986,6 +994,35 @@ impl State {
     /// Tear a domain down: close its ports (peers see `PeerGone`), release its mappings of
     /// other domains' grants, revoke its grants (peers' mappings stay valid and keep the frames
     /// alive), and give its memory back. Its address ranges are replaced by anonymous memory.
+    /// What a domain finds of its grants and event channels after `xl restore` (a new domain
+    /// with its memory as it was): every port but `keep` closed (peers see them go), every
+    /// grant revoked (a peer can no longer map or copy it; ending it succeeds). Mappings a
+    /// peer still holds stay valid for that peer, as the old domain's pages would.
+    pub(crate) fn revoke_for_restore(&mut self, id: DomId, keep: &[EvtchnPort]) -> Result<()> {
+        let limit = self.config.event_ports;
+        let ports: Vec<(EvtchnPort, PortState)> = self
+            .live(id)?
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((EvtchnPort::try_from(i).ok()?, p.state)))
+            .filter(|(p, st)| !keep.contains(p) && *st != Port::FREE.state)
+            .collect();
+        for (port, st) in ports {
+            if let Ok(p) = self.live_mut(id)?.port_mut(port, limit) {
+                *p = Port::FREE;
+            }
+            if let PortState::Interdomain { remote, rport } = st {
+                self.peer_gone(id, port, remote, rport);
+            }
+        }
+        let d = self.live_mut(id)?;
+        for e in d.grants.iter_mut().flatten() {
+            e.revoked = true;
+        }
+        Ok(())
+    }
+
     pub(crate) fn destroy(&mut self, id: DomId) -> Result<Arc<DomShared>> {
         let d = self.domains.remove(&id).ok_or(Error::NoSuchDomain)?;
         for (i, p) in d.ports.iter().enumerate() {

@@ -140,6 +140,42 @@ fn destroy_revokes_grants_but_peer_mappings_stay_readable() {
     assert_eq!(front.free(run), Err(Error::NoSuchDomain));
 }
 
+/// `revoke_for_restore`: what a restored domain finds — its grants gone (a peer can no longer
+/// map or copy them; a mapping it still holds stays readable; ending a grant succeeds even
+/// while mapped), its ports closed (peers see them go) but the kept one, its memory as it was.
+#[test]
+fn revoke_for_restore_ends_grants_and_ports_but_keeps_memory() {
+    let hv = Hypervisor::new();
+    let back = hv.create_domain("back");
+    let front = hv.create_domain("front");
+    let run = front.alloc(2).unwrap();
+    poke(run.page(0), 0, 0x55);
+    let g0 = front
+        .grant(back.id(), front.frame(run.page(0)).unwrap(), false)
+        .unwrap();
+    let g1 = front
+        .grant(back.id(), front.frame(run.page(1)).unwrap(), false)
+        .unwrap();
+    let m = back.map(front.id(), g0, false).unwrap();
+    let keep = front.alloc_unbound(back.id()).unwrap();
+    let kb = back.bind_interdomain(front.id(), keep).unwrap();
+    let gone = front.alloc_unbound(back.id()).unwrap();
+    let gb = back.bind_interdomain(front.id(), gone).unwrap();
+
+    front.revoke_for_restore(&[keep]).unwrap();
+
+    assert_eq!(back.map(front.id(), g1, true).err(), Some(Error::NotFound));
+    assert_eq!(peek(m.addr, 0), 0x55, "a mapping held stays readable");
+    front.end(g0).unwrap();
+    front.end(g1).unwrap();
+    back.unmap(m).unwrap();
+    assert_eq!(back.notify(gb), Err(Error::PeerGone));
+    back.notify(kb).unwrap();
+    assert_eq!(front.wait(&[keep], Some(SHORT)), Ok(keep));
+    assert_eq!(peek(run.page(0), 0), 0x55, "memory as it was");
+    front.free(run).unwrap();
+}
+
 #[test]
 fn destroy_releases_the_dead_domains_mappings() {
     let hv = Hypervisor::new();
