@@ -23,7 +23,7 @@ use xenolith::blk::back::{BackOptions, DiskSpec};
 use xenolith::blk::front::{Blkfront, WaitMode, DEFAULT_LIMITS};
 use xenolith::blk::negotiate::FrontLimits;
 use xenolith::bus::{Bus, BusConfig};
-use xenolith::control::{Control, Event, Request};
+use xenolith::control::{Control, ControlError, Event, Request};
 use xenolith::platform::abi::xen::{
     HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_SCHED_OP,
 };
@@ -134,10 +134,19 @@ fn run(xen: &'static Xen) -> Result<(), String> {
         // and both triple faults seen in the lab hit this domain inside the pvclock read.
         let now = xen.now();
         let (p, deadline) = sd.step(&mut bus, now);
-        while let Some(ev) = ctl
-            .poll(bus.client(), xen)
-            .map_err(|e| format!("control: {e:?}"))?
-        {
+        loop {
+            let ev = match ctl.poll(bus.client(), xen) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                // A XenStore request that timed out (a daemon starved for a while) or was
+                // refused is not the end of the disks this domain serves: the control driver
+                // reads the request again at its next poll. A dead connection is.
+                Err(ControlError::Store(e)) if !e.is_fatal() => {
+                    let _ = writeln!(out, "storage-domain: control: {e:?} (going on)");
+                    break;
+                }
+                Err(e) => return Err(format!("control: {e:?}")),
+            };
             if let Event::ShutdownPending { request, .. } = ev {
                 // Close every device, served and received, in order, bounded.
                 let s = bus.shutdown(xen, Duration::from_secs(20), |bp| {
