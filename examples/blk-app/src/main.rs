@@ -163,6 +163,9 @@ fn run(xen: &'static Xen) -> Result<(), String> {
         .write_str("data/blk-app", &status)
         .map_err(|e| format!("write data/blk-app: {e:?}"))?;
     // With log=N: the sequence log runs until xl shutdown, through saves and restores.
+    // blkfront (registered on the bus) is kept whatever happens: after a resume it must let
+    // go of its rings without closing ports that may be the new domain's.
+    let front = outcome.as_ref().ok().map(|(f, _)| f.clone());
     let mut run = match (outcome, opts) {
         (Ok((front, dev)), Ok(o)) if o.log_records > 0 => {
             let start = (o.log_at_mib << 20) / SECTOR;
@@ -188,8 +191,8 @@ fn run(xen: &'static Xen) -> Result<(), String> {
     let mut last_report = xen.now();
     loop {
         let _ = bus.poll(xen.now());
-        if let Some(r) = &run {
-            r.front.service(&mut bus);
+        if let Some(f) = &front {
+            f.service(&mut bus);
         }
         while let Some(ev) = ctl
             .poll(bus.client(), xen)
@@ -219,8 +222,8 @@ fn run(xen: &'static Xen) -> Result<(), String> {
                     );
                     if !cancelled {
                         // A new domain: its XenStore connection, then its devices.
-                        if let Some(r) = &run {
-                            r.front.suspended();
+                        if let Some(f) = &front {
+                            f.suspended();
                         }
                         let (_, p) = xen.store().ok_or("no xenstore after the resume")?;
                         resume_store(bus.client(), p);
