@@ -347,6 +347,77 @@ unsafe fn gnttab_op<T>(cmd: u32, ops: *mut T, count: usize) -> Result<()> {
     }
 }
 
+/// PVH: grant frames `0..n` at guest frames `pfn..pfn + n` (`XENMEM_add_to_physmap`,
+/// `XENMAPSPACE_grant_table`, memory.h).
+///
+/// # Safety
+/// The `n` frames from `pfn` are ours for the grant table only: a hole (at boot), or the
+/// table's own frames again (after a resume: the restore populated them as RAM, which this
+/// replaces).
+unsafe fn place_frames_pvh(pfn: u64, n: usize) -> Result<()> {
+    for i in 0..n {
+        let mut xatp = XenAddToPhysmap {
+            domid: DOMID_SELF,
+            size: 0,
+            space: XENMAPSPACE_GRANT_TABLE,
+            idx: i as u64,
+            gpfn: pfn + i as u64,
+        };
+        // SAFETY: XENMEM_add_to_physmap takes a xen_add_to_physmap (memory.h); the target
+        // frame is the table's (caller).
+        let r = unsafe {
+            hypercall2(
+                HYPERVISOR_MEMORY_OP,
+                XENMEM_ADD_TO_PHYSMAP,
+                &mut xatp as *mut _ as u64,
+            )
+        };
+        if r < 0 {
+            return Err(Error::from_xen_errno(r as i32));
+        }
+    }
+    Ok(())
+}
+
+/// PV: `GNTTABOP_setup_table` for `n` frames and each one mapped read-write at
+/// `va + i * PAGE_SIZE` (`update_va_mapping`, xen.h).
+///
+/// # Safety
+/// The `n` pages from `va` are ours, for the grant table only (their L1 tables exist).
+unsafe fn place_frames_pv(va: usize, n: usize) -> Result<()> {
+    let mut mfns = [0 as XenPfn; GRANT_FRAMES];
+    let n = n.min(GRANT_FRAMES);
+    let mut st = GnttabSetupTable {
+        dom: DOMID_SELF,
+        nr_frames: n as u32,
+        frame_list: GuestHandle::new(mfns.as_mut_ptr()),
+        ..Default::default()
+    };
+    // SAFETY: one gnttab_setup_table whose frame_list has room for n ≤ GRANT_FRAMES.
+    unsafe { gnttab_op(GNTTABOP_SETUP_TABLE, &mut st, 1) }?;
+    gntst(st.status)?;
+    for (i, &mfn) in mfns[..n].iter().enumerate() {
+        // PTE: machine address | present | writable | accessed | dirty.
+        let pte = (mfn << 12) | 0x63;
+        // SAFETY: update_va_mapping(va, pte, flags) (xen.h); the page is the table's
+        // (caller) and becomes grant frame i.
+        let r = unsafe {
+            hypercall5(
+                HYPERVISOR_UPDATE_VA_MAPPING,
+                (va + i * PAGE_SIZE) as u64,
+                pte,
+                UVMF_INVLPG,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(Error::from_xen_errno(r as i32));
+        }
+    }
+    Ok(())
+}
+
 fn gntst(status: i16) -> Result<()> {
     if status == GNTST_OKAY {
         Ok(())
@@ -381,27 +452,8 @@ impl Xen {
     /// unpopulated (no RAM, nothing in the memory map) and identity-mapped.
     pub unsafe fn init_grants_pvh(&self, hole_pfn: u64) -> Result<usize> {
         let n = self.grant_frames_wanted()?;
-        for i in 0..n {
-            let mut xatp = XenAddToPhysmap {
-                domid: DOMID_SELF,
-                size: 0,
-                space: XENMAPSPACE_GRANT_TABLE,
-                idx: i as u64,
-                gpfn: hole_pfn + i as u64,
-            };
-            // SAFETY: XENMEM_add_to_physmap takes a xen_add_to_physmap (memory.h); the target
-            // frame is in the hole (caller), so no RAM of ours is replaced.
-            let r = unsafe {
-                hypercall2(
-                    HYPERVISOR_MEMORY_OP,
-                    XENMEM_ADD_TO_PHYSMAP,
-                    &mut xatp as *mut _ as u64,
-                )
-            };
-            if r < 0 {
-                return Err(Error::from_xen_errno(r as i32));
-            }
-        }
+        // SAFETY: (caller) the frames from hole_pfn are ours to fill and hold no RAM.
+        unsafe { place_frames_pvh(hole_pfn, n) }?;
         let base = (hole_pfn as usize) << 12;
         // SAFETY: the n frames are now our grant table, identity-mapped (caller).
         TABLE.with(|t| unsafe { t.setup(base, n) });
@@ -418,35 +470,8 @@ impl Xen {
     /// and that nothing else maps or uses, for good.
     pub unsafe fn init_grants_pv(&self, table_va: usize, window_va: usize) -> Result<usize> {
         let n = self.grant_frames_wanted()?;
-        let mut mfns = [0 as XenPfn; GRANT_FRAMES];
-        let mut st = GnttabSetupTable {
-            dom: DOMID_SELF,
-            nr_frames: n as u32,
-            frame_list: GuestHandle::new(mfns.as_mut_ptr()),
-            ..Default::default()
-        };
-        // SAFETY: one gnttab_setup_table whose frame_list has room for n ≤ GRANT_FRAMES.
-        unsafe { gnttab_op(GNTTABOP_SETUP_TABLE, &mut st, 1) }?;
-        gntst(st.status)?;
-        for (i, &mfn) in mfns[..n].iter().enumerate() {
-            // PTE: machine address | present | writable | accessed | dirty.
-            let pte = (mfn << 12) | 0x63;
-            // SAFETY: update_va_mapping(va, pte, flags) (xen.h); the page is ours (caller)
-            // and becomes grant frame i.
-            let r = unsafe {
-                hypercall5(
-                    HYPERVISOR_UPDATE_VA_MAPPING,
-                    (table_va + i * PAGE_SIZE) as u64,
-                    pte,
-                    UVMF_INVLPG,
-                    0,
-                    0,
-                )
-            };
-            if r < 0 {
-                return Err(Error::from_xen_errno(r as i32));
-            }
-        }
+        // SAFETY: (caller) the pages at table_va are ours, for the grant table only.
+        unsafe { place_frames_pv(table_va, n) }?;
         // SAFETY: the n frames are mapped read-write at table_va.
         TABLE.with(|t| unsafe { t.setup(table_va, n) });
         WINDOW.with(|w| w.set(window_va));
@@ -468,58 +493,11 @@ impl Xen {
             return Ok(0);
         }
         if pv {
-            let mut mfns = [0 as XenPfn; GRANT_FRAMES];
-            let mut st = GnttabSetupTable {
-                dom: DOMID_SELF,
-                nr_frames: frames as u32,
-                frame_list: GuestHandle::new(mfns.as_mut_ptr()),
-                ..Default::default()
-            };
-            // SAFETY: one gnttab_setup_table whose frame_list has room for frames ≤
-            // GRANT_FRAMES.
-            unsafe { gnttab_op(GNTTABOP_SETUP_TABLE, &mut st, 1) }?;
-            gntst(st.status)?;
-            for (i, &mfn) in mfns[..frames].iter().enumerate() {
-                let pte = (mfn << 12) | 0x63;
-                // SAFETY: update_va_mapping(va, pte, flags) (xen.h); `entries + i` pages
-                // are the table's own virtual pages (init_grants_pv), now pointed at the
-                // new frame i.
-                let r = unsafe {
-                    hypercall5(
-                        HYPERVISOR_UPDATE_VA_MAPPING,
-                        (entries + i * PAGE_SIZE) as u64,
-                        pte,
-                        UVMF_INVLPG,
-                        0,
-                        0,
-                    )
-                };
-                if r < 0 {
-                    return Err(Error::from_xen_errno(r as i32));
-                }
-            }
+            // SAFETY: `entries` is the table's own virtual range (init_grants_pv), for it only.
+            unsafe { place_frames_pv(entries, frames) }?;
         } else {
-            for i in 0..frames {
-                let mut xatp = XenAddToPhysmap {
-                    domid: DOMID_SELF,
-                    size: 0,
-                    space: XENMAPSPACE_GRANT_TABLE,
-                    idx: i as u64,
-                    gpfn: ((entries >> 12) + i) as u64,
-                };
-                // SAFETY: XENMEM_add_to_physmap takes a xen_add_to_physmap (memory.h); the
-                // frames are the hole frames init_grants_pvh chose, used for nothing else.
-                let r = unsafe {
-                    hypercall2(
-                        HYPERVISOR_MEMORY_OP,
-                        XENMEM_ADD_TO_PHYSMAP,
-                        &mut xatp as *mut _ as u64,
-                    )
-                };
-                if r < 0 {
-                    return Err(Error::from_xen_errno(r as i32));
-                }
-            }
+            // SAFETY: the hole frames init_grants_pvh chose, used for nothing else.
+            unsafe { place_frames_pvh((entries >> 12) as u64, frames) }?;
         }
         Ok(frames)
     }
