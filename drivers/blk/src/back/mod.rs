@@ -292,12 +292,12 @@ impl<H: PlatformRef> BlkBack<H> {
         let live: u64 = hub
             .devices
             .values()
-            .flat_map(|s| {
+            .map(|s| {
                 s.borrow()
                     .channels
                     .iter()
                     .map(|c| c.stats().responses)
-                    .collect::<Vec<_>>()
+                    .sum::<u64>()
             })
             .sum();
         hub.retired_responses + live
