@@ -159,6 +159,9 @@ pub struct FrontLimits {
     /// Writes `feature-persistent = 1`: its data pages stay granted (read-write, blkif.h note
     /// 8) for the whole connection, so a backend that offers the feature maps each once.
     pub persistent: bool,
+    /// Most queues (rings, each with its own event channel) it uses per device when the
+    /// backend offers `multi-queue-max-queues`; 1: the single-queue keys only.
+    pub max_queues: u32,
 }
 
 /// The frontend's result of negotiation.
@@ -190,6 +193,9 @@ pub struct FrontConfig {
     /// Both ends wrote `feature-persistent = 1`: data pages are granted once, read-write,
     /// and reused for every request of the connection.
     pub persistent: bool,
+    /// Queues (rings) of the device: 1, or the `multi-queue-num-queues` the frontend wrote
+    /// ([`front_queues`]). `max_requests` is per queue.
+    pub queues: u32,
 }
 
 impl FrontConfig {
@@ -225,6 +231,14 @@ impl FrontRing {
     /// `ring-ref0..N-1`, `ring-page-order` and the legacy `num-ring-pages` (for FreeBSD's older
     /// backends); then `event-channel` and `protocol`.
     pub fn keys(&self) -> Vec<(String, String)> {
+        let mut out = self.ring_keys();
+        out.extend(self.feature_keys());
+        out
+    }
+
+    /// The ring's keys: `ring-ref` or `ring-ref0..N-1` + `ring-page-order` + `num-ring-pages`,
+    /// and `event-channel`.
+    fn ring_keys(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let [only] = self.ring_refs.as_slice() {
             out.push((keys::RING_REF.to_string(), only.to_string()));
@@ -245,6 +259,12 @@ impl FrontRing {
             keys::EVENT_CHANNEL.to_string(),
             self.event_channel.to_string(),
         ));
+        out
+    }
+
+    /// `protocol` and `feature-persistent`.
+    fn feature_keys(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
         out.push((
             keys::PROTOCOL.to_string(),
             XEN_IO_PROTO_ABI_NATIVE.to_string(),
@@ -414,6 +434,16 @@ impl BackendOffer {
         read_offered_order(&mut get)
     }
 
+    /// Reads the queues a backend serves (at its InitWait): `multi-queue-max-queues`, 1 when
+    /// absent or 0.
+    pub fn read_max_queues(
+        mut get: impl FnMut(&str) -> Result<Option<Vec<u8>>, DriverError>,
+    ) -> Result<u32, DriverError> {
+        Ok(read_u32(&mut get, keys::MULTI_QUEUE_MAX_QUEUES)?
+            .unwrap_or(1)
+            .max(1))
+    }
+
     /// Reads everything a backend published (at its Connected). `sectors` is required (as
     /// Linux's blkfront requires it); every other key falls back to the original protocol.
     pub fn read(
@@ -525,7 +555,49 @@ pub fn negotiate_front(
         readonly,
         info: offer.info,
         persistent: offer.persistent && limits.persistent,
+        queues: front_queues(offer.max_queues, limits),
     }
+}
+
+/// The queues a frontend uses: the lesser of the backend's `multi-queue-max-queues` (1 when
+/// absent), its own limit and [`MAX_QUEUES`]; at least 1.
+pub fn front_queues(offered: u32, limits: &FrontLimits) -> u32 {
+    offered.min(limits.max_queues).clamp(1, MAX_QUEUES)
+}
+
+/// Most queues xenolith uses or serves per device (Linux blkfront caps its `max_queues`
+/// parameter at the CPUs; a frontend of ours has no reason for more than this).
+pub const MAX_QUEUES: u32 = 16;
+
+/// The keys a frontend writes for its queues (blkif.h "Multiple hardware queues/rings"): one
+/// queue writes exactly [`FrontRing::keys`] (a peer without multi-queue sees nothing new);
+/// two or more write `multi-queue-num-queues`, the ring order (when multi-page) at the top,
+/// and each queue's `ring-ref*` and `event-channel` under `queue-<N>/` — never the toplevel
+/// ones. `protocol` and `feature-persistent` are the first queue's, at the top.
+pub fn front_keys(queues: &[FrontRing]) -> Vec<(String, String)> {
+    let [first, ..] = queues else {
+        return Vec::new();
+    };
+    if queues.len() == 1 {
+        return first.keys();
+    }
+    let mut out = alloc::vec![(
+        keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
+        queues.len().to_string(),
+    )];
+    for (q, ring) in queues.iter().enumerate() {
+        for (k, v) in ring.ring_keys() {
+            if k == keys::RING_PAGE_ORDER || k == keys::NUM_RING_PAGES {
+                if q == 0 {
+                    out.push((k, v));
+                }
+            } else {
+                out.push((format!("queue-{q}/{k}"), v));
+            }
+        }
+    }
+    out.extend(first.feature_keys());
+    out
 }
 
 /// The backend reads the frontend's keys (at the frontend's Initialised): the ring —

@@ -232,7 +232,7 @@ impl<H: PlatformRef> Storage for FrontStorage<H> {
     }
 
     fn ports(&self, out: &mut dyn FnMut(EvtchnPort)) {
-        if let Some(p) = self.dev.port() {
+        for p in self.dev.ports() {
             out(p);
         }
     }

@@ -92,6 +92,7 @@ fn cases() -> Vec<Case> {
                 max_indirect_segments: 0,
                 max_requests: 16,
                 persistent: false,
+                max_queues: 1,
             },
             order: 1,
             max_requests: 16,

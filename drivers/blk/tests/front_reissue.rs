@@ -11,39 +11,9 @@ use std::time::{Duration, Instant};
 
 use front_common::*;
 use xen_blk::abi::BLKIF_OP_INDIRECT;
-use xen_blk::front::{BlkError, BlockDevice, Completion, DeviceState, Request, WaitMode};
+use xen_blk::front::{BlkError, BlockDevice, DeviceState, Request, WaitMode};
 
 const DISK: usize = 4 << 20;
-
-/// Poll the bus and the device until `n` completions, bounded.
-fn collect<D: BlockDevice>(s: &mut Setup, dev: &mut D, n: usize) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let end = Instant::now() + LIMIT;
-    while out.len() < n {
-        assert!(
-            Instant::now() < end,
-            "only {} of {n} completed; state {:?}",
-            out.len(),
-            s.state()
-        );
-        s.poll();
-        let _ = dev.poll(&mut |c| out.push(c));
-        let _ = dev.wait(Duration::from_millis(2));
-    }
-    out
-}
-
-/// The backend goes Closing on its own (as when it is restarted), then waits for the
-/// frontend's Closed and goes Closed (the test backend does that when it sees our Closing).
-fn backend_goes_away(s: &mut Setup, be: &mut Backend) {
-    s.ts.with_xs(|xs| {
-        use xen_bus::store::client::Store;
-        xs.write(&format!("{}/state", s.backend_path), b"5")
-            .unwrap()
-    });
-    s.until("parked", |s| s.state() == Some(DeviceState::Reconnecting));
-    be.finish().unwrap();
-}
 
 /// Keys of a backend with a one-page ring and no indirect segments (11 per request).
 fn small_offer() -> BackKeys {

@@ -75,6 +75,7 @@ fuzz_target!(|input: &[u8]| {
         max_indirect_segments: if flags & 8 != 0 { 256 } else { 0 },
         max_requests: 64,
         persistent: flags & 16 != 0,
+        max_queues: 1 + u32::from(flags >> 5 & 3),
     };
     // At the backend's InitWait: the ring order; at its Connected: everything.
     let Ok(offered) = BackendOffer::read_ring_order(get) else {

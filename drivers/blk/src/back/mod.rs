@@ -130,8 +130,10 @@ pub struct DeviceReport {
     pub connected: bool,
     /// Rings (queues) connected: 0 when not connected.
     pub queues: usize,
-    /// The data path's counters (of the current or last connection).
+    /// The data path's counters (of the current or last connection), every queue's summed.
     pub stats: ChannelStats,
+    /// Each connected queue's counters (queue 0 first); empty when not connected.
+    pub per_queue: Vec<ChannelStats>,
     /// What was offered (after probe).
     pub offer: Option<BackendOffer>,
 }
@@ -317,6 +319,7 @@ impl<H: PlatformRef> BlkBack<H> {
                     .iter()
                     .fold(ChannelStats::default(), |a, c| a.merge(&c.stats()))
             },
+            per_queue: s.channels.iter().map(Channel::stats).collect(),
             offer: s.offer.clone(),
         })
     }

@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 
 use xen_platform::{DomId, EvtchnPort, GrantRef, PlatformRef};
 
-use super::ring::{setup_ring, DataPath, WaitMode};
+use super::ring::{release_ring, setup_ring, DataPath, WaitMode};
 use super::{BlkError, Buffer, Completion, Rejected, Request};
 use crate::negotiate::FrontConfig;
 
@@ -17,22 +17,50 @@ pub struct FuzzFront<H: PlatformRef> {
     dp: DataPath<H>,
     refs: Vec<GrantRef>,
     port: EvtchnPort,
-    ring: NonNull<u8>,
+    rings: Vec<NonNull<u8>>,
 }
 
 impl<H: PlatformRef> FuzzFront<H> {
-    /// Grant a ring of `1 << cfg.ring_page_order` pages to `backend`, bind nothing (the target
-    /// plays the backend and never notifies), and start a data path on it in polled mode.
+    /// Grant `cfg.queues` rings (at least one) of `1 << cfg.ring_page_order` pages each to
+    /// `backend`, bind nothing (the target plays the backend and never notifies), and start a
+    /// data path on them in polled mode.
     pub fn new(plat: H, backend: DomId, cfg: FrontConfig) -> Result<Self, BlkError> {
-        let setup = setup_ring(&plat, backend, cfg.ring_page_order).map_err(BlkError::Platform)?;
-        let (refs, port, ring) = (setup.refs.clone(), setup.port, setup.run.addr);
-        let dp = DataPath::new(plat, backend, 0, setup, cfg, WaitMode::Polled, true)
-            .map_err(|(e, _)| e)?;
+        let mut setups = Vec::new();
+        for _ in 0..cfg.queues.max(1) {
+            match setup_ring(&plat, backend, cfg.ring_page_order) {
+                Ok(s) => setups.push(s),
+                Err(e) => {
+                    for s in setups {
+                        release_ring(&plat, s);
+                    }
+                    return Err(BlkError::Platform(e));
+                }
+            }
+        }
+        let (refs, port) = (setups[0].refs.clone(), setups[0].port);
+        let rings = setups.iter().map(|s| s.run.addr).collect();
+        let dp = match DataPath::new(
+            plat.clone(),
+            backend,
+            0,
+            setups,
+            cfg,
+            WaitMode::Polled,
+            true,
+        ) {
+            Ok(dp) => dp,
+            Err((e, setups)) => {
+                for s in setups {
+                    release_ring(&plat, s);
+                }
+                return Err(e);
+            }
+        };
         Ok(FuzzFront {
             dp,
             refs,
             port,
-            ring,
+            rings,
         })
     }
 
@@ -46,9 +74,15 @@ impl<H: PlatformRef> FuzzFront<H> {
         self.port
     }
 
-    /// The first byte of the shared ring (its `sring` header, then the entries).
+    /// The first byte of the (first queue's) shared ring (its `sring` header, then the
+    /// entries).
     pub fn ring(&self) -> NonNull<u8> {
-        self.ring
+        self.rings[0]
+    }
+
+    /// The first byte of queue `q`'s shared ring.
+    pub fn ring_of(&self, q: usize) -> Option<NonNull<u8>> {
+        self.rings.get(q).copied()
     }
 
     /// Page-aligned zeroed memory of `bytes`.

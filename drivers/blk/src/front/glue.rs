@@ -37,8 +37,8 @@ use super::ring::{
 };
 use super::{chunked, BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
 use crate::negotiate::{
-    front_ring_order, negotiate_front, BackendOffer, FrontConfig, FrontLimits, FrontRing,
-    MAX_RING_PAGE_ORDER,
+    front_keys, front_queues, front_ring_order, negotiate_front, BackendOffer, FrontConfig,
+    FrontLimits, FrontRing, MAX_RING_PAGE_ORDER,
 };
 
 /// Where a device is, as its application sees it.
@@ -69,7 +69,10 @@ struct Inner<H: PlatformRef> {
     backend: DomId,
     handle: u16,
     order: u32,
-    setup: Option<RingSetup>,
+    /// The rings granted at InitWait (one per queue), until the backend's Connected.
+    setup: Vec<RingSetup>,
+    /// The keys the last handshake wrote (a new one removes those it does not write).
+    written: Vec<String>,
     dp: Option<DataPath<H>>,
     bounce: Option<Buffer>,
     /// Owned buffers the application dropped instead of freeing (`Buffer`'s `Drop`).
@@ -100,7 +103,7 @@ impl<H: PlatformRef> Inner<H> {
     }
 
     fn disconnect(&mut self, err: BlkError) {
-        if let Some(s) = self.setup.take() {
+        for s in core::mem::take(&mut self.setup) {
             release_ring(&self.plat, s);
         }
         let bounce = self.bounce.take();
@@ -117,7 +120,7 @@ impl<H: PlatformRef> Inner<H> {
     /// The backend is going in order: keep what is not answered for the next connection
     /// (or fail it at once with a zero reconnect timeout).
     fn park(&mut self) {
-        if let Some(s) = self.setup.take() {
+        for s in core::mem::take(&mut self.setup) {
             release_ring(&self.plat, s);
         }
         if self.reconnect_timeout.is_zero() {
@@ -138,7 +141,7 @@ impl<H: PlatformRef> Inner<H> {
     /// (their numbers may belong to new channels: nothing is closed). Keep every request
     /// not yet answered for the next connection, as when a backend departs in order.
     fn suspended(&mut self) {
-        if let Some(s) = self.setup.take() {
+        for s in core::mem::take(&mut self.setup) {
             release_ring_after_resume(&self.plat, s);
         }
         let connected = match self.dp.as_mut() {
@@ -216,6 +219,7 @@ pub const DEFAULT_LIMITS: FrontLimits = FrontLimits {
     max_indirect_segments: 256,
     max_requests: 1024,
     persistent: true,
+    max_queues: 1,
 };
 
 impl<H: PlatformRef> Blkfront<H> {
@@ -283,7 +287,8 @@ impl<H: PlatformRef> Blkfront<H> {
                 backend: info.backend_id,
                 handle: 0,
                 order: 0,
-                setup: None,
+                setup: Vec::new(),
+                written: Vec::new(),
                 dp: None,
                 bounce: None,
                 returns: Rc::default(),
@@ -429,28 +434,59 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
         }
         let offered = BackendOffer::read_ring_order(|k| ctx.read_other(k))?;
         let order = front_ring_order(offered, &i.limits);
-        let setup =
-            setup_ring(&i.plat, i.backend, order).map_err(|e| plat_err("granting the ring", e))?;
-        let keys = FrontRing {
-            ring_refs: setup.refs.clone(),
-            event_channel: setup.port,
-            persistent: i.limits.persistent,
-        }
-        .keys();
-        i.order = order;
-        i.setup = Some(setup);
-        if i.dp.is_some() {
-            // A session before this one wrote its ring keys: remove those this one does not
-            // write, or a backend would read a stale `ring-page-order` and `ring-ref<N>`
-            // (blkif.h: the keys select the ring layout by their presence).
-            let mut stale: Vec<String> = (0..1u32 << MAX_RING_PAGE_ORDER)
-                .map(|n| alloc::format!("ring-ref{n}"))
-                .collect();
-            stale.extend(["ring-ref", "ring-page-order", "num-ring-pages"].map(String::from));
-            for k in stale.iter().filter(|k| !keys.iter().any(|(w, _)| w == *k)) {
-                let _ = ctx.store.rm(&ctx.info.key(k));
+        // Linux blkfront reads `multi-queue-max-queues` here too (talk_to_blkback): the
+        // queues are part of what the frontend writes before Initialised.
+        let queues = front_queues(
+            BackendOffer::read_max_queues(|k| ctx.read_other(k))?,
+            &i.limits,
+        );
+        let mut rings = Vec::with_capacity(queues as usize);
+        for _ in 0..queues {
+            match setup_ring(&i.plat, i.backend, order) {
+                Ok(s) => rings.push(s),
+                Err(e) => {
+                    for s in rings {
+                        release_ring(&i.plat, s);
+                    }
+                    return Err(plat_err("granting the ring", e));
+                }
             }
         }
+        let persistent = i.limits.persistent;
+        let described: Vec<FrontRing> = rings
+            .iter()
+            .map(|s| FrontRing {
+                ring_refs: s.refs.clone(),
+                event_channel: s.port,
+                persistent,
+            })
+            .collect();
+        let keys = front_keys(&described);
+        i.order = order;
+        i.setup = rings;
+        // A session before this one wrote its keys: remove those this one does not write, or
+        // a backend would read a stale `ring-page-order`, `ring-ref<N>` or queue layout
+        // (blkif.h: the keys select the ring layout by their presence). A whole `queue-<N>`
+        // directory goes when none of its keys is written again.
+        let old = core::mem::take(&mut i.written);
+        let mut stale: Vec<&str> = Vec::new();
+        for k in &old {
+            if keys.iter().any(|(w, _)| w == k) {
+                continue;
+            }
+            let node = match k.split_once('/') {
+                Some((dir, _)) if !keys.iter().any(|(w, _)| w.starts_with(dir)) => dir,
+                _ => k.as_str(),
+            };
+            if !stale.contains(&node) {
+                stale.push(node);
+            }
+        }
+        for node in stale {
+            let _ = ctx.store.rm(&ctx.info.key(node));
+        }
+        i.written = keys.iter().map(|(k, _)| k.clone()).collect();
+        drop(i);
         for (k, v) in keys {
             ctx.write(&k, v.as_bytes())?;
         }
@@ -461,10 +497,10 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
         let mut i = self.inner.borrow_mut();
         let offer = BackendOffer::read(|k| ctx.read_other(k))?;
         let cfg: FrontConfig = negotiate_front(&offer, i.order, &i.limits);
-        let setup = i
-            .setup
-            .take()
-            .ok_or_else(|| DriverError::new(errno::EINVAL, "attach without a ring"))?;
+        let setup = core::mem::take(&mut i.setup);
+        if setup.is_empty() {
+            return Err(DriverError::new(errno::EINVAL, "attach without a ring"));
+        }
         // libxl writes `trusted` (1 or 0, `disk.trusted`) in the frontend's directory; Linux
         // blkfront reads it there, absent meaning trusted, and bounces everything through its
         // own pages when it is 0 (XSA-403).
@@ -480,7 +516,9 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
                 Ok(Progress::Done)
             }
             Err((e, setup)) => {
-                release_ring(&i.plat, setup);
+                for s in setup {
+                    release_ring(&i.plat, s);
+                }
                 Err(DriverError::new(
                     errno::EINVAL,
                     alloc::format!("starting the ring: {e}"),
@@ -567,9 +605,18 @@ impl<H: PlatformRef> BlkDevice<H> {
         self.inner.borrow().state()
     }
 
-    /// The event channel (for an image's main loop that waits on every port).
+    /// The first queue's event channel.
     pub fn port(&self) -> Option<EvtchnPort> {
         self.inner.borrow().dp.as_ref().and_then(DataPath::port)
+    }
+
+    /// Every queue's event channel (for an image's main loop that waits on every port).
+    pub fn ports(&self) -> Vec<EvtchnPort> {
+        self.inner
+            .borrow()
+            .dp
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.ports().collect())
     }
 
     /// Requests issued again after a backend came back (over the device's life).

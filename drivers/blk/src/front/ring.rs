@@ -32,7 +32,7 @@ use crate::abi::{
     BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
     BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use crate::negotiate::{FlushMode, FrontConfig};
+use crate::negotiate::{FlushMode, FrontConfig, MAX_QUEUES};
 
 /// blkif sector numbers, `first_sect` and `last_sect` are in 512-byte units (blkif.h: we do
 /// not write `feature-large-sector-size`).
@@ -159,6 +159,19 @@ pub(crate) struct Done {
 /// `max_persistent_grants` (drivers/block/xen-blkback/blkback.c, 1056).
 pub const PERSISTENT_PAGES_MAX: usize = 1056;
 
+/// One ring of a device (blkif.h multi-queue: queue `<N>` of `multi-queue-num-queues`; a
+/// device without multi-queue has one), with its event channel and the request ids it owns.
+struct Queue {
+    ring: FrontRing<BlkifRequest, BlkifResponse>,
+    run: Option<PageRun>,
+    refs: Vec<GrantRef>,
+    port: Option<EvtchnPort>,
+    /// Shadow ids of this queue: `base .. base + slots` of the device's table. A response on
+    /// this ring must name one of them.
+    base: u32,
+    free_ids: Vec<u32>,
+}
+
 /// The data path of one connected device.
 pub(crate) struct DataPath<H: PlatformRef> {
     plat: H,
@@ -166,12 +179,13 @@ pub(crate) struct DataPath<H: PlatformRef> {
     handle: u16,
     pub cfg: FrontConfig,
     pub mode: WaitMode,
-    ring: FrontRing<BlkifRequest, BlkifResponse>,
-    ring_run: Option<PageRun>,
-    ring_refs: Vec<GrantRef>,
-    port: Option<EvtchnPort>,
+    /// Its rings; emptied when the connection ends (their pages are gone).
+    queues: Vec<Queue>,
+    /// Shadow entries per queue (the ring's size, capped by `max-requests`).
+    slots: u32,
+    /// The queue the next request part goes to first (round robin).
+    next_queue: usize,
     shadow: Vec<Shadow>,
-    free_ids: Vec<u32>,
     ops: Vec<Option<OpState>>,
     free_ops: Vec<usize>,
     queue: VecDeque<usize>,
@@ -200,7 +214,7 @@ impl<H: PlatformRef> core::fmt::Debug for DataPath<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DataPath")
             .field("cfg", &self.cfg)
-            .field("ring", &self.ring)
+            .field("queues", &self.queues.len())
             .field("connected", &self.connected)
             .field("failure", &self.failure)
             .finish()
@@ -216,26 +230,50 @@ enum BuildErr {
 }
 
 impl<H: PlatformRef> DataPath<H> {
+    /// A data path over `setups`, one ring per queue (all of one size, `cfg.queues` of them).
     pub fn new(
         plat: H,
         backend: DomId,
         handle: u16,
-        setup: RingSetup,
-        cfg: FrontConfig,
+        setups: Vec<RingSetup>,
+        mut cfg: FrontConfig,
         mode: WaitMode,
         trusted: bool,
-    ) -> Result<Self, (BlkError, RingSetup)> {
-        let bytes = setup.run.len();
-        // SAFETY: the run is `bytes` bytes of our own zeroed pages, granted to the backend
-        // only, referenced by nothing else, and kept (in `ring_run`) until the ring is
-        // dropped in `shutdown`.
-        let ring = match unsafe { FrontRing::new(setup.run.addr, bytes) } {
-            Ok(r) => r,
-            Err(e) => return Err((BlkError::Platform(e), setup)),
+    ) -> Result<Self, (BlkError, Vec<RingSetup>)> {
+        let mut rings = Vec::with_capacity(setups.len());
+        for setup in &setups {
+            // SAFETY: the run is `len()` bytes of our own zeroed pages, granted to the
+            // backend only, referenced by nothing else, and kept (in its `Queue`) until the
+            // ring is dropped in `release_ring`, which empties `queues` first.
+            match unsafe { FrontRing::new(setup.run.addr, setup.run.len()) } {
+                Ok(r) => rings.push(r),
+                Err(e) => return Err((BlkError::Platform(e), setups)),
+            }
+        }
+        let Some(size) = rings.iter().map(FrontRing::size).min() else {
+            return Err((BlkError::Platform(Error::Invalid), setups));
         };
-        let n = cfg.max_requests.min(ring.size()) as usize;
+        let slots = cfg.max_requests.min(size).max(1);
+        cfg.queues = rings.len() as u32;
+        let n = slots as usize * rings.len();
         let mut shadow = Vec::with_capacity(n);
         shadow.resize_with(n, Shadow::default);
+        let queues = rings
+            .into_iter()
+            .zip(setups)
+            .enumerate()
+            .map(|(q, (ring, setup))| {
+                let base = q as u32 * slots;
+                Queue {
+                    ring,
+                    run: Some(setup.run),
+                    refs: setup.refs,
+                    port: Some(setup.port),
+                    base,
+                    free_ids: (base..base + slots).rev().collect(),
+                }
+            })
+            .collect();
         let cap = bounce_cap(plat.get().grant_refs(), n, &cfg);
         Ok(DataPath {
             plat,
@@ -243,12 +281,10 @@ impl<H: PlatformRef> DataPath<H> {
             handle,
             cfg,
             mode,
-            ring,
-            ring_run: Some(setup.run),
-            ring_refs: setup.refs,
-            port: Some(setup.port),
+            queues,
+            slots,
+            next_queue: 0,
             shadow,
-            free_ids: (0..n as u32).rev().collect(),
             ops: Vec::new(),
             free_ops: Vec::new(),
             queue: VecDeque::new(),
@@ -339,8 +375,44 @@ impl<H: PlatformRef> DataPath<H> {
         self.reissued
     }
 
+    /// The first queue's event channel.
     pub fn port(&self) -> Option<EvtchnPort> {
-        self.port
+        self.queues.first().and_then(|q| q.port)
+    }
+
+    /// Every queue's event channel.
+    pub fn ports(&self) -> impl Iterator<Item = EvtchnPort> + '_ {
+        self.queues.iter().filter_map(|q| q.port)
+    }
+
+    /// The queue that owns shadow id `id`.
+    fn queue_of(&self, id: u32) -> usize {
+        (id / self.slots.max(1)) as usize
+    }
+
+    /// The queue for the next request part: round robin over those with a free id and ring
+    /// slot. With `WRITE_BARRIER` everything goes to queue 0: a barrier orders the requests
+    /// of its own ring only (blkif.h), so spreading them would lose the order it promises.
+    fn pick_queue(&mut self) -> Option<usize> {
+        let n = if self.cfg.flush == FlushMode::Barrier {
+            self.queues.len().min(1)
+        } else {
+            self.queues.len()
+        };
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            let queue = &self.queues[q];
+            if !queue.free_ids.is_empty() && !queue.ring.is_full() {
+                self.next_queue = (q + 1) % n;
+                return Some(q);
+            }
+        }
+        None
+    }
+
+    /// Shadow ids not in use (every queue's).
+    fn free_id_count(&self) -> usize {
+        self.queues.iter().map(|q| q.free_ids.len()).sum()
     }
 
     fn p(&self) -> &H::P {
@@ -499,19 +571,22 @@ impl<H: PlatformRef> DataPath<H> {
         (u64::from(self.cfg.sector_size) / WIRE_SECTOR as u64).max(1)
     }
 
-    /// Put queued parts on the ring while ids and slots last; notify if the ring says so.
+    /// Put queued parts on the rings while ids and slots last; notify each ring that says so.
     fn issue(&mut self) {
-        let mut pushed = false;
+        let mut pushed = 0u32; // bit q: requests were pushed on queue q (at most 16 queues)
         while let Some(&opi) = self.queue.front() {
-            if !self.connected || self.ring.is_full() {
+            if !self.connected {
                 break;
             }
-            let Some(id) = self.free_ids.pop() else { break };
+            let Some(q) = self.pick_queue() else { break };
+            let Some(id) = self.queues[q].free_ids.pop() else {
+                break;
+            };
             match self.build(opi, id) {
                 Ok(req) => {
-                    // Cannot fail: the ring is not full.
-                    let _ = self.ring.push_request(req);
-                    pushed = true;
+                    // Cannot fail: the ring is not full (pick_queue).
+                    let _ = self.queues[q].ring.push_request(req);
+                    pushed |= 1 << q;
                     let op = self.ops[opi].as_mut().expect("queued op exists");
                     op.next_part += 1;
                     op.in_flight += 1;
@@ -520,8 +595,8 @@ impl<H: PlatformRef> DataPath<H> {
                     }
                 }
                 Err(BuildErr::Later(e)) => {
-                    self.free_ids.push(id);
-                    if self.free_ids.len() == self.shadow.len() {
+                    self.queues[q].free_ids.push(id);
+                    if self.free_id_count() == self.shadow.len() {
                         // Nothing in flight will free anything: fail this operation.
                         self.queue.pop_front();
                         self.fail_op(opi, BlkError::Platform(e));
@@ -530,19 +605,21 @@ impl<H: PlatformRef> DataPath<H> {
                     break;
                 }
                 Err(BuildErr::Op(e)) => {
-                    self.free_ids.push(id);
+                    self.queues[q].free_ids.push(id);
                     self.queue.pop_front();
                     self.fail_op(opi, e);
                 }
             }
         }
-        if pushed && self.ring.push_requests_and_check_notify() {
-            self.notify();
+        for q in 0..self.queues.len() {
+            if pushed & (1 << q) != 0 && self.queues[q].ring.push_requests_and_check_notify() {
+                self.notify(q);
+            }
         }
     }
 
-    fn notify(&mut self) {
-        if let Some(port) = self.port {
+    fn notify(&mut self, q: usize) {
+        if let Some(port) = self.queues.get(q).and_then(|q| q.port) {
             if self.p().notify(port) == Err(Error::PeerGone) {
                 self.fail("the backend closed its event channel");
             }
@@ -582,13 +659,26 @@ impl<H: PlatformRef> DataPath<H> {
                 BlkError::NotConnected
             });
         }
-        match (self.mode, self.port) {
-            (WaitMode::Event, Some(port)) => {
-                if self.ring.final_check_for_responses() {
+        let mut ports = [0 as EvtchnPort; MAX_QUEUES as usize];
+        let mut n = 0;
+        for p in self.ports() {
+            if let Some(slot) = ports.get_mut(n) {
+                *slot = p;
+                n += 1;
+            }
+        }
+        match self.mode {
+            WaitMode::Event if n > 0 => {
+                // Every ring asks for a notification before we sleep (no `||`: each must).
+                let mut ready = false;
+                for q in &mut self.queues {
+                    ready |= q.ring.final_check_for_responses();
+                }
+                if ready {
                     return Ok(());
                 }
-                match self.p().wait(&[port], Some(timeout)) {
-                    Ok(_) => {
+                match self.p().wait(&ports[..n], Some(timeout)) {
+                    Ok(port) => {
                         self.p().clear(port);
                         Ok(())
                     }
@@ -604,7 +694,11 @@ impl<H: PlatformRef> DataPath<H> {
                 // Polled: spin on the response producer (no hypercall, no syscall) for a
                 // while, then give the CPU away once, so a backend sharing it runs.
                 for _ in 0..POLL_SPINS {
-                    if self.ring.has_unconsumed_responses() {
+                    if self
+                        .queues
+                        .iter()
+                        .any(|q| q.ring.has_unconsumed_responses())
+                    {
                         return Ok(());
                     }
                     core::hint::spin_loop();

@@ -43,12 +43,14 @@ const NEW_FRONT: FrontLimits = FrontLimits {
     max_indirect_segments: 256,
     max_requests: 1024,
     persistent: true,
+    max_queues: 4,
 };
 const OLD_FRONT: FrontLimits = FrontLimits {
     max_ring_page_order: 0,
     max_indirect_segments: 0,
     max_requests: 32,
     persistent: false,
+    max_queues: 1,
 };
 
 fn front(backend: &BTreeMap<String, Vec<u8>>, limits: FrontLimits) -> FrontConfig {

@@ -7,14 +7,19 @@
 
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_blk::abi::*;
-use xen_blk::front::{BlkDevice, Blkfront, DeviceState, WaitMode, DEFAULT_LIMITS};
+use xen_blk::back::channel::ChannelStats;
+use xen_blk::back::{BackOptions, BlkBack, DeviceReport};
+use xen_blk::front::{
+    BlkDevice, Blkfront, BlockDevice, Completion, DeviceState, Request, WaitMode, DEFAULT_LIMITS,
+};
 use xen_blk::negotiate::{negotiate_back, BackendOffer, FrontLimits};
+use xen_blk::storage::{MemDisk, Storage};
 use xen_bus::store::client::Store;
 use xen_bus::{Bus, BusConfig, DriverError};
 use xen_platform::ring::BackRing;
@@ -655,6 +660,15 @@ impl Setup {
             }
             let mut offer = modern_offer();
             offer.max_ring_page_order = 4;
+            // A backend that offers several queues accepts them, but serves queue 0 only:
+            // requests the frontend puts on the others are never answered.
+            if let Some((_, v)) = keys
+                .ring
+                .iter()
+                .find(|(k, _)| k == "multi-queue-max-queues")
+            {
+                offer.max_queues = v.parse().unwrap_or(1);
+            }
             let cfg = negotiate_back(
                 |k| {
                     xs.try_read(&format!("{fp}/{k}"))
@@ -918,4 +932,231 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8))
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Our blkback in the storage domain, in a thread.
+
+/// Sectors of the disk [`Back`] serves (16 MiB).
+pub const BACK_SECTORS: u64 = 32768;
+
+/// `BlkBack` serving a `MemDisk` in the storage domain of a [`Setup`], polled by a thread
+/// that publishes the device's report after every poll.
+pub struct Back {
+    stop: Arc<AtomicBool>,
+    /// While set, the thread does not poll (blkback keeps every mapping as it is).
+    pub pause: Arc<AtomicBool>,
+    /// Polls done so far.
+    seq: Arc<AtomicU64>,
+    report: Arc<Mutex<Option<DeviceReport>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Back {
+    pub fn start(s: &Setup, opts: BackOptions) -> Back {
+        let storage = s.storage.as_ref().expect("a storage domain");
+        let xs = storage.xs_client().unwrap();
+        let dom = storage.domain().clone();
+        let id = storage.domid();
+        let node = format!("backend/vbd/{}/51712", s.guest.domid());
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let pause2 = pause.clone();
+        let seq = Arc::new(AtomicU64::new(0));
+        let report = Arc::new(Mutex::new(None));
+        let (stop2, seq2, report2) = (stop.clone(), seq.clone(), report.clone());
+        let handle = std::thread::spawn(move || {
+            let mut bus = Bus::with_config(xs, id, bus_cfg());
+            let bb = BlkBack::new(Rc::new(dom.clone()), opts, |_| {
+                Ok(Box::new(MemDisk::new(BACK_SECTORS)) as Box<dyn Storage>)
+            });
+            bb.register(&mut bus).unwrap();
+            let t0 = Instant::now();
+            while !stop2.load(Ordering::SeqCst) {
+                if pause2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                let _ = bus.poll(t0.elapsed());
+                let p = bb.poll();
+                *report2.lock().unwrap() = bb.device(&node);
+                seq2.fetch_add(1, Ordering::SeqCst);
+                if !p.busy && !p.ports.is_empty() {
+                    if let Ok(port) = dom.wait(&p.ports, Some(Duration::from_millis(1))) {
+                        dom.clear(port);
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        Back {
+            stop,
+            pause,
+            seq,
+            report,
+            handle: Some(handle),
+        }
+    }
+
+    /// The device's report as of a whole backend poll that started after this call (so it
+    /// counts every request answered before it).
+    pub fn report(&self) -> Option<DeviceReport> {
+        let s0 = self.seq.load(Ordering::SeqCst);
+        let end = Instant::now() + LIMIT;
+        while self.seq.load(Ordering::SeqCst) < s0 + 2 {
+            assert!(Instant::now() < end, "the backend thread stopped polling");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        self.report.lock().unwrap().clone()
+    }
+
+    pub fn stats(&self) -> ChannelStats {
+        self.report().expect("blkback knows the device").stats
+    }
+}
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A guest with blkfront (`limits`, event mode) and a storage domain with blkback (`opts`);
+/// the vbd added by the toolstack. Not yet connected.
+pub fn world(limits: FrontLimits, opts: BackOptions) -> (Setup, Back) {
+    let s = Setup::with_limits(WaitMode::Event, true, false, limits);
+    let back = Back::start(&s, opts);
+    (s, back)
+}
+
+// ---------------------------------------------------------------------------------------
+// I/O through a connected device.
+
+/// A connected blkfront device of a [`Setup`].
+pub type Dev = BlkDevice<Rc<Counting>>;
+
+/// Submit every request, poll until all completed; the completions in tag order.
+pub fn run_all(dev: &mut Dev, reqs: Vec<(Request, u64)>) -> Vec<Completion> {
+    let n = reqs.len();
+    for (r, tag) in reqs {
+        dev.submit(tag, r).unwrap();
+    }
+    let mut done = Vec::new();
+    let end = Instant::now() + LIMIT;
+    while done.len() < n {
+        assert!(Instant::now() < end, "{} of {n} completed", done.len());
+        dev.poll(&mut |c| done.push(c)).unwrap();
+        if done.len() < n {
+            dev.wait(Duration::from_millis(5)).unwrap();
+        }
+    }
+    done.sort_by_key(|c| c.tag);
+    done
+}
+
+/// Sizes written and read back: one sector, one page, 11 pages (the most of a direct
+/// request), 12 pages and 100½ pages (indirect), 1 MiB (256 segments, one indirect request)
+/// and 1 MiB + 2 pages (split into two ring requests).
+pub const SIZES: [usize; 7] = [
+    512,
+    PAGE_SIZE,
+    11 * PAGE_SIZE,
+    12 * PAGE_SIZE,
+    100 * PAGE_SIZE + 1024,
+    1 << 20,
+    (1 << 20) + 2 * PAGE_SIZE,
+];
+
+/// Blocking writes and reads of every size in [`SIZES`], then 32 writes in flight (buffers of
+/// 1, 3, 12 and 20 pages) read back with 32 reads in flight. Panics on any difference.
+pub fn exercise(dev: &mut Dev, seed: u8) {
+    let mut sector = 0;
+    for (i, &len) in SIZES.iter().enumerate() {
+        let data = pattern(len, seed.wrapping_add(i as u8));
+        dev.write(sector, &data).unwrap();
+        let mut back = vec![0u8; len];
+        dev.read(sector, &mut back).unwrap();
+        assert!(back == data, "{len} bytes at sector {sector} differ");
+        sector += (len as u64).div_ceil(512) + 8;
+    }
+    in_flight(dev, 8192, seed);
+}
+
+pub fn in_flight(dev: &mut Dev, base: u64, seed: u8) {
+    let pages = [1usize, 3, 12, 20];
+    let at = |i: usize| base + i as u64 * 20 * 8;
+    let mut writes = Vec::new();
+    for i in 0..32 {
+        let len = pages[i % 4] * PAGE_SIZE;
+        let mut b = dev.alloc_buffer(len).unwrap();
+        b.as_mut_slice()
+            .copy_from_slice(&pattern(len, seed.wrapping_add(100 + i as u8)));
+        writes.push((
+            Request::Write {
+                sector: at(i),
+                buf: b,
+            },
+            i as u64,
+        ));
+    }
+    for c in run_all(dev, writes) {
+        assert_eq!(c.result, Ok(()), "write {}", c.tag);
+        dev.free_buffer(c.buf.unwrap()).unwrap();
+    }
+    let mut reads = Vec::new();
+    for i in 0..32 {
+        let b = dev.alloc_buffer(pages[i % 4] * PAGE_SIZE).unwrap();
+        assert!(b.as_slice().iter().all(|&x| x == 0), "alloc_buffer zeroed");
+        reads.push((
+            Request::Read {
+                sector: at(i),
+                buf: b,
+            },
+            i as u64,
+        ));
+    }
+    for c in run_all(dev, reads) {
+        assert_eq!(c.result, Ok(()), "read {}", c.tag);
+        let b = c.buf.unwrap();
+        let i = c.tag as usize;
+        assert!(
+            b.as_slice() == pattern(pages[i % 4] * PAGE_SIZE, seed.wrapping_add(100 + i as u8)),
+            "read {i} differs"
+        );
+        dev.free_buffer(b).unwrap();
+    }
+}
+
+/// Poll the bus and the device until `n` completions, bounded.
+pub fn collect<D: BlockDevice>(s: &mut Setup, dev: &mut D, n: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let end = Instant::now() + LIMIT;
+    while out.len() < n {
+        assert!(
+            Instant::now() < end,
+            "only {} of {n} completed; state {:?}",
+            out.len(),
+            s.state()
+        );
+        s.poll();
+        let _ = dev.poll(&mut |c| out.push(c));
+        let _ = dev.wait(Duration::from_millis(2));
+    }
+    out
+}
+
+/// The backend goes Closing on its own (as when it is restarted), then waits for the
+/// frontend's Closed and goes Closed (the test backend does that when it sees our Closing).
+pub fn backend_goes_away(s: &mut Setup, be: &mut Backend) {
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        xs.write(&format!("{}/state", s.backend_path), b"5")
+            .unwrap()
+    });
+    s.until("parked", |s| s.state() == Some(DeviceState::Reconnecting));
+    be.finish().unwrap();
 }

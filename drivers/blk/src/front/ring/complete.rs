@@ -22,45 +22,56 @@ impl<H: PlatformRef> DataPath<H> {
         let mut finished: Vec<(u32, i16)> = Vec::new();
         let mut batch: Vec<GrantRef> = Vec::new();
         let mut bad: Option<&'static str> = None;
-        loop {
-            let rsp = match self.ring.take_response() {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    if self.mode == WaitMode::Event && self.ring.final_check_for_responses() {
-                        continue;
+        let slots = u64::from(self.slots);
+        for queue in &mut self.queues {
+            // A response names an id of its own ring's range (ids are per ring, as in Linux
+            // blkfront's per-ring shadow): any other is unknown on this ring.
+            let base = u64::from(queue.base);
+            loop {
+                let rsp = match queue.ring.take_response() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        if self.mode == WaitMode::Event && queue.ring.final_check_for_responses() {
+                            continue;
+                        }
+                        break;
                     }
+                    Err(_) => {
+                        bad = Some("response producer overflow");
+                        break;
+                    }
+                };
+                let mine = rsp.id.checked_sub(base).is_some_and(|off| off < slots);
+                let Some(sh) = usize::try_from(rsp.id)
+                    .ok()
+                    .filter(|_| mine)
+                    .and_then(|i| self.shadow.get_mut(i))
+                else {
+                    bad = Some("response with an unknown id");
+                    break;
+                };
+                if !sh.in_use {
+                    bad = Some("response for a request not in flight (duplicate id)");
                     break;
                 }
-                Err(_) => {
-                    bad = Some("response producer overflow");
+                if rsp.operation != sh.operation {
+                    bad = Some("response operation does not match the request");
                     break;
                 }
-            };
-            let Some(sh) = usize::try_from(rsp.id)
-                .ok()
-                .and_then(|i| self.shadow.get_mut(i))
-            else {
-                bad = Some("response with an unknown id");
-                break;
-            };
-            if !sh.in_use {
-                bad = Some("response for a request not in flight (duplicate id)");
+                if !matches!(
+                    rsp.status,
+                    BLKIF_RSP_OKAY | BLKIF_RSP_ERROR | BLKIF_RSP_EOPNOTSUPP
+                ) {
+                    bad = Some("response with an invalid status");
+                    break;
+                }
+                sh.in_use = false;
+                batch.extend_from_slice(&sh.refs);
+                finished.push((rsp.id as u32, rsp.status));
+            }
+            if bad.is_some() {
                 break;
             }
-            if rsp.operation != sh.operation {
-                bad = Some("response operation does not match the request");
-                break;
-            }
-            if !matches!(
-                rsp.status,
-                BLKIF_RSP_OKAY | BLKIF_RSP_ERROR | BLKIF_RSP_EOPNOTSUPP
-            ) {
-                bad = Some("response with an invalid status");
-                break;
-            }
-            sh.in_use = false;
-            batch.extend_from_slice(&sh.refs);
-            finished.push((rsp.id as u32, rsp.status));
         }
         // One end_batch per batch of responses (gnttab_end_foreign_access_references).
         let mut failed = Vec::new();
@@ -87,7 +98,10 @@ impl<H: PlatformRef> DataPath<H> {
         let data = refs.get(..sh.data_refs).unwrap_or(&refs);
         let indirect = core::mem::take(&mut sh.indirect);
         let segs = core::mem::take(&mut sh.segs);
-        self.free_ids.push(id);
+        let q = self.queue_of(id);
+        if let Some(queue) = self.queues.get_mut(q) {
+            queue.free_ids.push(id);
+        }
         // Indirect descriptor pages: per-request grants the backend still maps fail the
         // device (below) and their pages stay in quarantine.
         for (b, g) in indirect {
@@ -355,23 +369,26 @@ impl<H: PlatformRef> DataPath<H> {
     /// This domain resumed as a new one: the event channel's number is not ours any more;
     /// forget it without closing it.
     pub fn forget_port(&mut self) {
-        self.port = None;
+        for q in &mut self.queues {
+            q.port = None;
+        }
     }
 
     fn release_ring(&mut self) {
-        if let Some(port) = self.port.take() {
-            let _ = self.p().close(port);
-        }
-        let mut failed = Vec::new();
-        let refs = core::mem::take(&mut self.ring_refs);
-        self.end_refs(&refs, &mut failed);
-        let run = self.ring_run.take();
-        if failed.is_empty() {
-            if let Some(run) = run {
-                let _ = self.p().free(run);
+        // The rings go first: nothing may look at their pages once they are freed.
+        for q in core::mem::take(&mut self.queues) {
+            if let Some(port) = q.port {
+                let _ = self.p().close(port);
             }
-        } else {
-            self.quarantine.push((failed, run));
+            let mut failed = Vec::new();
+            self.end_refs(&q.refs, &mut failed);
+            if failed.is_empty() {
+                if let Some(run) = q.run {
+                    let _ = self.p().free(run);
+                }
+            } else {
+                self.quarantine.push((failed, q.run));
+            }
         }
         // Bounce pages: a backend that disconnected has unmapped their persistent grants;
         // those it still maps wait in quarantine with their pages (freed once ended).
