@@ -264,16 +264,16 @@ impl FrontRing {
 
     /// `protocol` and `feature-persistent`.
     fn feature_keys(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        out.push((
-            keys::PROTOCOL.to_string(),
-            XEN_IO_PROTO_ABI_NATIVE.to_string(),
-        ));
-        out.push((
-            keys::FEATURE_PERSISTENT.to_string(),
-            u32::from(self.persistent).to_string(),
-        ));
-        out
+        alloc::vec![
+            (
+                keys::PROTOCOL.to_string(),
+                XEN_IO_PROTO_ABI_NATIVE.to_string(),
+            ),
+            (
+                keys::FEATURE_PERSISTENT.to_string(),
+                u32::from(self.persistent).to_string(),
+            ),
+        ]
     }
 }
 

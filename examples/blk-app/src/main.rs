@@ -11,7 +11,9 @@
 //! `zeros`, `kept` or `none`.
 //!
 //! Options on the command line (`extra=`): `mib=N nonce=HEX qd=N ops=N mode=event|polled
-//! discard=N dom0=0|1 small=random|seq log=N logat=MIB`.
+//! discard=N dom0=0|1 small=random|seq log=N logat=MIB queues=N` (`queues`: the most
+//! blkif queues blkfront asks for when the backend offers `multi-queue-max-queues`; 1 by
+//! default).
 //!
 //! With `log=N` the app goes on after the check with a sequence log
 //! ([`xenolith_apps::seqlog`]: N 4 KiB blocks from MiB `logat`, wrapping, `qd` writes then a
@@ -31,8 +33,10 @@ use core::fmt::Write as _;
 use core::time::Duration;
 
 use xenolith::blk::block::SECTOR;
-use xenolith::blk::front::{BlkDevice, Blkfront, BlockDevice, DeviceState, WaitMode};
-use xenolith::blk::negotiate::FlushMode;
+use xenolith::blk::front::{
+    BlkDevice, Blkfront, BlockDevice, DeviceState, WaitMode, DEFAULT_LIMITS,
+};
+use xenolith::blk::negotiate::{FlushMode, FrontLimits, MAX_QUEUES};
 use xenolith::bus::{Bus, BusConfig};
 use xenolith::control::{Control, Event, NothingToQuiesce, Request};
 use xenolith::platform::{Clock, Scheduler, ShutdownReason};
@@ -68,12 +72,15 @@ struct Options {
     log_records: u64,
     /// Where the log starts, in MiB.
     log_at_mib: u64,
+    /// Most queues (rings) per disk.
+    queues: u32,
 }
 
 fn options(cmdline: &str) -> Result<Options, String> {
     let mut check = DiskCheck::default();
     let mut mode = WaitMode::Event;
     let (mut log_records, mut log_at_mib) = (0, 16);
+    let mut queues = 1;
     for word in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = word.split_once('=') else {
             continue; // not ours
@@ -101,6 +108,7 @@ fn options(cmdline: &str) -> Result<Options, String> {
             }
             "log" => log_records = num()?,
             "logat" => log_at_mib = num()?,
+            "queues" => queues = num()?.clamp(1, u64::from(MAX_QUEUES)) as u32,
             "mode" => {
                 mode = match v {
                     "event" => WaitMode::Event,
@@ -116,6 +124,7 @@ fn options(cmdline: &str) -> Result<Options, String> {
         mode,
         log_records,
         log_at_mib,
+        queues,
     })
 }
 
@@ -372,7 +381,12 @@ fn check_disk<T: xenolith::store::client::Transport>(
     opts: &Options,
 ) -> Result<(Blkfront<&'static Xen>, BlkDevice<&'static Xen>), String> {
     let mut out = xen;
-    let front = Blkfront::new(xen).with_mode(opts.mode);
+    let front = Blkfront::new(xen)
+        .with_mode(opts.mode)
+        .with_limits(FrontLimits {
+            max_queues: opts.queues,
+            ..DEFAULT_LIMITS
+        });
     front
         .register(bus)
         .map_err(|e| format!("registering blkfront: {e:?}"))?;
@@ -399,7 +413,8 @@ fn check_disk<T: xenolith::store::client::Transport>(
         FlushMode::None => "none (write-through)",
     };
     let summary = format!(
-        "ring-pages={} max-requests={} segments={} indirect={} persistent={} flush={} discard={} sector-size={} physical-sector-size={} sectors512={} bytes={} readonly={} mode={:?}",
+        "queues={} ring-pages={} max-requests={} segments={} indirect={} persistent={} flush={} discard={} sector-size={} physical-sector-size={} sectors512={} bytes={} readonly={} mode={:?}",
+        cfg.queues,
         cfg.ring_pages(),
         cfg.max_requests,
         cfg.max_segments,

@@ -38,7 +38,7 @@ thread_local! {
     };
 }
 
-const NAMED: [&str; 18] = [
+const NAMED: [&str; 19] = [
     keys::MAX_RING_PAGE_ORDER,
     keys::MAX_RING_PAGES,
     keys::FEATURE_MAX_INDIRECT_SEGMENTS,
@@ -57,6 +57,7 @@ const NAMED: [&str; 18] = [
     keys::SECTOR_SIZE,
     keys::PHYSICAL_SECTOR_SIZE,
     keys::MODE,
+    keys::MULTI_QUEUE_MAX_QUEUES,
 ];
 
 fuzz_target!(|input: &[u8]| {
@@ -89,6 +90,7 @@ fuzz_target!(|input: &[u8]| {
     let cfg = negotiate_front(&offer, order, &limits);
     assert!(cfg.max_requests >= 1 && cfg.max_requests <= blkif_ring_size(1 << order));
     assert!(cfg.max_requests <= limits.max_requests);
+    assert!(cfg.queues >= 1 && cfg.queues <= limits.max_queues, "{} queues", cfg.queues);
     assert!(cfg.max_segments >= 1 && cfg.max_segments <= limits.max_indirect_segments.max(11));
     assert!(cfg.sectors.checked_mul(512).is_some(), "{} sectors", cfg.sectors);
     let bs = u64::from(cfg.sector_size);

@@ -62,6 +62,8 @@ fuzz_target!(|input: &[u8]| {
             readonly: false,
             info: 0,
             persistent: flags & 64 != 0,
+            // An odd-length input runs two queues: the same answer is written on both rings.
+            queues: 1 + (rest.len() % 2) as u32,
         };
         let grants_before = w.front.stats().unwrap().grants;
         let Ok(mut f) = FuzzFront::new(w.front.clone(), w.back.id(), cfg) else {
@@ -98,7 +100,6 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         // The backend's answer: rsp_prod, rsp_event and the slots, from the input.
-        let ring = f.ring();
         let (head, slots) = rest.split_at(rest.len().min(8));
         let mut page = vec![0u8; PAGE_SIZE - 8];
         page[..head.len()].copy_from_slice(head);
@@ -107,18 +108,28 @@ fuzz_target!(|input: &[u8]| {
         // Most ids a backend answers with are ones the frontend issued (small numbers here):
         // a slot whose id's second byte is even gets `first byte % 24` as its id, so inputs
         // reach the completion paths instead of failing the device on an unknown id at once.
+        // With two queues, ring 1 (its ids are 32..63) gets the same slots, where such an id
+        // is ring 1's own (`32 + first byte % 24`) when the second byte is 0 mod 4, and ring
+        // 0's — not this ring's — when it is 2 mod 4.
+        let raw = page.clone();
+        let mut page1 = page.clone();
         for slot in 0..32 {
             let at = 56 + slot * 112;
-            let id = &mut page[at..at + 8];
-            if id[1] % 2 == 0 {
-                let small = u64::from(id[0] % 24);
-                id.copy_from_slice(&small.to_le_bytes());
+            let (b0, b1) = (raw[at], raw[at + 1]);
+            if b1 % 2 == 0 {
+                let small = u64::from(b0 % 24);
+                page[at..at + 8].copy_from_slice(&small.to_le_bytes());
+                let id1 = if b1 % 4 == 0 { small + 32 } else { small };
+                page1[at..at + 8].copy_from_slice(&id1.to_le_bytes());
             }
         }
-        // SAFETY: the ring page is ours (granted to a backend that never maps it here); the
-        // data path only reads it inside `poll`, not while this copy runs.
-        unsafe {
-            std::ptr::copy_nonoverlapping(page.as_ptr(), ring.as_ptr().add(8), page.len());
+        for (q, bytes) in [(0, &page), (1, &page1)] {
+            let Some(ring) = f.ring_of(q) else { continue };
+            // SAFETY: the ring page is ours (granted to a backend that never maps it here);
+            // the data path only reads it inside `poll`, not while this copy runs.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring.as_ptr().add(8), bytes.len());
+            }
         }
         let mut seen = BTreeSet::new();
         let mut buffers = Vec::new();
