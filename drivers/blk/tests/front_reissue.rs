@@ -289,3 +289,94 @@ fn after_a_resume_a_device_that_is_gone_fails_its_parked_requests() {
     let err = String::from_utf8(err.expect("error published")).unwrap();
     assert!(err.contains("missing"), "{err}");
 }
+
+/// The storage domain is destroyed and created again (a new domid) while the guest is saved;
+/// the guest is restored with its disk on the new one (xl resolves `backend=<name>` again at
+/// `xl restore`). The writes and the flush the old storage domain never answered are issued
+/// to the new one, once each, with their data on the disk both served.
+#[test]
+fn after_a_resume_onto_a_re_created_storage_domain_the_requests_are_issued_again() {
+    let mut s = Setup::new(WaitMode::Event, true, false);
+    let mut be = s.backend(
+        BackKeys::from_offer(&modern_offer()),
+        DISK,
+        Behaviour::Honest,
+    );
+    let disk = be.disk.clone();
+    let mut dev = s.connect();
+    be.set(Behaviour::Stall);
+    let mut expect = BTreeMap::new();
+    for (tag, sector) in [(1u64, 8u64), (2, 16)] {
+        let data = pattern(4096, 30 + tag as u8);
+        let mut b = dev.alloc_buffer(4096).unwrap();
+        b.as_mut_slice().copy_from_slice(&data);
+        dev.submit(tag, Request::Write { sector, buf: b }).unwrap();
+        expect.insert(tag, (sector, data));
+    }
+    dev.submit(3, Request::Flush).unwrap();
+    let end = Instant::now() + LIMIT;
+    while be.taken.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < end, "the backend took {:?}", be.taken);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    be.finish().unwrap();
+    // Saved; the storage domain destroyed (its backend directory goes with it) and created
+    // again under a new domid.
+    let old = s.storage.take().unwrap();
+    s.ts.destroy(old.domid()).unwrap();
+    let sd =
+        s.ts.create_domain(
+            "storage",
+            xen_toolstack::DomainConfig::default().driver_domain(),
+        )
+        .unwrap();
+    assert_ne!(sd.domid(), old.domid());
+    // Restored: a new domain's grants and channels; the device written anew, on the new
+    // storage domain.
+    s.guest
+        .domain()
+        .revoke_for_restore(&[s.guest.store_port()])
+        .unwrap();
+    s.ts.with_xs(|xs| {
+        use xen_bus::store::client::Store;
+        let _ = xs.rm(&s.backend_path);
+        xs.rm(&s.frontend_path).unwrap();
+    });
+    let vbd = xen_toolstack::Vbd::new(s.guest.domid(), sd.domid(), "xvda", "/disk.img");
+    s.backend_path = s.ts.add_vbd(&vbd).unwrap().backend_path();
+    s.back = sd.domain().clone();
+    s.storage = Some(sd);
+    s.front.suspended();
+    let now = s.t0.elapsed();
+    s.bus.resumed(s.guest.domid(), now).unwrap();
+    let _be2 = s.backend_on(
+        BackKeys::from_offer(&modern_offer()),
+        disk.clone(),
+        Behaviour::Honest,
+    );
+    let mut done = collect(&mut s, &mut dev, 3);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(100) {
+        s.poll();
+        dev.poll(&mut |c| done.push(c)).unwrap();
+    }
+    done.sort_by_key(|c| c.tag);
+    assert_eq!(
+        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "each request completes exactly once"
+    );
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    assert_eq!(s.state(), Some(DeviceState::Connected));
+    let backend_id = s.fe_key("backend-id").unwrap();
+    assert_eq!(
+        backend_id,
+        s.back.id().to_string(),
+        "served by the new domain"
+    );
+    let d = disk.lock().unwrap();
+    for (sector, data) in expect.values() {
+        let at = *sector as usize * 512;
+        assert_eq!(&d[at..at + data.len()], &data[..], "sector {sector}");
+    }
+}
