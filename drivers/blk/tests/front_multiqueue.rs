@@ -284,3 +284,33 @@ fn a_response_on_the_wrong_ring_fails_the_device() {
         "every grant ended"
     );
 }
+
+/// A sequence log's pattern on two queues, event-driven, for a while: 8 writes then a flush,
+/// again and again (blk-app's `log=N`), every batch completing within the bound.
+#[test]
+fn batches_of_writes_and_flushes_keep_going_on_two_queues() {
+    let (mut s, back) = world(queues(2), BackOptions::default());
+    let mut dev = s.connect();
+    assert_eq!(dev.config().unwrap().queues, 2);
+    let batches: u64 = std::env::var("MQ_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for b in 0..batches {
+        let mut reqs = Vec::new();
+        for i in 0..8u64 {
+            let mut buf = dev.alloc_buffer(4096).unwrap();
+            buf.as_mut_slice()[..8].copy_from_slice(&(b * 8 + i).to_le_bytes());
+            let sector = 8 * ((b * 8 + i) % 1024);
+            reqs.push((Request::Write { sector, buf }, i));
+        }
+        for c in run_all(&mut dev, reqs) {
+            assert_eq!(c.result, Ok(()), "batch {b} write {}", c.tag);
+            dev.free_buffer(c.buf.unwrap()).unwrap();
+        }
+        let done = run_all(&mut dev, vec![(Request::Flush, 99)]);
+        assert_eq!(done[0].result, Ok(()), "batch {b} flush");
+    }
+    let r = back.report().unwrap();
+    assert!(r.per_queue.iter().all(|q| q.requests > batches), "{r:?}");
+}
