@@ -9,7 +9,7 @@ mod front_common;
 use std::time::{Duration, Instant};
 
 use front_common::*;
-use xen_blk::front::{BlkError, BlockDevice, Completion, DeviceState, Request, WaitMode};
+use xen_blk::front::{BlkError, BlockDevice, DeviceState, Request, WaitMode};
 
 const DISK: usize = 4 << 20;
 
@@ -26,24 +26,6 @@ fn submit_reads<D: BlockDevice>(dev: &mut D, n: u64) {
         )
         .unwrap();
     }
-}
-
-/// Poll the bus and the device until `n` completions, bounded.
-fn collect<D: BlockDevice>(s: &mut Setup, dev: &mut D, n: usize) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let end = Instant::now() + LIMIT;
-    while out.len() < n {
-        assert!(
-            Instant::now() < end,
-            "only {} of {n} completed; state {:?}",
-            out.len(),
-            s.state()
-        );
-        s.poll();
-        let _ = dev.poll(&mut |c| out.push(c));
-        let _ = dev.wait(Duration::from_millis(2));
-    }
-    out
 }
 
 fn hostile(b: Behaviour, requests: u64, why: &str, ok_first: bool) {

@@ -75,19 +75,7 @@ fn unanswered_requests_are_issued_again_on_the_new_backend_split_to_its_size() {
             .unwrap()
     });
     let be2 = s.backend_on(small_offer(), disk.clone(), Behaviour::Honest);
-    let mut done = collect(&mut s, &mut dev, 7);
-    // Nothing more comes: each completed once.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(100) {
-        s.poll();
-        dev.poll(&mut |c| done.push(c)).unwrap();
-    }
-    done.sort_by_key(|c| c.tag);
-    assert_eq!(
-        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7],
-        "each request completes exactly once"
-    );
+    let done = collect_once(&mut s, &mut dev, &[1, 2, 3, 4, 5, 6, 7]);
     for c in &done {
         assert_eq!(c.result, Ok(()), "request {}", c.tag);
     }
@@ -217,18 +205,7 @@ fn after_a_resume_the_requests_in_flight_are_issued_again() {
         disk.clone(),
         Behaviour::Honest,
     );
-    let mut done = collect(&mut s, &mut dev, 4);
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(100) {
-        s.poll();
-        dev.poll(&mut |c| done.push(c)).unwrap();
-    }
-    done.sort_by_key(|c| c.tag);
-    assert_eq!(
-        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
-        [1, 2, 3, 4],
-        "each request completes exactly once"
-    );
+    let done = collect_once(&mut s, &mut dev, &[1, 2, 3, 4]);
     assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
     assert!(dev.reissued() >= 4, "re-issued {}", dev.reissued());
     assert_eq!(s.state(), Some(DeviceState::Connected));
@@ -354,18 +331,7 @@ fn after_a_resume_onto_a_re_created_storage_domain_the_requests_are_issued_again
         disk.clone(),
         Behaviour::Honest,
     );
-    let mut done = collect(&mut s, &mut dev, 3);
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(100) {
-        s.poll();
-        dev.poll(&mut |c| done.push(c)).unwrap();
-    }
-    done.sort_by_key(|c| c.tag);
-    assert_eq!(
-        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
-        [1, 2, 3],
-        "each request completes exactly once"
-    );
+    let done = collect_once(&mut s, &mut dev, &[1, 2, 3]);
     assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
     assert_eq!(s.state(), Some(DeviceState::Connected));
     let backend_id = s.fe_key("backend-id").unwrap();

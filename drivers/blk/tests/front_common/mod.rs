@@ -1149,6 +1149,26 @@ pub fn collect<D: BlockDevice>(s: &mut Setup, dev: &mut D, n: usize) -> Vec<Comp
     out
 }
 
+/// [`collect`] one completion per tag of `tags`, then poll 100 ms more: exactly those tags, each
+/// once (nothing completes twice, nothing is lost); the completions in tag order.
+pub fn collect_once<D: BlockDevice>(s: &mut Setup, dev: &mut D, tags: &[u64]) -> Vec<Completion> {
+    let mut done = collect(s, dev, tags.len());
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(100) {
+        s.poll();
+        dev.poll(&mut |c| done.push(c)).unwrap();
+    }
+    done.sort_by_key(|c| c.tag);
+    let mut want = tags.to_vec();
+    want.sort_unstable();
+    assert_eq!(
+        done.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        want,
+        "each request completes exactly once"
+    );
+    done
+}
+
 /// The backend goes Closing on its own (as when it is restarted), then waits for the
 /// frontend's Closed and goes Closed (the test backend does that when it sees our Closing).
 pub fn backend_goes_away(s: &mut Setup, be: &mut Backend) {
