@@ -11,6 +11,9 @@
 //!
 //! [`Faulty`] wraps the file and makes chosen calls fail (an errno, a short transfer, a delay)
 //! to test what a frontend sees when the host's storage fails.
+//!
+//! [`nbd::NbdDisk`] serves an NBD export (a client of the NBD protocol: many requests in flight
+//! on one connection, flush and trim, reconnection with bounded retries).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -26,6 +29,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use xen_blk::storage::{check_op, BlkError, Busy, Completion, Features, Op, Storage, SECTOR};
+
+pub mod nbd;
 
 /// A synchronous block device: each call does one op and returns when it is done. Called
 /// from several worker threads at once.
