@@ -29,6 +29,9 @@ fn main() {
         "xen/io/console.h",
         "xen/io/blkif.h",
         "xen/io/protocols.h",
+        // Linux's Xen device interfaces (xen-platform-linux), also shipped by libxen-dev.
+        "xen/sys/evtchn.h",
+        "xen/sys/gntdev.h",
     ];
     let missing: Vec<String> = headers
         .iter()

@@ -10,7 +10,8 @@
  *   xo_const_<NAME>                        a constant, as long
  *   xo_str_<NAME>                          a string constant
  *
- * Built by build.rs with the `cc` crate for x86_64; needs libxen-dev (/usr/include/xen).
+ * Built by build.rs with the `cc` crate for x86_64; needs libxen-dev (/usr/include/xen, including
+ * the Linux device interfaces in xen/sys/) and linux/ioctl.h (linux-libc-dev).
  */
 
 /* grant_entry_v2 and friends need interface version >= 0x0003020a; use the newest of 4.17. */
@@ -37,6 +38,11 @@
 #include <xen/io/console.h>
 #include <xen/io/blkif.h>
 #include <xen/io/protocols.h>
+/* Linux's Xen device interfaces (xen-platform-linux). They include nothing themselves: _IOC
+ * comes from linux/ioctl.h, domid_t from xen.h above, uint32_t from stdint.h. */
+#include <linux/ioctl.h>
+#include <xen/sys/evtchn.h>
+#include <xen/sys/gntdev.h>
 
 #if !defined(__x86_64__)
 #error "the ABI oracle describes the x86_64 layout; build it on x86_64"
@@ -745,3 +751,108 @@ const size_t xo_blkif_ring_size_2 = __CONST_RING_SIZE(blkif, 4096 * 2);
 const size_t xo_blkif_ring_size_4 = __CONST_RING_SIZE(blkif, 4096 * 4);
 const size_t xo_blkif_ring_size_8 = __CONST_RING_SIZE(blkif, 4096 * 8);
 const size_t xo_blkif_ring_size_16 = __CONST_RING_SIZE(blkif, 4096 * 16);
+
+/* ---------------------------------------------------------------- Linux: asm-generic/ioctl.h */
+CONST(_IOC_NRBITS)
+CONST(_IOC_TYPEBITS)
+CONST(_IOC_SIZEBITS)
+CONST(_IOC_DIRBITS)
+CONST(_IOC_NRSHIFT)
+CONST(_IOC_TYPESHIFT)
+CONST(_IOC_SIZESHIFT)
+CONST(_IOC_DIRSHIFT)
+CONST(_IOC_NONE)
+CONST(_IOC_WRITE)
+CONST(_IOC_READ)
+/* Samples of the encoding with every field non-zero (xen-platform-linux's `ioc`). */
+CONST_AS(IOC_SAMPLE_IOWR, _IOC(_IOC_READ | _IOC_WRITE, 'x', 0xff, 0x3fff))
+CONST_AS(IOC_SAMPLE_IOR, _IOC(_IOC_READ, 0x12, 114, 8))
+CONST_AS(IOC_SAMPLE_IOW, _IOC(_IOC_WRITE, 'f', 2, 8))
+
+/* ---------------------------------------------------------------- Linux: xen/sys/evtchn.h */
+#define T struct ioctl_evtchn_bind_interdomain
+TYPE(ioctl_evtchn_bind_interdomain, T)
+FIELD(ioctl_evtchn_bind_interdomain, T, remote_domain)
+FIELD(ioctl_evtchn_bind_interdomain, T, remote_port)
+#undef T
+
+#define T struct ioctl_evtchn_bind_unbound_port
+TYPE(ioctl_evtchn_bind_unbound_port, T)
+FIELD(ioctl_evtchn_bind_unbound_port, T, remote_domain)
+#undef T
+
+#define T struct ioctl_evtchn_unbind
+TYPE(ioctl_evtchn_unbind, T)
+FIELD(ioctl_evtchn_unbind, T, port)
+#undef T
+
+#define T struct ioctl_evtchn_notify
+TYPE(ioctl_evtchn_notify, T)
+FIELD(ioctl_evtchn_notify, T, port)
+#undef T
+
+CONST(IOCTL_EVTCHN_BIND_INTERDOMAIN)
+CONST(IOCTL_EVTCHN_BIND_UNBOUND_PORT)
+CONST(IOCTL_EVTCHN_UNBIND)
+CONST(IOCTL_EVTCHN_NOTIFY)
+CONST(IOCTL_EVTCHN_RESET)
+
+/* ---------------------------------------------------------------- Linux: xen/sys/gntdev.h */
+#define T struct ioctl_gntdev_grant_ref
+TYPE(ioctl_gntdev_grant_ref, T)
+FIELD(ioctl_gntdev_grant_ref, T, domid)
+FIELD(ioctl_gntdev_grant_ref, T, ref)
+#undef T
+
+#define T struct ioctl_gntdev_map_grant_ref
+TYPE(ioctl_gntdev_map_grant_ref, T)
+FIELD(ioctl_gntdev_map_grant_ref, T, count)
+FIELD(ioctl_gntdev_map_grant_ref, T, pad)
+FIELD(ioctl_gntdev_map_grant_ref, T, index)
+FIELD(ioctl_gntdev_map_grant_ref, T, refs)
+#undef T
+
+#define T struct ioctl_gntdev_unmap_grant_ref
+TYPE(ioctl_gntdev_unmap_grant_ref, T)
+FIELD(ioctl_gntdev_unmap_grant_ref, T, index)
+FIELD(ioctl_gntdev_unmap_grant_ref, T, count)
+FIELD(ioctl_gntdev_unmap_grant_ref, T, pad)
+#undef T
+
+/* The anonymous union type of ioctl_gntdev_grant_copy_segment's `source` and `dest`. */
+#define T __typeof__(((struct ioctl_gntdev_grant_copy_segment *)0)->source)
+TYPE(gntdev_copy_ptr, T)
+FIELD(gntdev_copy_ptr, T, virt)
+FIELD(gntdev_copy_ptr, T, foreign)
+#undef T
+
+#define T __typeof__(((struct ioctl_gntdev_grant_copy_segment *)0)->source.foreign)
+TYPE(gntdev_copy_foreign, T)
+FIELD(gntdev_copy_foreign, T, ref)
+FIELD(gntdev_copy_foreign, T, offset)
+FIELD(gntdev_copy_foreign, T, domid)
+#undef T
+
+#define T struct ioctl_gntdev_grant_copy_segment
+TYPE(ioctl_gntdev_grant_copy_segment, T)
+FIELD(ioctl_gntdev_grant_copy_segment, T, source)
+FIELD(ioctl_gntdev_grant_copy_segment, T, dest)
+FIELD(ioctl_gntdev_grant_copy_segment, T, len)
+FIELD(ioctl_gntdev_grant_copy_segment, T, flags)
+FIELD(ioctl_gntdev_grant_copy_segment, T, status)
+#undef T
+/* `dest` is of the same union type as `source`. */
+const size_t xo_gntdev_dest_is_source_type =
+    __builtin_types_compatible_p(
+        __typeof__(((struct ioctl_gntdev_grant_copy_segment *)0)->source),
+        __typeof__(((struct ioctl_gntdev_grant_copy_segment *)0)->dest));
+
+#define T struct ioctl_gntdev_grant_copy
+TYPE(ioctl_gntdev_grant_copy, T)
+FIELD(ioctl_gntdev_grant_copy, T, count)
+FIELD(ioctl_gntdev_grant_copy, T, segments)
+#undef T
+
+CONST(IOCTL_GNTDEV_MAP_GRANT_REF)
+CONST(IOCTL_GNTDEV_UNMAP_GRANT_REF)
+CONST(IOCTL_GNTDEV_GRANT_COPY)
