@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 
 use xen_platform::{DomId, EvtchnPort, GrantRef, PlatformRef};
 
-use super::ring::{release_ring, setup_ring, DataPath, WaitMode};
+use super::ring::{release_rings, setup_rings, DataPath, WaitMode};
 use super::{BlkError, Buffer, Completion, Rejected, Request};
 use crate::negotiate::FrontConfig;
 
@@ -25,18 +25,8 @@ impl<H: PlatformRef> FuzzFront<H> {
     /// `backend`, bind nothing (the target plays the backend and never notifies), and start a
     /// data path on them in polled mode.
     pub fn new(plat: H, backend: DomId, cfg: FrontConfig) -> Result<Self, BlkError> {
-        let mut setups = Vec::new();
-        for _ in 0..cfg.queues.max(1) {
-            match setup_ring(&plat, backend, cfg.ring_page_order) {
-                Ok(s) => setups.push(s),
-                Err(e) => {
-                    for s in setups {
-                        release_ring(&plat, s);
-                    }
-                    return Err(BlkError::Platform(e));
-                }
-            }
-        }
+        let setups = setup_rings(&plat, backend, cfg.ring_page_order, cfg.queues.max(1))
+            .map_err(BlkError::Platform)?;
         let (refs, port) = (setups[0].refs.clone(), setups[0].port);
         let rings = setups.iter().map(|s| s.run.addr).collect();
         let dp = match DataPath::new(
@@ -50,9 +40,7 @@ impl<H: PlatformRef> FuzzFront<H> {
         ) {
             Ok(dp) => dp,
             Err((e, setups)) => {
-                for s in setups {
-                    release_ring(&plat, s);
-                }
+                release_rings(&plat, setups);
                 return Err(e);
             }
         };

@@ -33,7 +33,7 @@ use xen_bus::{DomId, XenbusState};
 use xen_platform::{Clock, EvtchnPort, Pages, PlatformRef};
 
 use super::ring::{
-    release_ring, release_ring_after_resume, setup_ring, DataPath, RingSetup, WaitMode,
+    release_ring_after_resume, release_rings, setup_rings, DataPath, RingSetup, WaitMode,
 };
 use super::{chunked, BlkError, BlockDevice, Buffer, Completion, Rejected, Request};
 use crate::negotiate::{
@@ -103,9 +103,7 @@ impl<H: PlatformRef> Inner<H> {
     }
 
     fn disconnect(&mut self, err: BlkError) {
-        for s in core::mem::take(&mut self.setup) {
-            release_ring(&self.plat, s);
-        }
+        release_rings(&self.plat, core::mem::take(&mut self.setup));
         let bounce = self.bounce.take();
         if let Some(dp) = self.dp.as_mut() {
             if let Some(b) = bounce {
@@ -120,9 +118,7 @@ impl<H: PlatformRef> Inner<H> {
     /// The backend is going in order: keep what is not answered for the next connection
     /// (or fail it at once with a zero reconnect timeout).
     fn park(&mut self) {
-        for s in core::mem::take(&mut self.setup) {
-            release_ring(&self.plat, s);
-        }
+        release_rings(&self.plat, core::mem::take(&mut self.setup));
         if self.reconnect_timeout.is_zero() {
             self.disconnect(BlkError::Failed);
             return;
@@ -440,18 +436,8 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
             BackendOffer::read_max_queues(|k| ctx.read_other(k))?,
             &i.limits,
         );
-        let mut rings = Vec::with_capacity(queues as usize);
-        for _ in 0..queues {
-            match setup_ring(&i.plat, i.backend, order) {
-                Ok(s) => rings.push(s),
-                Err(e) => {
-                    for s in rings {
-                        release_ring(&i.plat, s);
-                    }
-                    return Err(plat_err("granting the ring", e));
-                }
-            }
-        }
+        let rings = setup_rings(&i.plat, i.backend, order, queues)
+            .map_err(|e| plat_err("granting the ring", e))?;
         let persistent = i.limits.persistent;
         let described: Vec<FrontRing> = rings
             .iter()
@@ -516,9 +502,7 @@ impl<H: PlatformRef> FrontDriver for Driver<H> {
                 Ok(Progress::Done)
             }
             Err((e, setup)) => {
-                for s in setup {
-                    release_ring(&i.plat, s);
-                }
+                release_rings(&i.plat, setup);
                 Err(DriverError::new(
                     errno::EINVAL,
                     alloc::format!("starting the ring: {e}"),

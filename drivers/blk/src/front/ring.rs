@@ -828,6 +828,34 @@ pub(crate) fn setup_ring<H: PlatformRef>(
     }
 }
 
+/// `n` rings of `1 << order` pages each ([`setup_ring`]), one per queue; if one cannot be
+/// granted, those already made are released and the error returned.
+pub(crate) fn setup_rings<H: PlatformRef>(
+    plat: &H,
+    backend: DomId,
+    order: u32,
+    n: u32,
+) -> Result<Vec<RingSetup>, Error> {
+    let mut rings = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        match setup_ring(plat, backend, order) {
+            Ok(s) => rings.push(s),
+            Err(e) => {
+                release_rings(plat, rings);
+                return Err(e);
+            }
+        }
+    }
+    Ok(rings)
+}
+
+/// [`release_ring`] of each.
+pub(crate) fn release_rings<H: PlatformRef>(plat: &H, rings: Vec<RingSetup>) {
+    for s in rings {
+        release_ring(plat, s);
+    }
+}
+
 /// Undo a [`setup_ring`] that never became a [`DataPath`].
 /// [`release_ring`] after this domain resumed as a new one: the port is not ours any more
 /// (not closed) and the grants are gone with the old grant table (ending them only frees
